@@ -1,0 +1,3 @@
+from pythia_tl.cli import main
+
+main()

@@ -1,0 +1,69 @@
+"""The ``pythia-tl`` command line.
+
+Every failure is reported as one line on stderr (``error: ...``) with exit code 2 for usage errors
+and 1 for anything else; ``--debug`` shows the Python traceback instead.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+import typer.main
+
+from pythia_tl.cli import convert_cmd, inspect_cmd, plan_cmd
+from pythia_tl.errors import PythiaTLError
+
+app = typer.Typer(
+    name="pythia-tl",
+    help="Convert Pythia (GPT-NeoX) checkpoints into TransformerLens state dicts (safetensors).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show Python tracebacks on errors."),
+) -> None:
+    """Convert Pythia (GPT-NeoX) checkpoints into TransformerLens state dicts (safetensors)."""
+
+
+app.command("convert")(convert_cmd.convert)
+app.command("plan")(plan_cmd.plan)
+app.command("inspect")(inspect_cmd.inspect)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the console script; exits with the command's status."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    if debug:  # accepted anywhere on the line, not only before the command
+        args = ["--debug", *(arg for arg in args if arg != "--debug")]
+    command = typer.main.get_command(app)
+    try:
+        status = command.main(args=args, prog_name="pythia-tl", standalone_mode=False)
+    except click.exceptions.UsageError as exc:
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        _fail(f"{exc.format_message()}{hint}", 2)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        _fail("interrupted", 130)
+    except click.exceptions.ClickException as exc:
+        _fail(exc.format_message(), exc.exit_code)
+    except PythiaTLError as exc:
+        if debug:
+            raise
+        _fail(str(exc), exc.exit_code)
+    except Exception as exc:
+        if debug:
+            raise
+        _fail(f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for details)", 1)
+    sys.exit(status if isinstance(status, int) else 0)
+
+
+def _fail(message: str, code: int) -> None:
+    one_line = " ".join(message.split())
+    print(f"error: {one_line}", file=sys.stderr)
+    sys.exit(code)

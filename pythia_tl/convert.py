@@ -1,0 +1,171 @@
+"""One conversion, end to end: source -> plan -> tensors -> writer."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pythia_tl import CONVERTER_NAME, __version__
+from pythia_tl.converters.steps import apply_chain
+from pythia_tl.converters.tl_config import tl_config
+from pythia_tl.plan import Plan, PlannedTensor, build_plan, dtype_name
+from pythia_tl.source import Provenance, ResolvedSource, resolve_source
+from pythia_tl.source.checkpoint import TensorReader
+from pythia_tl.writer import TensorEntry, write_safetensors
+
+_CHUNK = 16 << 20
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    dtype: str = "auto"
+    force: bool = False
+    hash_output: bool = False
+
+
+@dataclass(frozen=True)
+class ConversionResult:
+    output: Path
+    sha256: str | None
+    bytes: int
+    tensors: int
+    seconds: float
+    source: str
+    revision: str | None
+    commit: str | None
+    dtype: str
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "output": str(self.output),
+            "sha256": self.sha256,
+            "bytes": self.bytes,
+            "tensors": self.tensors,
+            "seconds": round(self.seconds, 3),
+            "source": self.source,
+            "revision": self.revision,
+            "commit": self.commit,
+            "dtype": self.dtype,
+        }
+
+
+def default_output_name(provenance: Provenance, revision_given: bool) -> str:
+    """``<model-name>[-<revision>].safetensors``; the revision only when one was asked for."""
+    suffix = f"-{provenance.revision}" if revision_given and provenance.revision else ""
+    return f"{provenance.model_name}{suffix}.safetensors"
+
+
+def convert(
+    source: ResolvedSource,
+    output: Path,
+    options: ConvertOptions = ConvertOptions(),
+    on_bytes: Callable[[int, int], None] | None = None,
+) -> ConversionResult:
+    """Convert an opened source into a TransformerLens safetensors file at ``output``."""
+    started = time.perf_counter()
+    plan = build_plan(source.checkpoint, options.dtype)
+    provenance = source.provenance
+    checkpoint = source.checkpoint
+    entries = [TensorEntry(t.key, t.dtype, t.shape) for t in plan.tensors]
+    with ThreadPoolExecutor(max_workers=1) as pool, checkpoint.open() as reader:
+        # Source files are hashed on the second core while the first converts.
+        hashes = {
+            file.name: _known_or_hashed(pool, provenance.known_sha256.get(file.name), file)
+            for file in checkpoint.files
+        }
+        size = write_safetensors(
+            output,
+            entries,
+            convert_tensors(plan, reader),
+            metadata=lambda: output_metadata(
+                plan, provenance, {name: f.result() for name, f in hashes.items()}
+            ),
+            reserve_metadata=output_metadata(plan, provenance, dict.fromkeys(hashes, "0" * 64)),
+            overwrite=options.force,
+            on_bytes=on_bytes,
+        )
+    digest = file_sha256(output) if options.hash_output else None
+    return ConversionResult(
+        output=output,
+        sha256=digest,
+        bytes=size,
+        tensors=len(entries),
+        seconds=time.perf_counter() - started,
+        source=provenance.source,
+        revision=provenance.revision,
+        commit=provenance.commit,
+        dtype=dtype_name(plan.dtype),
+    )
+
+
+def convert_tensors(plan: Plan, reader: TensorReader) -> Iterator[torch.Tensor]:
+    """The planned tensors, converted one at a time, in plan order.
+
+    Consecutive rules that share a source and all steps but the last (the Q/K/V split of
+    ``query_key_value``) reuse one read and one rearrangement of that source.
+    """
+    shared_key: tuple[str, tuple[object, ...]] | None = None
+    shared: torch.Tensor | None = None
+    for planned in plan.tensors:
+        if planned.source is None:
+            tensor = apply_chain(planned.steps, torch.empty(0, dtype=planned.dtype))
+        else:
+            prefix, last = planned.steps[:-1], planned.steps[-1:]
+            if (planned.source, prefix) != shared_key:
+                shared = None  # release the previous source before reading the next
+                shared = apply_chain(prefix, reader.read(planned.source))
+                shared_key = (planned.source, prefix)
+            assert shared is not None
+            tensor = apply_chain(last, shared)
+        yield finish(tensor, planned)
+    del shared
+
+
+def finish(tensor: torch.Tensor, planned: PlannedTensor) -> torch.Tensor:
+    """Cast to the output dtype and lay out contiguously (a no-op when already so)."""
+    return tensor.to(planned.dtype).contiguous()
+
+
+def output_metadata(
+    plan: Plan, provenance: Provenance, source_sha256: Mapping[str, str]
+) -> dict[str, str]:
+    """The ``__metadata__`` of an output file (safetensors metadata values are strings)."""
+    cfg = tl_config(plan.config, provenance.model_name, provenance.repo_id)
+    return {
+        "format": "pt",
+        "tl_config": json.dumps(cfg),
+        "source": provenance.source,
+        "revision": provenance.revision or "",
+        "commit": provenance.commit or "",
+        "source_files": json.dumps(dict(sorted(source_sha256.items()))),
+        "converter": CONVERTER_NAME,
+        "converter_version": __version__,
+        "dtype": dtype_name(plan.dtype),
+        "processing": json.dumps([]),
+    }
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb", buffering=0) as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _known_or_hashed(pool: ThreadPoolExecutor, known: str | None, file: Path) -> Future[str]:
+    if known is not None:
+        done: Future[str] = Future()
+        done.set_result(known)
+        return done
+    return pool.submit(file_sha256, file)
+
+
+__all__ = ["ConversionResult", "ConvertOptions", "convert", "resolve_source"]

@@ -1,0 +1,67 @@
+"""Where a checkpoint comes from: a local folder or one revision of a Hub repository."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pythia_tl.errors import UsageError
+from pythia_tl.source.checkpoint import Checkpoint, open_checkpoint
+from pythia_tl.source.hub import fetch_revision
+from pythia_tl.source.names import ModelName, resolve_model_name, step_revision
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What a conversion was made from, as recorded in the output's metadata."""
+
+    source: str
+    model_name: str
+    repo_id: str | None
+    revision: str | None
+    commit: str | None
+    # sha256 of weight files that are known without hashing them (the Hub's LFS metadata).
+    known_sha256: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ResolvedSource:
+    checkpoint: Checkpoint
+    provenance: Provenance
+
+
+def resolve_source(
+    source: str,
+    revision: str | None = None,
+    step: int | None = None,
+    cache_dir: Path | None = None,
+) -> ResolvedSource:
+    """Open ``source``: a folder, a Hub repo id, or a short name such as ``pythia-70m``."""
+    if revision is not None and step is not None:
+        raise UsageError("--revision and --step are alternatives: give one of them")
+    folder = Path(source).expanduser()
+    if folder.is_dir():
+        if revision is not None or step is not None:
+            raise UsageError(
+                f"{source} is a local folder: --revision and --step apply to Hub sources"
+            )
+        folder = folder.resolve()
+        provenance = Provenance(str(folder), folder.name, None, None, None)
+        return ResolvedSource(open_checkpoint(folder), provenance)
+    if source.startswith((".", "/", "~")) or folder.exists():
+        raise UsageError(f"{source}: no such folder")
+    model = resolve_model_name(source)
+    rev = step_revision(step, model) if step is not None else (revision or "main")
+    fetched = fetch_revision(model.repo_id, rev, cache_dir)
+    provenance = Provenance(
+        source=model.repo_id,
+        model_name=model.name,
+        repo_id=model.repo_id,
+        revision=rev,
+        commit=fetched.commit,
+        known_sha256=fetched.sha256,
+    )
+    return ResolvedSource(open_checkpoint(fetched.folder, fetched.cache_root), provenance)
+
+
+__all__ = ["ModelName", "Provenance", "ResolvedSource", "resolve_model_name", "resolve_source"]

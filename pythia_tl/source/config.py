@@ -1,0 +1,148 @@
+"""GPT-NeoX ``config.json``: read, validate and turn into the sizes the conversion needs."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pythia_tl.errors import ConfigError
+
+# Far above any real model, low enough to refuse a config that would plan terabytes of tensors.
+_MAX_LAYERS = 1024
+_MAX_WIDTH = 1 << 20
+_FLOAT_DTYPES = ("float16", "bfloat16", "float32")
+
+
+@dataclass(frozen=True)
+class NeoXConfig:
+    """The fields of a GPT-NeoX config that fix the shapes and the math of a Pythia model."""
+
+    n_layers: int
+    d_model: int
+    n_heads: int
+    d_mlp: int
+    d_vocab: int
+    n_ctx: int
+    eps: float
+    rotary_pct: float
+    rotary_base: float
+    parallel_residual: bool
+    act_fn: str
+    dtype: str | None
+
+    @property
+    def d_head(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def rotary_dim(self) -> int:
+        return round(self.rotary_pct * self.d_head)
+
+    def dims(self) -> dict[str, int]:
+        """The named sizes that rule templates and shape checks refer to."""
+        return {
+            "n_layers": self.n_layers,
+            "d_model": self.d_model,
+            "n_heads": self.n_heads,
+            "d_head": self.d_head,
+            "d_mlp": self.d_mlp,
+            "d_vocab": self.d_vocab,
+        }
+
+
+def read_config(path: Path) -> NeoXConfig:
+    """Read and validate ``config.json``; raise ConfigError naming the file and field at fault."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found; a checkpoint needs its config.json") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: not a readable JSON file ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a JSON object, found {type(raw).__name__}")
+    return parse_config(raw, origin=str(path))
+
+
+def parse_config(raw: dict[str, Any], origin: str = "config.json") -> NeoXConfig:
+    """Validate a GPT-NeoX config dict; both Hub (``rotary_pct``) and transformers-5
+    (``rope_parameters``) spellings are accepted."""
+    fields = _Fields(raw, origin)
+    model_type = raw.get("model_type")
+    if model_type is not None and model_type != "gpt_neox":
+        raise ConfigError(f"{origin}: model_type is {model_type!r}, expected 'gpt_neox'")
+
+    d_model = fields.integer("hidden_size", 1, _MAX_WIDTH)
+    n_heads = fields.integer("num_attention_heads", 1, _MAX_WIDTH)
+    if d_model % n_heads:
+        raise ConfigError(
+            f"{origin}: hidden_size {d_model} is not divisible by num_attention_heads {n_heads}"
+        )
+    rope = raw.get("rope_parameters")
+    if isinstance(rope, dict) and "partial_rotary_factor" in rope:
+        rotary_pct = fields.number_in(rope, "rope_parameters.partial_rotary_factor", 0.0, 1.0)
+        rotary_base = fields.number_in(rope, "rope_parameters.rope_theta", 1e-9, math.inf)
+    else:
+        rotary_pct = fields.number("rotary_pct", 0.0, 1.0)
+        rotary_base = fields.number("rotary_emb_base", 1e-9, math.inf, default=10000.0)
+    act_fn = raw.get("hidden_act", "gelu")
+    if act_fn != "gelu":
+        raise ConfigError(f"{origin}: hidden_act is {act_fn!r}, expected 'gelu' (Pythia)")
+    dtype = raw.get("dtype", raw.get("torch_dtype"))
+    return NeoXConfig(
+        n_layers=fields.integer("num_hidden_layers", 1, _MAX_LAYERS),
+        d_model=d_model,
+        n_heads=n_heads,
+        d_mlp=fields.integer("intermediate_size", 1, _MAX_WIDTH * 8),
+        d_vocab=fields.integer("vocab_size", 1, _MAX_WIDTH * 4),
+        n_ctx=fields.integer("max_position_embeddings", 1, _MAX_WIDTH * 4),
+        eps=fields.number("layer_norm_eps", 0.0, 1.0, default=1e-5),
+        rotary_pct=rotary_pct,
+        rotary_base=rotary_base,
+        parallel_residual=fields.boolean("use_parallel_residual", default=True),
+        act_fn=act_fn,
+        dtype=dtype if dtype in _FLOAT_DTYPES else None,
+    )
+
+
+class _Fields:
+    """Typed access to config fields with one-line errors that name the field."""
+
+    def __init__(self, raw: dict[str, Any], origin: str) -> None:
+        self.raw = raw
+        self.origin = origin
+
+    def integer(self, key: str, low: int, high: int) -> int:
+        value = self.raw.get(key)
+        if value is None:
+            raise ConfigError(f"{self.origin}: missing field {key!r}")
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ConfigError(
+                f"{self.origin}: {key} is {value!r}, expected an integer in [{low}, {high}]"
+            )
+        return value
+
+    def number(self, key: str, low: float, high: float, default: float | None = None) -> float:
+        if key not in self.raw and default is not None:
+            return default
+        return self.number_in(self.raw, key, low, high)
+
+    def number_in(self, mapping: dict[str, Any], key: str, low: float, high: float) -> float:
+        value = mapping.get(key.rsplit(".", 1)[-1])
+        if value is None:
+            raise ConfigError(f"{self.origin}: missing field {key!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{self.origin}: {key} is {value!r}, expected a number")
+        if not (low <= value <= high) or math.isnan(value):
+            raise ConfigError(
+                f"{self.origin}: {key} is {value!r}, expected a number in [{low}, {high}]"
+            )
+        return float(value)
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.raw.get(key, default)
+        if not isinstance(value, bool):
+            raise ConfigError(f"{self.origin}: {key} is {value!r}, expected true or false")
+        return value

@@ -1,0 +1,94 @@
+"""Pythia model names and the training-step schedule of their checkpoints."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from pythia_tl.errors import UsageError
+
+ORGANISATION = "EleutherAI"
+SIZES = ("14m", "31m", "70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b")
+OLD_SIZES = {
+    "19m": "70m",
+    "125m": "160m",
+    "350m": "410m",
+    "800m": "1b",
+    "1.3b": "1.4b",
+    "2.7b": "2.8b",
+    "6.7b": "6.9b",
+    "13b": "12b",
+}
+TOKENS_PER_STEP = 2_097_152
+LAST_STEP = 143_000
+
+_SHORT_NAME = re.compile(
+    r"pythia-(?P<size>[0-9.]+[mb])(?P<deduped>-deduped)?(?P<v0>-v0)?(?P<seed>-seed\d+)?"
+)
+
+
+@dataclass(frozen=True)
+class ModelName:
+    """A Pythia repository on the Hub, e.g. ``EleutherAI/pythia-410m-deduped``."""
+
+    repo_id: str
+
+    @property
+    def name(self) -> str:
+        """The repository name without its organisation."""
+        return self.repo_id.rsplit("/", 1)[-1]
+
+    @property
+    def is_v0(self) -> bool:
+        return "-v0" in self.name
+
+    def steps(self) -> list[int]:
+        """The training steps that have a ``step<N>`` branch."""
+        return training_steps(v0=self.is_v0)
+
+
+def training_steps(v0: bool = False) -> list[int]:
+    """The checkpoint schedule: 0, 1, 2, 4, ..., 512, then every 1000 to 143000 (v0: no early ones)."""
+    early = [] if v0 else [0] + [2**i for i in range(10)]
+    return early + list(range(1000, LAST_STEP + 1, 1000))
+
+
+def resolve_model_name(name: str) -> ModelName:
+    """Map ``pythia-70m``, an old name such as ``pythia-19m``, or ``Org/repo`` to a repository.
+
+    Anything with a slash is taken as a repository id as it is.
+    """
+    if "/" in name:
+        return ModelName(name)
+    match = _SHORT_NAME.fullmatch(name)
+    if match is None:
+        raise UsageError(
+            f"unknown model name {name!r}: expected a folder, a Hub repo id such as "
+            "'EleutherAI/pythia-70m', or a short name such as 'pythia-70m' or 'pythia-410m-deduped'"
+        )
+    size = OLD_SIZES.get(match["size"], match["size"])
+    if size not in SIZES:
+        known = ", ".join(SIZES)
+        raise UsageError(f"unknown model name {name!r}: Pythia comes in sizes {known}")
+    suffix = (match["deduped"] or "") + (match["v0"] or "") + (match["seed"] or "")
+    return ModelName(f"{ORGANISATION}/pythia-{size}{suffix}")
+
+
+def step_revision(step: int, model: ModelName | None) -> str:
+    """The branch of a training step, checked against the model's schedule when it is known."""
+    if model is not None and model.repo_id.startswith(f"{ORGANISATION}/pythia-"):
+        schedule = model.steps()
+        if step not in schedule:
+            raise UsageError(
+                f"--step {step}: {model.name} has no checkpoint at that step; steps are "
+                f"{_describe(schedule)}"
+            )
+    elif step < 0:
+        raise UsageError(f"--step {step}: expected a non-negative step number")
+    return f"step{step}"
+
+
+def _describe(schedule: list[int]) -> str:
+    if schedule[0] == 0:
+        return "0, 1, 2, 4, ..., 512 and every 1000 from 1000 to 143000"
+    return "every 1000 from 1000 to 143000"
