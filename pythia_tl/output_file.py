@@ -1,4 +1,4 @@
-"""Reading back what pythia-tl wrote: tensor headers and the metadata that records the conversion."""
+"""Reading back what pythia-tl wrote: tensor headers and the metadata recording the conversion."""
 
 from __future__ import annotations
 

@@ -11,7 +11,8 @@ import typer
 
 from pythia_tl.cli.options import CacheDir, DType, Json, Quiet, Revision, Step
 from pythia_tl.cli.progress import byte_progress
-from pythia_tl.convert import ConvertOptions, convert as run_conversion, default_output_name
+from pythia_tl.convert import ConvertOptions, default_output_name
+from pythia_tl.convert import convert as run_conversion
 from pythia_tl.source import resolve_source
 
 
@@ -19,7 +20,7 @@ def convert(
     source: Annotated[
         str,
         typer.Argument(
-            help="A local folder, a Hub repo id (EleutherAI/pythia-70m) or a short name (pythia-70m)."
+            help="A local folder, a Hub repo id (EleutherAI/pythia-70m) or a short name."
         ),
     ],
     output: Annotated[

@@ -144,7 +144,7 @@ def _explain(exc: HfHubHTTPError, repo_id: str, revision: str) -> SourceError:
         )
     if isinstance(exc, RepositoryNotFoundError):
         return SourceError(
-            f"{repo_id}: repository not found on the Hub (check the name, or log in if it is private)"
+            f"{repo_id}: repository not found on the Hub (check the name; log in if it is private)"
         )
     if isinstance(exc, RevisionNotFoundError):
         return SourceError(f"{repo_id}: revision {revision!r} not found on the Hub")

@@ -48,7 +48,10 @@ class ModelName:
 
 
 def training_steps(v0: bool = False) -> list[int]:
-    """The checkpoint schedule: 0, 1, 2, 4, ..., 512, then every 1000 to 143000 (v0: no early ones)."""
+    """The checkpoint schedule: 0, 1, 2, 4, ..., 512, then every 1000 to 143000.
+
+    ``-v0`` models have no checkpoints before step 1000.
+    """
     early = [] if v0 else [0] + [2**i for i in range(10)]
     return early + list(range(1000, LAST_STEP + 1, 1000))
 
