@@ -1,8 +1,8 @@
 """Random Pythia-shaped checkpoints in the Hub's file layouts, for tests, examples and benchmarks.
 
-Only torch, safetensors and json are needed. Tensors are generated one at a time and written one
-shard at a time, so at most one shard (plus the tensor being generated) is held in memory: a
-pythia-12b-sized checkpoint can be written on a machine smaller than it.
+Only torch and json are needed. Tensors are generated one at a time; safetensors files are
+streamed tensor by tensor and ``.bin`` files are written one shard at a time, so at most one shard
+is held in memory: a pythia-12b-sized checkpoint can be written on a machine smaller than it.
 
 Every tensor draws from its own ``torch.Generator`` seeded from ``seed`` and the tensor's name, so
 the same seed gives the same values whatever the layout, the head name or the shard size.
@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from safetensors.torch import save_file
 
 Layout = Literal["safetensors", "safetensors-sharded", "bin", "bin-sharded"]
 ConfigStyle = Literal["hub", "v5"]
@@ -30,6 +29,12 @@ DEFAULT_SHARD_BYTES = 2 * 1024**3
 ROTARY_BASE = 10000
 
 _DTYPE_NAMES = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32"}
+_SAFETENSORS_DTYPES = {
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.float32: "F32",
+    torch.uint8: "U8",
+}
 
 
 @dataclass(frozen=True)
@@ -241,6 +246,29 @@ def _plan_shards(specs: list[_Spec], shard_bytes: int) -> list[list[_Spec]]:
     return shards
 
 
+def _write_safetensors(path: Path, specs: list[_Spec], shape: PythiaShape, seed: int) -> None:
+    """Write a safetensors file tensor by tensor: the header only needs shapes and dtypes."""
+    header: dict[str, dict] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for spec in specs:
+        end = offset + spec.nbytes
+        header[spec.name] = {
+            "dtype": _SAFETENSORS_DTYPES[spec.dtype],
+            "shape": list(spec.shape),
+            "data_offsets": [offset, end],
+        }
+        offset = end
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    with path.open("wb") as f:
+        f.write(len(encoded).to_bytes(8, "little"))
+        f.write(encoded)
+        for spec in specs:
+            tensor = _make(spec, shape, seed)
+            # Raw little-endian bytes, as safetensors stores them.
+            f.write(tensor.reshape(-1).view(torch.uint8).numpy().data)
+
+
 def write_checkpoint(
     folder: Path,
     shape: PythiaShape,
@@ -262,7 +290,9 @@ def write_checkpoint(
 
     Sharded layouts start a new shard before a tensor that would take the current one past
     ``shard_bytes`` (a tensor larger than that gets a shard of its own) and add the index file;
-    single-file layouts ignore ``shard_bytes``.
+    single-file layouts ignore ``shard_bytes``. Safetensors files are streamed tensor by tensor;
+    a ``.bin`` file is built in memory by ``torch.save``, so a single-file ``.bin`` holds the
+    whole model at once (real sizes use ``bin-sharded``, as the Hub's 6.9b and 12b do).
     """
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
@@ -280,12 +310,12 @@ def write_checkpoint(
     weight_map: dict[str, str] = {}
     for k, shard in enumerate(shards, start=1):
         filename = f"{stem}-{k:05d}-of-{len(shards):05d}{suffix}" if sharded else stem + suffix
-        tensors = {spec.name: _make(spec, shape, seed) for spec in shard}
         if is_bin:
+            tensors = {spec.name: _make(spec, shape, seed) for spec in shard}
             torch.save(tensors, folder / filename)
+            del tensors
         else:
-            save_file(tensors, folder / filename, metadata={"format": "pt"})
-        del tensors
+            _write_safetensors(folder / filename, shard, shape, seed)
         weight_map.update(dict.fromkeys((spec.name for spec in shard), filename))
 
     if sharded:
