@@ -74,7 +74,7 @@ class PythiaShape:
         return 2 * self.d_vocab * d + self.n_layers * per_layer + 2 * d
 
     def to_hf_config(self, style: ConfigStyle = "hub", dtype: torch.dtype = torch.float16) -> dict:
-        """A GPTNeoX ``config.json`` as the Hub has it (``"hub"``) or as transformers 5 writes it."""
+        """A GPTNeoX ``config.json`` in the Hub's spelling (``"hub"``) or transformers 5's."""
         config: dict = {
             "architectures": ["GPTNeoXForCausalLM"],
             "model_type": "gpt_neox",
@@ -284,9 +284,9 @@ def write_checkpoint(
     """Write ``config.json`` and random weights for ``shape`` into ``folder`` in ``layout``.
 
     ``legacy_buffers``: the per-layer ``attention.bias``, ``attention.masked_bias`` and
-    ``attention.rotary_emb.inv_freq`` buffers that old transformers saved. ``True`` writes them in
-    the ``.bin`` layouts only, which is where the Hub's old files have them; ``"always"`` writes them
-    in every layout; ``False`` never.
+    ``attention.rotary_emb.inv_freq`` buffers that old transformers saved. ``True`` writes them
+    in the ``.bin`` layouts only, which is where the Hub's old files have them; ``"always"``
+    writes them in every layout; ``False`` never.
 
     Sharded layouts start a new shard before a tensor that would take the current one past
     ``shard_bytes`` (a tensor larger than that gets a shard of its own) and add the index file;

@@ -25,7 +25,11 @@ HUB = {
 }
 V5 = {k: v for k, v in HUB.items() if k not in ("rotary_pct", "rotary_emb_base", "torch_dtype")}
 V5 |= {
-    "rope_parameters": {"partial_rotary_factor": 0.25, "rope_theta": 10000.0, "rope_type": "default"},
+    "rope_parameters": {
+        "partial_rotary_factor": 0.25,
+        "rope_theta": 10000.0,
+        "rope_type": "default",
+    },
     "dtype": "float16",
 }
 

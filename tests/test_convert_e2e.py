@@ -1,4 +1,4 @@
-"""End to end: a checkpoint folder in, a TransformerLens file out, the source's logits reproduced."""
+"""End to end: a checkpoint folder in, a TransformerLens file out, the source logits reproduced."""
 
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ def test_the_table_yields_16_tensors_per_layer_plus_5() -> None:
     rules = expand(PYTHIA_TO_TL, DIMS["n_layers"], DIMS)
     assert len(rules) == 16 * DIMS["n_layers"] + 5
     assert len({rule.target for rule in rules}) == len(rules)
-    per_layer = {rule.target.split(".", 2)[2] for rule in rules if rule.target.startswith("blocks.0.")}
+    per_layer = {r.target.split(".", 2)[2] for r in rules if r.target.startswith("blocks.0.")}
     assert per_layer == {
         "ln1.w", "ln1.b", "attn.W_Q", "attn.W_K", "attn.W_V", "attn.b_Q", "attn.b_K", "attn.b_V",
         "attn.W_O", "attn.b_O", "ln2.w", "ln2.b", "mlp.W_in", "mlp.b_in", "mlp.W_out", "mlp.b_out",
