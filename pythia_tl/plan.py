@@ -144,10 +144,12 @@ def _source_float_dtype(checkpoint: Checkpoint, used: set[str]) -> torch.dtype:
     return dtypes.pop()
 
 
+def check_dtype_option(requested: str) -> None:
+    """Refuse an unknown ``--dtype`` before any work starts."""
+    if requested != "auto" and requested not in DTYPES:
+        raise UsageError(f"--dtype {requested!r}: expected auto, {', '.join(DTYPES)}")
+
+
 def _output_dtype(requested: str, source: torch.dtype) -> torch.dtype:
-    if requested == "auto":
-        return source
-    try:
-        return DTYPES[requested]
-    except KeyError:
-        raise UsageError(f"--dtype {requested!r}: expected auto, {', '.join(DTYPES)}") from None
+    check_dtype_option(requested)
+    return source if requested == "auto" else DTYPES[requested]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
 import typer.main
 
@@ -45,22 +44,29 @@ def main(argv: list[str] | None = None) -> None:
     command = typer.main.get_command(app)
     try:
         status = command.main(args=args, prog_name="pythia-tl", standalone_mode=False)
-    except click.exceptions.UsageError as exc:
-        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
-        _fail(f"{exc.format_message()}{hint}", 2)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         _fail("interrupted", 130)
-    except click.exceptions.ClickException as exc:
-        _fail(exc.format_message(), exc.exit_code)
     except PythiaTLError as exc:
         if debug:
             raise
         _fail(str(exc), exc.exit_code)
     except Exception as exc:
+        if _is_command_line_error(exc):
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            _fail(f"{exc.format_message()}{hint}", exc.exit_code)  # type: ignore[attr-defined]
         if debug:
             raise
         _fail(f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for details)", 1)
     sys.exit(status if isinstance(status, int) else 0)
+
+
+def _is_command_line_error(exc: Exception) -> bool:
+    """Click's usage errors (exit code 2) and other command-line errors, which Typer raises from
+    its own copy of click in recent versions and from click itself in older ones."""
+    return isinstance(exc, typer.TyperException) or (
+        hasattr(exc, "format_message") and isinstance(getattr(exc, "exit_code", None), int)
+    )
 
 
 def _fail(message: str, code: int) -> None:

@@ -13,6 +13,7 @@ from pythia_tl.cli.options import CacheDir, DType, Json, Quiet, Revision, Step
 from pythia_tl.cli.progress import byte_progress
 from pythia_tl.convert import ConvertOptions, default_output_name
 from pythia_tl.convert import convert as run_conversion
+from pythia_tl.plan import check_dtype_option
 from pythia_tl.source import resolve_source
 
 
@@ -40,6 +41,7 @@ def convert(
     json_output: Json = False,
 ) -> None:
     """Convert one checkpoint into a TransformerLens safetensors file."""
+    check_dtype_option(dtype)
     resolved = resolve_source(source, revision=revision, step=step, cache_dir=cache_dir)
     target = output or Path(
         default_output_name(resolved.provenance, revision is not None or step is not None)

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pythia_tl.cli.options import CacheDir, DType, Json, Revision, Step
-from pythia_tl.plan import build_plan, dtype_name
+from pythia_tl.plan import build_plan, check_dtype_option, dtype_name
 from pythia_tl.source import resolve_source
 
 
@@ -24,6 +24,7 @@ def plan(
 ) -> None:
     """Show every output tensor: its source key, the steps, shapes and dtypes (reads no tensor
     data; a Hub revision is downloaded to the cache first)."""
+    check_dtype_option(dtype)
     resolved = resolve_source(source, revision=revision, step=step, cache_dir=cache_dir)
     planned = build_plan(resolved.checkpoint, dtype)
     rows = [

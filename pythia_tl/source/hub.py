@@ -79,16 +79,20 @@ def _fetch_online(repo_id: str, revision: str, cache_dir: Path | None) -> HubRev
             "pytorch_model.bin, alone or sharded with an index)"
         )
 
-    def download(filename: str) -> Path:
+    def download(filename: str, at: str = commit) -> Path:
         try:
-            return Path(hf_hub_download(repo_id, filename, revision=commit, cache_dir=cache_dir))
+            return Path(hf_hub_download(repo_id, filename, revision=at, cache_dir=cache_dir))
         except EntryNotFoundError:
             raise CheckpointError(
                 f"{repo_id}@{revision}: {filename} is listed but cannot be downloaded"
             ) from None
 
     _, (weights_entry,) = found
-    config_path = download("config.json")
+    # Asked for by revision name, so the cache records which commit the name resolved to and a
+    # later offline run can find it; everything else is pinned to that commit.
+    config_path = download("config.json", revision)
+    if config_path.parent.name != commit:
+        raise SourceError(f"{repo_id}@{revision}: the revision moved while downloading; try again")
     names = [weights_entry]
     if weights_entry.endswith(".index.json"):
         index_path = download(weights_entry)

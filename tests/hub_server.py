@@ -1,0 +1,725 @@
+"""A local stand-in for the Hugging Face Hub, serving folders of files as repo revisions.
+
+It answers what huggingface_hub (checked against 2.4.0) asks of the Hub when downloading:
+
+- ``HEAD``/``GET /{repo}/resolve/{rev}/{path}``: small files directly, with ``ETag`` (git blob
+  sha1), ``X-Repo-Commit`` and ``Content-Length``; ``.safetensors``, ``.bin`` and files over
+  10 MiB are LFS files and get a 302 with ``X-Linked-Etag`` (sha256), ``X-Linked-Size`` and a
+  ``Location`` on a second port of this server, the "CDN". A different origin matters:
+  huggingface_hub follows a HEAD's redirect when it stays on the Hub's origin, and reads the file's
+  metadata from the 302 only when it leaves it, as it does on the real Hub.
+- ``GET /api/models/{repo}`` and ``.../revision/{rev}`` (``?blobs=true`` adds size, blobId, lfs),
+  ``.../tree/{rev}[/{path}]`` (``?recursive=true``) and ``.../refs``.
+- ``Range`` on every file body; 404s with ``X-Error-Code`` RepoNotFound, RevisionNotFound or
+  EntryNotFound and a JSON ``{"error": ...}`` body. No ``X-Xet-*`` header is ever sent.
+
+A revision is a folder on disk whose files are listed (and hashed) when it is added; do not change
+the folder afterwards without adding it again. Its commit is a fake sha1 of the repo, the branch
+and the files' digests, so identical content on two branches has distinct commits. Revisions can
+be named by branch or by commit; re-adding a branch keeps the old commit reachable by its sha.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import socket
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import TracebackType
+from typing import Literal
+from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
+
+LFS_SUFFIXES = (".safetensors", ".bin")
+LFS_MIN_SIZE = 10 * 1024 * 1024
+_CHUNK = 1024 * 1024
+_LFS_SPEC = "https://git-lfs.github.com/spec/v1"
+
+FaultKind = Literal["truncate", "corrupt", "status"]
+
+
+@dataclass(frozen=True)
+class HubFile:
+    """One file of a revision, with the digests the Hub reports for it."""
+
+    path: str
+    disk_path: Path
+    size: int
+    blob_id: str
+    sha256: str | None
+    pointer_size: int | None
+
+    @property
+    def is_lfs(self) -> bool:
+        return self.sha256 is not None
+
+
+@dataclass(frozen=True)
+class Revision:
+    """A commit: its sha and its files by repo path."""
+
+    commit: str
+    files: dict[str, HubFile]
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One request the server received."""
+
+    method: str
+    path: str
+    query: str
+    range: str | None
+    server: Literal["hub", "cdn"]
+
+
+@dataclass
+class Fault:
+    """Breaks the bodies (or statuses) served for one file; ``times`` None means every time."""
+
+    repo_id: str
+    path: str
+    revision: str | None
+    kind: FaultKind
+    offset: int
+    status: int
+    times: int | None
+    fired: int = 0
+
+
+@dataclass
+class _Repo:
+    branches: dict[str, list[str]] = field(default_factory=dict)  # name -> commits, head last
+    commits: dict[str, Revision] = field(default_factory=dict)
+
+    def resolve(self, revision: str) -> Revision | None:
+        history = self.branches.get(revision)
+        if history:
+            return self.commits[history[-1]]
+        if any(revision in h for h in self.branches.values()):
+            return self.commits.get(revision)
+        return None
+
+
+_DIGESTS: dict[tuple[str, int, int], tuple[str, str | None, int | None]] = {}
+_DIGESTS_LOCK = threading.Lock()
+
+
+def _chunks(disk_path: Path) -> Iterator[bytes]:
+    with disk_path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            yield chunk
+
+
+def _git_blob_id(size: int, chunks: Iterable[bytes]) -> str:
+    sha = hashlib.sha1(f"blob {size}\0".encode())
+    for chunk in chunks:
+        sha.update(chunk)
+    return sha.hexdigest()
+
+
+def _digest(disk_path: Path, size: int) -> tuple[str, str | None, int | None]:
+    """(git blob id, sha256 or None, LFS pointer size or None), cached by path, size and mtime."""
+    stat = disk_path.stat()
+    key = (str(disk_path.resolve()), stat.st_size, stat.st_mtime_ns)
+    with _DIGESTS_LOCK:
+        if key in _DIGESTS:
+            return _DIGESTS[key]
+    if disk_path.suffix in LFS_SUFFIXES or size >= LFS_MIN_SIZE:
+        sha256 = hashlib.sha256()
+        for chunk in _chunks(disk_path):
+            sha256.update(chunk)
+        pointer = f"version {_LFS_SPEC}\noid sha256:{sha256.hexdigest()}\nsize {size}\n".encode()
+        result = (_git_blob_id(len(pointer), [pointer]), sha256.hexdigest(), len(pointer))
+    else:
+        result = (_git_blob_id(size, _chunks(disk_path)), None, None)
+    with _DIGESTS_LOCK:
+        _DIGESTS[key] = result
+    return result
+
+
+def _scan(folder: Path) -> dict[str, HubFile]:
+    files: dict[str, HubFile] = {}
+    for disk_path in sorted(folder.rglob("*")):
+        if not disk_path.is_file():
+            continue
+        path = disk_path.relative_to(folder).as_posix()
+        size = disk_path.stat().st_size
+        blob_id, sha256, pointer_size = _digest(disk_path, size)
+        files[path] = HubFile(path, disk_path, size, blob_id, sha256, pointer_size)
+    return files
+
+
+def _parse_range(header: str | None, size: int) -> tuple[int, int] | Literal["bad"] | None:
+    """(start, end exclusive) for one ``bytes=`` range, None to send it all, "bad" for a 416."""
+    if not header or not header.startswith("bytes=") or "," in header:
+        return None
+    first, _, last = header[len("bytes=") :].strip().partition("-")
+    try:
+        if not first:
+            suffix = int(last)
+            return "bad" if suffix <= 0 or size == 0 else (max(size - suffix, 0), size)
+        start = int(first)
+        end = min(int(last) + 1, size) if last else size
+    except ValueError:
+        return None
+    return "bad" if start >= size or end <= start else (start, end)
+
+
+class StandInHub:
+    """The stand-in Hub: ``.url`` for HF_ENDPOINT, repos added with ``add_revision``."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._repos: dict[str, _Repo] = {}
+        self._blobs: dict[str, HubFile] = {}
+        self._faults: list[Fault] = []
+        self._records: list[RequestRecord] = []
+        self._downloads: list[tuple[str, str, str]] = []
+        self._hub = _Server(self, "hub")
+        self._cdn = _Server(self, "cdn")
+        # A short poll interval keeps close() quick: shutdown() waits for the next poll.
+        self._threads = [
+            threading.Thread(
+                target=server.serve_forever, args=(0.02,), daemon=True, name=f"stand-in-{kind}"
+            )
+            for server, kind in ((self._hub, "hub"), (self._cdn, "cdn"))
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    @property
+    def url(self) -> str:
+        """The endpoint to put in HF_ENDPOINT."""
+        return self._hub.base_url
+
+    @property
+    def cdn_url(self) -> str:
+        """Where LFS files are redirected to."""
+        return self._cdn.base_url
+
+    # --- repos -----------------------------------------------------------------------------
+
+    def add_revision(
+        self, repo_id: str, branch: str, folder: Path, *, commit: str | None = None
+    ) -> str:
+        """Point ``branch`` of ``repo_id`` at the files of ``folder``; return the commit sha."""
+        if not Path(folder).is_dir():
+            raise NotADirectoryError(folder)
+        files = _scan(Path(folder))
+        if commit is None:
+            seed = hashlib.sha1(f"stand-in\0{repo_id}\0{branch}\0".encode())
+            for path, f in files.items():
+                seed.update(f"{path}\0{f.sha256 or f.blob_id}\0".encode())
+            commit = seed.hexdigest()
+        with self._lock:
+            repo = self._repos.setdefault(repo_id, _Repo())
+            repo.commits[commit] = Revision(commit, files)
+            history = repo.branches.setdefault(branch, [])
+            if commit in history:
+                history.remove(commit)
+            history.append(commit)
+            for f in files.values():
+                if f.sha256 is not None:
+                    self._blobs[f.sha256] = f
+        return commit
+
+    def remove_revision(self, repo_id: str, branch: str) -> None:
+        """Delete a branch; its commits stay reachable only if another branch has them."""
+        with self._lock:
+            repo = self._repos[repo_id]
+            repo.branches.pop(branch)
+            live = {c for history in repo.branches.values() for c in history}
+            repo.commits = {c: r for c, r in repo.commits.items() if c in live}
+
+    def remove_repo(self, repo_id: str) -> None:
+        with self._lock:
+            del self._repos[repo_id]
+
+    def commit_of(self, repo_id: str, revision: str) -> str:
+        """The commit that a branch (or commit) of ``repo_id`` currently names."""
+        with self._lock:
+            resolved = self._repos[repo_id].resolve(revision)
+        if resolved is None:
+            raise KeyError(f"{repo_id}@{revision}")
+        return resolved.commit
+
+    def branches(self, repo_id: str) -> list[str]:
+        with self._lock:
+            return list(self._repos[repo_id].branches)
+
+    # --- faults ----------------------------------------------------------------------------
+
+    def break_file(
+        self,
+        repo_id: str,
+        path: str,
+        *,
+        revision: str | None = None,
+        kind: FaultKind = "truncate",
+        offset: int = 0,
+        status: int = 500,
+        times: int | None = None,
+    ) -> Fault:
+        """Make downloads of ``path`` fail: on every revision, or the one (branch or commit) given.
+
+        ``truncate``: the body stops at file byte ``offset`` and the connection is closed, though
+        the full Content-Length was announced. ``corrupt``: the byte at ``offset`` is inverted.
+        ``status``: answer ``status`` (HEAD and GET on /resolve, and the CDN). ``times`` limits how
+        many responses are broken (None: all). Note huggingface_hub retries a truncated body with
+        a Range request after a 1 s sleep, up to 5 times without progress.
+        """
+        fault = Fault(repo_id, path, revision, kind, offset, status, times)
+        with self._lock:
+            self._faults.append(fault)
+        return fault
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    # --- logs ------------------------------------------------------------------------------
+
+    @property
+    def requests(self) -> list[tuple[str, str]]:
+        """(method, path) of every request so far, query strings left out."""
+        with self._lock:
+            return [(r.method, r.path) for r in self._records]
+
+    @property
+    def records(self) -> list[RequestRecord]:
+        with self._lock:
+            return list(self._records)
+
+    @property
+    def downloads(self) -> list[tuple[str, str, str]]:
+        """(repo_id, commit, path) of every file body sent (GET, full or partial)."""
+        with self._lock:
+            return list(self._downloads)
+
+    def downloaded_paths(self) -> set[str]:
+        return {path for _, _, path in self.downloads}
+
+    def clear_requests(self) -> None:
+        with self._lock:
+            self._records.clear()
+            self._downloads.clear()
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        for server in (self._hub, self._cdn):
+            server.shutdown()
+            server.close_connections()
+            server.server_close()
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+    def __enter__(self) -> StandInHub:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # --- used by the request handler -------------------------------------------------------
+
+    def _record(self, record: RequestRecord) -> None:
+        with self._lock:
+            self._records.append(record)
+
+    def _record_download(self, repo_id: str, commit: str, path: str) -> None:
+        with self._lock:
+            self._downloads.append((repo_id, commit, path))
+
+    def _lookup(self, repo_id: str, revision: str) -> tuple[_Repo | None, Revision | None]:
+        with self._lock:
+            repo = self._repos.get(repo_id)
+            return repo, (repo.resolve(revision) if repo is not None else None)
+
+    def _repo_ids(self) -> set[str]:
+        with self._lock:
+            return set(self._repos)
+
+    def _refs(self, repo_id: str) -> dict[str, str] | None:
+        with self._lock:
+            repo = self._repos.get(repo_id)
+            if repo is None:
+                return None
+            return {name: history[-1] for name, history in repo.branches.items()}
+
+    def _blob(self, sha256: str) -> HubFile | None:
+        with self._lock:
+            return self._blobs.get(sha256)
+
+    def _take_fault(self, repo_id: str, commit: str, path: str, method: str) -> Fault | None:
+        with self._lock:
+            for fault in self._faults:
+                if fault.repo_id != repo_id or fault.path != path:
+                    continue
+                if fault.times is not None and fault.fired >= fault.times:
+                    continue
+                if method == "HEAD" and fault.kind != "status":
+                    continue
+                if fault.revision is not None:
+                    repo = self._repos.get(repo_id)
+                    target = repo.resolve(fault.revision) if repo is not None else None
+                    if target is None or target.commit != commit:
+                        continue
+                fault.fired += 1
+                return fault
+        return None
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, hub: StandInHub, kind: Literal["hub", "cdn"]) -> None:
+        self.hub = hub
+        self.kind: Literal["hub", "cdn"] = kind
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+        super().__init__(("127.0.0.1", 0), _Handler)
+
+    @property
+    def base_url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def process_request(self, request: socket.socket, client_address: tuple[str, int]) -> None:
+        with self._connections_lock:
+            self._connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: socket.socket) -> None:
+        with self._connections_lock:
+            self._connections.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        """Drop idle keep-alive connections so that their handler threads end."""
+        with self._connections_lock:
+            connections = list(self._connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_HEAD(self) -> None:
+        self._dispatch("HEAD")
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self.close_connection = True
+        self._dispatch("POST")
+
+    # --- routing ---------------------------------------------------------------------------
+
+    def _dispatch(self, method: str) -> None:
+        hub = self.server.hub
+        split = urlsplit(self.path)
+        segments = [unquote(s) for s in split.path.split("/")[1:]]
+        hub._record(
+            RequestRecord(
+                method,
+                "/" + "/".join(segments),
+                split.query,
+                self.headers.get("Range"),
+                self.server.kind,
+            )
+        )
+        query = {k: v[-1] for k, v in parse_qs(split.query).items()}
+        if method not in ("GET", "HEAD"):
+            self._send_json(405, {"error": f"{method} is not supported"}, method)
+        elif self.server.kind == "cdn":
+            self._serve_blob(method, segments, query)
+        elif segments[:2] == ["api", "models"] and len(segments) > 2:
+            self._serve_api(method, segments[2:], query)
+        else:
+            self._serve_resolve(method, segments)
+
+    @staticmethod
+    def _split_repo(
+        segments: list[str], known: set[str], keywords: tuple[str, ...]
+    ) -> tuple[str, list[str]] | None:
+        """Split ``org/name/rest...`` (or ``name/rest...``) into repo id and the rest."""
+        for n in (2, 1):
+            if len(segments) >= n and "/".join(segments[:n]) in known:
+                return "/".join(segments[:n]), segments[n:]
+        for n in (2, 1):
+            if len(segments) == n or (len(segments) > n and segments[n] in keywords):
+                return "/".join(segments[:n]), segments[n:]
+        return None
+
+    def _serve_api(self, method: str, segments: list[str], query: dict[str, str]) -> None:
+        hub = self.server.hub
+        split = self._split_repo(segments, hub._repo_ids(), ("revision", "tree", "refs"))
+        if split is None:
+            self._send_json(404, {"error": "Not found"}, method)
+            return
+        repo_id, rest = split
+        if hub._refs(repo_id) is None:
+            self._not_found(method, "RepoNotFound", "Repository not found")
+            return
+        if rest == ["refs"]:
+            self._send_refs(method, repo_id, query)
+        elif not rest or (len(rest) == 2 and rest[0] == "revision"):
+            self._send_model_info(method, repo_id, rest[1] if rest else "main", query)
+        elif len(rest) >= 2 and rest[0] == "tree":
+            self._send_tree(method, repo_id, rest[1], "/".join(rest[2:]), query)
+        else:
+            self._send_json(404, {"error": "Not found"}, method)
+
+    def _revision(self, method: str, repo_id: str, revision: str) -> Revision | None:
+        repo, resolved = self.server.hub._lookup(repo_id, revision)
+        if repo is None:
+            self._not_found(method, "RepoNotFound", "Repository not found")
+        elif resolved is None:
+            self._not_found(method, "RevisionNotFound", f"Invalid rev id: {revision}")
+        return resolved
+
+    # --- API -------------------------------------------------------------------------------
+
+    def _send_refs(self, method: str, repo_id: str, query: dict[str, str]) -> None:
+        refs = self.server.hub._refs(repo_id) or {}
+        body: dict = {
+            "branches": [
+                {"name": name, "ref": f"refs/heads/{name}", "targetCommit": commit}
+                for name, commit in refs.items()
+            ],
+            "converts": [],
+            "tags": [],
+        }
+        if query.get("include_prs"):
+            body["pullRequests"] = []
+        self._send_json(200, body, method)
+
+    def _send_model_info(
+        self, method: str, repo_id: str, revision: str, query: dict[str, str]
+    ) -> None:
+        resolved = self._revision(method, repo_id, revision)
+        if resolved is None:
+            return
+        with_blobs = query.get("blobs", "").lower() in ("true", "1")
+        siblings = []
+        for f in resolved.files.values():
+            sibling: dict = {"rfilename": f.path}
+            if with_blobs:
+                sibling["size"] = f.size
+                sibling["blobId"] = f.blob_id
+                if f.is_lfs:
+                    sibling["lfs"] = {
+                        "sha256": f.sha256,
+                        "size": f.size,
+                        "pointerSize": f.pointer_size,
+                    }
+            siblings.append(sibling)
+        author = repo_id.split("/")[0] if "/" in repo_id else None
+        body = {
+            "_id": hashlib.sha1(repo_id.encode()).hexdigest()[:24],
+            "id": repo_id,
+            "modelId": repo_id,
+            "author": author,
+            "sha": resolved.commit,
+            "lastModified": "2023-01-01T00:00:00.000Z",
+            "createdAt": "2023-01-01T00:00:00.000Z",
+            "private": False,
+            "disabled": False,
+            "gated": False,
+            "library_name": "transformers",
+            "pipeline_tag": "text-generation",
+            "tags": ["transformers", "gpt_neox", "text-generation"],
+            "siblings": siblings,
+        }
+        self._send_json(200, body, method)
+
+    def _send_tree(
+        self, method: str, repo_id: str, revision: str, base: str, query: dict[str, str]
+    ) -> None:
+        resolved = self._revision(method, repo_id, revision)
+        if resolved is None:
+            return
+        recursive = query.get("recursive", "").lower() in ("true", "1")
+        prefix = f"{base.strip('/')}/" if base.strip("/") else ""
+        folders = {
+            "/".join(path.split("/")[:i])
+            for path in resolved.files
+            for i in range(1, path.count("/") + 1)
+        }
+        if prefix and prefix[:-1] not in folders:
+            self._not_found(method, "EntryNotFound", f"{base} does not exist on {revision}")
+            return
+
+        def wanted(path: str) -> bool:
+            return path.startswith(prefix) and (recursive or "/" not in path[len(prefix) :])
+
+        entries: list[dict] = [
+            {
+                "type": "directory",
+                "oid": hashlib.sha1(f"{resolved.commit}\0{folder}".encode()).hexdigest(),
+                "size": 0,
+                "path": folder,
+            }
+            for folder in sorted(folders)
+            if wanted(folder)
+        ]
+        for f in resolved.files.values():
+            if not wanted(f.path):
+                continue
+            entry: dict = {"type": "file", "oid": f.blob_id, "size": f.size, "path": f.path}
+            if f.is_lfs:
+                entry["lfs"] = {"oid": f.sha256, "size": f.size, "pointerSize": f.pointer_size}
+            entries.append(entry)
+        self._send_json(200, entries, method)
+
+    # --- files -----------------------------------------------------------------------------
+
+    def _serve_resolve(self, method: str, segments: list[str]) -> None:
+        hub = self.server.hub
+        split = self._split_repo(segments, hub._repo_ids(), ("resolve",))
+        if split is None or len(split[1]) < 3 or split[1][0] != "resolve":
+            self._send_json(404, {"error": "Not found"}, method)
+            return
+        repo_id, (_, revision, *parts) = split
+        resolved = self._revision(method, repo_id, revision)
+        if resolved is None:
+            return
+        path = "/".join(parts)
+        f = resolved.files.get(path)
+        if f is None:
+            self._not_found(
+                method, "EntryNotFound", f"{path} does not exist on {revision}", resolved.commit
+            )
+            return
+        fault = hub._take_fault(repo_id, resolved.commit, path, method)
+        if fault is not None and fault.kind == "status":
+            self._send_json(fault.status, {"error": "injected fault"}, method)
+            return
+        headers = {"X-Repo-Commit": resolved.commit, "Accept-Ranges": "bytes"}
+        if f.is_lfs:
+            target = f"{hub.cdn_url}/lfs/{f.sha256}?" + urlencode(
+                {"repo": repo_id, "commit": resolved.commit, "path": path}
+            )
+            headers |= {
+                "ETag": f'"{f.blob_id}"',
+                "X-Linked-Etag": f'"{f.sha256}"',
+                "X-Linked-Size": str(f.size),
+                "Location": target,
+            }
+            self._send_empty(302, headers)
+            return
+        headers["ETag"] = f'"{f.blob_id}"'
+        self._send_file(method, f, headers, fault, (repo_id, resolved.commit))
+
+    def _serve_blob(self, method: str, segments: list[str], query: dict[str, str]) -> None:
+        hub = self.server.hub
+        f = hub._blob(segments[1]) if len(segments) == 2 and segments[0] == "lfs" else None
+        if f is None:
+            self._send_json(404, {"error": "Not found"}, method)
+            return
+        repo_id, commit, path = query.get("repo", ""), query.get("commit", ""), query.get("path")
+        fault = hub._take_fault(repo_id, commit, path or f.path, method)
+        if fault is not None and fault.kind == "status":
+            self._send_json(fault.status, {"error": "injected fault"}, method)
+            return
+        headers = {"ETag": f'"{f.sha256}"', "Accept-Ranges": "bytes"}
+        self._send_file(method, f, headers, fault, (repo_id, commit) if path else None)
+
+    def _send_file(
+        self,
+        method: str,
+        f: HubFile,
+        headers: dict[str, str],
+        fault: Fault | None,
+        download: tuple[str, str] | None,
+    ) -> None:
+        span = _parse_range(self.headers.get("Range"), f.size)
+        if span == "bad":
+            self._send_empty(416, {"Content-Range": f"bytes */{f.size}"})
+            return
+        start, end = span if span is not None else (0, f.size)
+        self.send_response(206 if span is not None else 200)
+        if span is not None:
+            headers = headers | {"Content-Range": f"bytes {start}-{end - 1}/{f.size}"}
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(end - start))
+        self.end_headers()
+        if method == "HEAD":
+            return
+        if download is not None:
+            self.server.hub._record_download(download[0], download[1], f.path)
+        stop = end
+        if fault is not None and fault.kind == "truncate":
+            stop = min(end, max(start, fault.offset))
+        with f.disk_path.open("rb") as source:
+            source.seek(start)
+            position = start
+            while position < stop:
+                chunk = bytearray(source.read(min(_CHUNK, stop - position)))
+                if not chunk:
+                    break
+                if fault is not None and fault.kind == "corrupt":
+                    at = fault.offset - position
+                    if 0 <= at < len(chunk):
+                        chunk[at] ^= 0xFF
+                self.wfile.write(chunk)
+                position += len(chunk)
+        if stop < end:
+            self.wfile.flush()
+            self.close_connection = True
+
+    # --- plain responses -------------------------------------------------------------------
+
+    def _not_found(self, method: str, code: str, message: str, commit: str | None = None) -> None:
+        headers = {"X-Error-Code": code, "X-Error-Message": message}
+        if commit is not None:
+            headers["X-Repo-Commit"] = commit
+        self._send_json(404, {"error": message}, method, headers)
+
+    def _send_json(
+        self,
+        status: int,
+        body: object,
+        method: str,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if method != "HEAD":
+            self.wfile.write(data)
+
+    def _send_empty(self, status: int, headers: dict[str, str]) -> None:
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+def resolve_url(hub_url: str, repo_id: str, revision: str, path: str) -> str:
+    """The ``/resolve`` URL of a file, encoded as huggingface_hub encodes it."""
+    return f"{hub_url}/{repo_id}/resolve/{quote(revision, safe='')}/{quote(path)}"
