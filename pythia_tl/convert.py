@@ -83,7 +83,7 @@ def convert(
         size = write_safetensors(
             output,
             entries,
-            convert_tensors(plan, reader),
+            (finish(tensor, planned) for planned, tensor in convert_tensors(plan, reader)),
             metadata=lambda: output_metadata(
                 plan, provenance, {name: f.result() for name, f in hashes.items()}
             ),
@@ -105,8 +105,11 @@ def convert(
     )
 
 
-def convert_tensors(plan: Plan, reader: TensorReader) -> Iterator[torch.Tensor]:
-    """The planned tensors, converted one at a time, in plan order.
+def convert_tensors(
+    plan: Plan, reader: TensorReader
+) -> Iterator[tuple[PlannedTensor, torch.Tensor]]:
+    """The planned tensors, converted one at a time in plan order, still in the source dtype
+    (``finish`` casts them), each possibly a view of its source.
 
     Consecutive rules that share a source and all steps but the last (the Q/K/V split of
     ``query_key_value``) reuse one read and one rearrangement of that source.
@@ -124,7 +127,7 @@ def convert_tensors(plan: Plan, reader: TensorReader) -> Iterator[torch.Tensor]:
                 shared_key = (planned.source, prefix)
             assert shared is not None
             tensor = apply_chain(last, shared)
-        yield finish(tensor, planned)
+        yield planned, tensor
     del shared
 
 
