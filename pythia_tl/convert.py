@@ -15,6 +15,7 @@ import torch
 from pythia_tl import CONVERTER_NAME, __version__
 from pythia_tl.converters.steps import apply_chain
 from pythia_tl.converters.tl_config import tl_config
+from pythia_tl.errors import SourceError
 from pythia_tl.plan import Plan, PlannedTensor, build_plan, dtype_name
 from pythia_tl.source import Provenance, ResolvedSource, resolve_source
 from pythia_tl.source.checkpoint import TensorReader
@@ -76,17 +77,12 @@ def convert(
     entries = [TensorEntry(t.key, t.dtype, t.shape) for t in plan.tensors]
     with ThreadPoolExecutor(max_workers=1) as pool, checkpoint.open() as reader:
         # Source files are hashed on the second core while the first converts.
-        hashes = {
-            file.name: _known_or_hashed(pool, provenance.known_sha256.get(file.name), file)
-            for file in checkpoint.files
-        }
+        hashes = {file.name: pool.submit(file_sha256, file) for file in checkpoint.files}
         size = write_safetensors(
             output,
             entries,
             (finish(tensor, planned) for planned, tensor in convert_tensors(plan, reader)),
-            metadata=lambda: output_metadata(
-                plan, provenance, {name: f.result() for name, f in hashes.items()}
-            ),
+            metadata=lambda: output_metadata(plan, provenance, _checked(hashes, provenance)),
             reserve_metadata=output_metadata(plan, provenance, dict.fromkeys(hashes, "0" * 64)),
             overwrite=options.force,
             on_bytes=on_bytes,
@@ -163,12 +159,18 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _known_or_hashed(pool: ThreadPoolExecutor, known: str | None, file: Path) -> Future[str]:
-    if known is not None:
-        done: Future[str] = Future()
-        done.set_result(known)
-        return done
-    return pool.submit(file_sha256, file)
+def _checked(hashes: Mapping[str, Future[str]], provenance: Provenance) -> dict[str, str]:
+    """The source files' sha256, each checked against what the Hub announced for it (the
+    download itself is not checked by huggingface_hub)."""
+    digests = {name: future.result() for name, future in hashes.items()}
+    for name, digest in digests.items():
+        expected = provenance.expected_sha256.get(name)
+        if expected is not None and digest != expected:
+            raise SourceError(
+                f"{name}: sha256 {digest} differs from the {expected} the Hub announced; the "
+                "cached download is corrupt (delete it from the cache and retry)"
+            )
+    return digests
 
 
 __all__ = ["ConversionResult", "ConvertOptions", "convert", "resolve_source"]

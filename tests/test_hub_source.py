@@ -164,3 +164,16 @@ def test_a_shard_missing_from_the_revision_is_named(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and f"names shard '{lost.name}'" in lines[0], lines
     assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_a_download_corrupted_in_transit_is_caught_by_its_sha256(
+    stand_in_hub: StandInHub, tiny_checkpoints: TinyCheckpoints, tmp_path: Path, run_cli
+) -> None:
+    stand_in_hub.add_revision(REPO, "main", tiny_checkpoints["safetensors"])
+    stand_in_hub.break_file(REPO, "model.safetensors", kind="corrupt", offset=4096)
+    result = run_cli(["convert", REPO, "-o", "out.safetensors"], cwd=tmp_path)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "model.safetensors: sha256" in lines[0], lines
+    assert "the Hub announced" in lines[0]
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith((".safetensors", ".tmp"))]

@@ -20,8 +20,8 @@ class Provenance:
     repo_id: str | None
     revision: str | None
     commit: str | None
-    # sha256 of weight files that are known without hashing them (the Hub's LFS metadata).
-    known_sha256: dict[str, str] = field(default_factory=dict)
+    # The sha256 the Hub announced for each weight file; downloads are checked against it.
+    expected_sha256: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ def resolve_source(
         repo_id=model.repo_id,
         revision=rev,
         commit=fetched.commit,
-        known_sha256=fetched.sha256,
+        expected_sha256=fetched.sha256,
     )
     return ResolvedSource(open_checkpoint(fetched.folder, fetched.cache_root), provenance)
 

@@ -14,11 +14,11 @@ from pathlib import Path
 
 from huggingface_hub import HfApi, hf_hub_download, snapshot_download
 from huggingface_hub.errors import (
-    EntryNotFoundError,
     GatedRepoError,
     HfHubHTTPError,
     LocalEntryNotFoundError,
     OfflineModeIsEnabled,
+    RemoteEntryNotFoundError,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
@@ -82,7 +82,7 @@ def _fetch_online(repo_id: str, revision: str, cache_dir: Path | None) -> HubRev
     def download(filename: str, at: str = commit) -> Path:
         try:
             return Path(hf_hub_download(repo_id, filename, revision=at, cache_dir=cache_dir))
-        except EntryNotFoundError:
+        except RemoteEntryNotFoundError:
             raise CheckpointError(
                 f"{repo_id}@{revision}: {filename} is listed but cannot be downloaded"
             ) from None
