@@ -1,7 +1,7 @@
 """Random Pythia-shaped checkpoints in the Hub's file layouts, for tests, examples and benchmarks.
 
-Only torch and json are needed. Tensors are generated one at a time; safetensors files are
-streamed tensor by tensor and ``.bin`` files are written one shard at a time, so at most one shard
+Only torch and json are needed. Tensors are generated a few at a time (on two threads);
+safetensors files are streamed tensor by tensor and ``.bin`` files are written one shard at a time, so at most one shard
 is held in memory: a pythia-12b-sized checkpoint can be written on a machine smaller than it.
 
 Every tensor draws from its own ``torch.Generator`` seeded from ``seed`` and the tensor's name, so
@@ -13,7 +13,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -221,6 +223,19 @@ def _make(spec: _Spec, shape: PythiaShape, seed: int) -> torch.Tensor:
     return values.to(spec.dtype)
 
 
+def _made(specs: list[_Spec], shape: PythiaShape, seed: int) -> Iterator[torch.Tensor]:
+    """The specs' tensors in order, drawn two at a time on two threads (random draws dominate
+    and release the GIL; each tensor has its own generator, so threads do not change values)."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        pending: deque[Future[torch.Tensor]] = deque()
+        for spec in specs:
+            pending.append(pool.submit(_make, spec, shape, seed))
+            if len(pending) > 2:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
 def iter_tensors(
     shape: PythiaShape,
     *,
@@ -263,8 +278,7 @@ def _write_safetensors(path: Path, specs: list[_Spec], shape: PythiaShape, seed:
     with path.open("wb") as f:
         f.write(len(encoded).to_bytes(8, "little"))
         f.write(encoded)
-        for spec in specs:
-            tensor = _make(spec, shape, seed)
+        for tensor in _made(specs, shape, seed):
             # Raw little-endian bytes, as safetensors stores them.
             f.write(tensor.reshape(-1).view(torch.uint8).numpy().data)
 
@@ -311,7 +325,7 @@ def write_checkpoint(
     for k, shard in enumerate(shards, start=1):
         filename = f"{stem}-{k:05d}-of-{len(shards):05d}{suffix}" if sharded else stem + suffix
         if is_bin:
-            tensors = {spec.name: _make(spec, shape, seed) for spec in shard}
+            tensors = dict(zip((s.name for s in shard), _made(shard, shape, seed), strict=True))
             torch.save(tensors, folder / filename)
             del tensors
         else:

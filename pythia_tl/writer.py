@@ -17,7 +17,9 @@ import contextlib
 import errno
 import json
 import os
+import re
 import secrets
+import stat
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +64,49 @@ def temp_path_for(target: Path) -> Path:
     return target.with_name(f"{TEMP_PREFIX}{target.name}{TEMP_MARKER}{token}{TEMP_SUFFIX}")
 
 
+_TEMP_NAME = re.compile(
+    re.escape(TEMP_PREFIX)
+    + r".+"
+    + re.escape(TEMP_MARKER)
+    + r"(?P<pid>[1-9][0-9]{0,9})-[0-9a-f]{8}"
+    + re.escape(TEMP_SUFFIX)
+)
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files that runs killed outright (SIGKILL, power loss) left in
+    ``folder``; return them.
+
+    Only files named by ``temp_path_for``, owned by this user, whose writer process is no longer
+    alive are removed: a conversion still running, here or by another user, keeps its file.
+    Best effort: a file that cannot be examined or removed is left alone.
+    """
+    removed = []
+    with contextlib.suppress(OSError):
+        for path in folder.iterdir():
+            match = _TEMP_NAME.fullmatch(path.name)
+            if match is None or _process_alive(int(match["pid"])):
+                continue
+            with contextlib.suppress(OSError):
+                info = path.lstat()
+                if stat.S_ISREG(info.st_mode) and info.st_uid == os.getuid():
+                    path.unlink()
+                    removed.append(path)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # someone else's process, or not a pid we could have written: keep it
+    return True
+
+
 def encode_header(
     entries: Sequence[TensorEntry], metadata: Mapping[str, str], size: int = 0
 ) -> bytes:
@@ -101,6 +146,7 @@ def write_safetensors(
     if target.exists() and not overwrite:
         raise OutputError(f"{target}: already exists (use --force to overwrite)")
     header_size = len(encode_header(entries, reserve_metadata)) + _HEADER_SLACK
+    remove_stale_temporaries(target.parent)
     temp = temp_path_for(target)
     try:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # mode follows the umask
@@ -129,6 +175,12 @@ def write_safetensors(
         _publish(temp, target, overwrite)
     except OSError as exc:
         _remove(temp)
+        if exc.errno == errno.ENOSPC:
+            needed = 8 + header_size + sum(entry.nbytes for entry in entries)
+            raise OutputError(
+                f"{target}: no space left on device for the {needed:,}-byte output "
+                "(the partial file was removed)"
+            ) from None
         raise OutputError(f"{target}: write failed ({_reason(exc)})") from None
     except BaseException:
         _remove(temp)

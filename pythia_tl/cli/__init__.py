@@ -7,11 +7,13 @@ and 1 for anything else; ``--debug`` shows the Python traceback instead.
 from __future__ import annotations
 
 import sys
+import warnings
 
 import typer
 import typer.main
 
-from pythia_tl.cli import convert_cmd, inspect_cmd, plan_cmd
+from pythia_tl.cli import batch_cmd, checkpoints_cmd, convert_cmd, inspect_cmd, plan_cmd, verify_cmd
+from pythia_tl.cli.signals import Stopped, stop_signals_raise
 from pythia_tl.errors import PythiaTLError
 
 app = typer.Typer(
@@ -33,6 +35,9 @@ def _root(
 app.command("convert")(convert_cmd.convert)
 app.command("plan")(plan_cmd.plan)
 app.command("inspect")(inspect_cmd.inspect)
+app.command("verify")(verify_cmd.verify)
+app.command("checkpoints")(checkpoints_cmd.checkpoints)
+app.command("batch")(batch_cmd.batch)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -43,9 +48,16 @@ def main(argv: list[str] | None = None) -> None:
         args = ["--debug", *(arg for arg in args if arg != "--debug")]
     command = typer.main.get_command(app)
     try:
-        status = command.main(args=args, prog_name="pythia-tl", standalone_mode=False)
+        with stop_signals_raise(), warnings.catch_warnings():
+            if not debug:
+                # Libraries' warnings (huggingface_hub's free-space estimate before a full disk,
+                # deprecations) would break the one-line report; --debug shows them.
+                warnings.simplefilter("ignore")
+            status = command.main(args=args, prog_name="pythia-tl", standalone_mode=False)
     except (typer.Abort, KeyboardInterrupt):
         _fail("interrupted", 130)
+    except Stopped as exc:
+        _fail(exc.message, exc.exit_code)
     except PythiaTLError as exc:
         if debug:
             raise

@@ -32,7 +32,11 @@ def inspect(
     console = Console()
     meta = Table(title=str(file), show_header=False)
     for key, value in info.metadata.items():
-        meta.add_row(key, value if key != "tl_config" else "(see --config)")
+        if key == "tl_config":
+            value = f"normalization_type {info.tl_config.get('normalization_type')} (see --config)"
+        elif key == "processing":
+            value = ", ".join(info.processing) or "none (raw weights)"
+        meta.add_row(key, value)
     console.print(meta)
     tensors = Table()
     for column in ("tensor", "shape", "dtype"):

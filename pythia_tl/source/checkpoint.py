@@ -3,24 +3,29 @@
 Four layouts are read: ``model.safetensors``, sharded safetensors with
 ``model.safetensors.index.json``, ``pytorch_model.bin``, and sharded ``.bin`` with
 ``pytorch_model.bin.index.json``. Safetensors is preferred when both are present. Only headers are
-read here; tensor data is read later, one tensor at a time, through ``TensorReader``.
+read here (for ``.bin``, the pickle, loaded onto the meta device); tensor data is read later, one
+tensor at a time, through ``TensorReader``, as views of memory-mapped files whose pages are given
+back once used (``pythia_tl.source.mapped``).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import sys
+import zipfile
 from collections.abc import Iterator
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from safetensors import SafetensorError, safe_open
 
 from pythia_tl.errors import CheckpointError
 from pythia_tl.source.config import NeoXConfig, read_config
+from pythia_tl.source.mapped import MappedFile, Span, check_span, contiguous_stride
+from pythia_tl.source.safetensors_header import LENGTH_BYTES, header_length, parse_header
 
 Format = Literal["safetensors", "bin"]
 
@@ -30,28 +35,20 @@ LAYOUTS: tuple[tuple[Format, str, str], ...] = (
     ("bin", "pytorch_model.bin", "pytorch_model.bin.index.json"),
 )
 
-SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
-
 
 @dataclass(frozen=True)
 class TensorInfo:
-    """Where a tensor lives and what its header says, before any of its data is read."""
+    """Where a tensor lives and what its header says, before any of its data is read.
+
+    ``span`` locates its bytes in ``file``; it is None only for a ``.bin`` file whose storage
+    offsets this torch does not report, which is then read through ``torch.load(mmap=True)``.
+    """
 
     name: str
     shape: tuple[int, ...]
     dtype: torch.dtype
     file: Path
+    span: Span | None = None
 
 
 @dataclass(frozen=True)
@@ -125,9 +122,11 @@ def _read_index(path: Path, folder: Path) -> list[str]:
 
 
 def _load_weight_map(path: Path) -> dict[str, str]:
+    if not path.is_file():  # a FIFO would block and a device such as /dev/zero never end
+        raise CheckpointError(f"{path}: not a regular file")
     try:
         index = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise CheckpointError(f"{path}: not a readable JSON index ({exc})") from None
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
@@ -147,6 +146,8 @@ def _inside(path: Path, root: Path, named_by: Path) -> Path:
         raise CheckpointError(
             f"{named_by}: {path.name} resolves to {resolved}, outside the checkpoint folder {root}"
         )
+    if not resolved.is_file():  # a FIFO would block the reader forever
+        raise CheckpointError(f"{named_by}: {path.name} is not a regular file")
     return path
 
 
@@ -163,28 +164,72 @@ def _check_index_matches(path: Path, folder: Path, tensors: dict[str, TensorInfo
 
 def _read_headers(file: Path, fmt: Format) -> Iterator[TensorInfo]:
     if fmt == "safetensors":
-        try:
-            with safe_open(file, framework="pt") as handle:
-                for name in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
-                    piece = handle.get_slice(name)
-                    dtype = SAFETENSORS_DTYPES.get(piece.get_dtype())
-                    if dtype is None:
-                        raise CheckpointError(
-                            f"{file}: {name} has unsupported dtype {piece.get_dtype()}"
-                        )
-                    yield TensorInfo(name, tuple(piece.get_shape()), dtype, file)
-        except SafetensorError as exc:
-            raise CheckpointError(f"{file}: not a valid safetensors file ({exc})") from None
+        yield from _safetensors_headers(file)
     else:
-        for name, tensor in load_bin(file).items():
-            yield TensorInfo(name, tuple(tensor.shape), tensor.dtype, file)
+        yield from _bin_headers(file)
 
 
-def load_bin(file: Path) -> dict[str, torch.Tensor]:
-    """A ``.bin`` state dict, memory-mapped; only tensors are accepted and no code ever runs."""
+def _safetensors_headers(file: Path) -> Iterator[TensorInfo]:
+    try:
+        with open(file, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            prefix = handle.read(LENGTH_BYTES)
+            # The length is checked against the file and a cap before its bytes are read.
+            head = prefix + handle.read(header_length(prefix, size, str(file)))
+    except OSError as exc:
+        raise CheckpointError(f"{file}: cannot read ({exc.strerror or exc})") from None
+    header = parse_header(head, size, str(file))
+    for tensor in header.tensors:
+        span = Span(
+            header.data_start + tensor.begin,
+            tensor.end - tensor.begin,
+            contiguous_stride(tensor.shape),
+        )
+        yield TensorInfo(tensor.name, tensor.shape, tensor.dtype, file, span)
+
+
+def _bin_headers(file: Path) -> Iterator[TensorInfo]:
+    """The tensors of a ``.bin`` file, from its pickle alone: loaded onto the meta device, each
+    storage reports the offset of its record in the (uncompressed) zip archive."""
+    state = load_bin(file, map_location="meta")
+    size = file.stat().st_size
+    little = _is_little_endian(file)
+    for name, tensor in state.items():
+        offset = getattr(tensor.untyped_storage(), "_checkpoint_offset", None)
+        shape, dtype = tuple(tensor.shape), tensor.dtype
+        if not little or not isinstance(offset, int):
+            # Older torch, or bytes that need swapping: torch.load(mmap=True) reads this file.
+            yield TensorInfo(name, shape, dtype, file)
+            continue
+        span = Span(
+            offset, tensor.untyped_storage().nbytes(), tensor.stride(), tensor.storage_offset()
+        )
+        problem = check_span(span, shape, dtype, size)
+        if problem is not None:
+            raise CheckpointError(f"{file}: tensor {name}: {problem}")
+        yield TensorInfo(name, shape, dtype, file, span)
+
+
+def _is_little_endian(file: Path) -> bool:
+    """Whether a torch zip archive stores little-endian values (archives without a ``byteorder``
+    record predate big-endian support and are little-endian)."""
+    try:
+        with zipfile.ZipFile(file) as archive:
+            record = next((n for n in archive.namelist() if n.endswith("/byteorder")), None)
+            order = archive.read(record).decode("ascii", "replace") if record else "little"
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise CheckpointError(f"{file}: not a readable PyTorch checkpoint ({exc})") from None
+    return order.strip() == "little" == sys.byteorder
+
+
+def load_bin(file: Path, map_location: str = "cpu") -> dict[str, torch.Tensor]:
+    """A ``.bin`` state dict, memory-mapped (or on the meta device: shapes only); only tensors
+    are accepted and no code ever runs."""
     try:
         # weights_only: the unpickler accepts tensors and plain containers, never arbitrary objects.
-        state: Any = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        state: Any = torch.load(
+            file, map_location=map_location, weights_only=True, mmap=map_location == "cpu"
+        )
     except pickle.UnpicklingError as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe pickle"
         raise CheckpointError(f"{file}: refused, it holds more than tensors ({reason})") from None
@@ -205,12 +250,16 @@ def _first_line(exc: BaseException) -> str:
 
 
 class TensorReader:
-    """Reads tensors by name from a checkpoint's files, keeping each file open while in use."""
+    """Reads tensors by name as views of memory-mapped files, each file mapped while in use.
+
+    A tensor returned by ``read`` is read-only data shared with the page cache: convert it into
+    new tensors, never in place. ``release`` gives its pages back once it has been used; reading
+    it again afterwards still works (the pages are faulted in again).
+    """
 
     def __init__(self, checkpoint: Checkpoint) -> None:
         self.checkpoint = checkpoint
-        self._stack = ExitStack()
-        self._safetensors: dict[Path, Any] = {}
+        self._maps: dict[Path, MappedFile] = {}
         self._bins: dict[Path, dict[str, torch.Tensor]] = {}
 
     def __enter__(self) -> TensorReader:
@@ -220,22 +269,31 @@ class TensorReader:
         self.close()
 
     def close(self) -> None:
-        self._stack.close()
-        self._safetensors.clear()
+        for mapped in self._maps.values():
+            mapped.close()
+        self._maps.clear()
         self._bins.clear()
 
     def read(self, name: str) -> torch.Tensor:
         info = self.checkpoint.tensors[name]
-        if self.checkpoint.format == "safetensors":
-            handle = self._safetensors.get(info.file)
-            if handle is None:
-                handle = self._stack.enter_context(safe_open(info.file, framework="pt"))
-                self._safetensors[info.file] = handle
-            try:
-                return handle.get_tensor(name)
-            except SafetensorError as exc:
-                raise CheckpointError(f"{info.file}: cannot read {name} ({exc})") from None
-        state = self._bins.get(info.file)
-        if state is None:
-            state = self._bins[info.file] = load_bin(info.file)
-        return state[name]
+        if info.span is None:
+            state = self._bins.get(info.file)
+            if state is None:
+                state = self._bins[info.file] = load_bin(info.file)
+            return state[name]
+        return self._mapped(info.file).tensor(info.span, info.shape, info.dtype)
+
+    def release(self, name: str) -> None:
+        """Give back the pages of ``name``'s data (a no-op for files torch maps itself)."""
+        info = self.checkpoint.tensors[name]
+        mapped = self._maps.get(info.file)
+        if info.span is not None and mapped is not None:
+            mapped.release(info.span.offset, info.span.offset + info.span.nbytes)
+
+    def _mapped(self, file: Path) -> MappedFile:
+        mapped = self._maps.get(file)
+        if mapped is None:
+            mapped = self._maps[file] = MappedFile(file)
+            if mapped.size != file.stat().st_size:
+                raise CheckpointError(f"{file}: changed size while being read")
+        return mapped

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import stat
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +17,9 @@ from pythia_tl.errors import ConfigError
 _MAX_LAYERS = 1024
 _MAX_WIDTH = 1 << 20
 _FLOAT_DTYPES = ("float16", "bfloat16", "float32")
+# A GPT-NeoX config.json is about 1 kB.
+_MAX_CONFIG_BYTES = 1 << 20
+_MAX_FLOAT = sys.float_info.max  # finite: refuses Infinity, which JSON parsing lets through
 
 
 @dataclass(frozen=True)
@@ -56,14 +62,30 @@ class NeoXConfig:
 def read_config(path: Path) -> NeoXConfig:
     """Read and validate ``config.json``; raise ConfigError naming the file and field at fault."""
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(_read_small_file(path).decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: not found; a checkpoint needs its config.json") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"{path}: not a readable JSON file ({exc})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not a readable JSON file (nested too deeply)") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a JSON object, found {type(raw).__name__}")
     return parse_config(raw, origin=str(path))
+
+
+def _read_small_file(path: Path) -> bytes:
+    """The bytes of a regular file of at most _MAX_CONFIG_BYTES; ConfigError otherwise, so that a
+    config that is a FIFO, a device such as /dev/zero, or huge cannot hang or exhaust memory."""
+    # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer.
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError(f"{path}: not a regular file")
+        data = handle.read(_MAX_CONFIG_BYTES + 1)
+    if len(data) > _MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {_MAX_CONFIG_BYTES} bytes; not a model config")
+    return data
 
 
 def parse_config(raw: dict[str, Any], origin: str = "config.json") -> NeoXConfig:
@@ -82,11 +104,21 @@ def parse_config(raw: dict[str, Any], origin: str = "config.json") -> NeoXConfig
         )
     rope = raw.get("rope_parameters")
     if isinstance(rope, dict) and "partial_rotary_factor" in rope:
-        rotary_pct = fields.number_in(rope, "rope_parameters.partial_rotary_factor", 0.0, 1.0)
-        rotary_base = fields.number_in(rope, "rope_parameters.rope_theta", 1e-9, math.inf)
+        rotary_key = "rope_parameters.partial_rotary_factor"
+        rotary_pct = fields.number_in(rope, rotary_key, 0.0, 1.0)
+        rotary_base = fields.number_in(rope, "rope_parameters.rope_theta", 1e-9, _MAX_FLOAT)
     else:
-        rotary_pct = fields.number("rotary_pct", 0.0, 1.0)
-        rotary_base = fields.number("rotary_emb_base", 1e-9, math.inf, default=10000.0)
+        rotary_key = "rotary_pct"
+        rotary_pct = fields.number(rotary_key, 0.0, 1.0)
+        rotary_base = fields.number("rotary_emb_base", 1e-9, _MAX_FLOAT, default=10000.0)
+    rotary_dims = rotary_pct * (d_model // n_heads)
+    # NeoX rotates two equal halves; transformers truncates the product, TransformerLens rounds
+    # it: only an even whole number means the same thing to both.
+    if abs(rotary_dims - round(rotary_dims)) > 1e-6 or round(rotary_dims) % 2:
+        raise ConfigError(
+            f"{origin}: {rotary_key} {rotary_pct} of head size {d_model // n_heads} gives "
+            f"{rotary_dims:g} rotary dimensions, expected an even whole number"
+        )
     act_fn = raw.get("hidden_act", "gelu")
     if act_fn != "gelu":
         raise ConfigError(f"{origin}: hidden_act is {act_fn!r}, expected 'gelu' (Pythia)")

@@ -4,15 +4,23 @@ The revision is resolved to its commit once; config.json and the weight files of
 then downloaded into huggingface_hub's cache (its token, endpoint and offline settings apply), and
 nothing else is. Offline, or when the Hub cannot be reached, the revision is served from the
 cache if it is there.
+
+Asking the Hub what a revision holds (``describe_revision``) is separate from downloading it
+(``download_revision``), so a caller can decide from the listing (its commit, its files' LFS
+sha256) whether to download at all.
 """
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from huggingface_hub import HfApi, hf_hub_download, snapshot_download
+from filelock import Timeout
+from huggingface_hub import HfApi, hf_hub_download, snapshot_download, try_to_load_from_cache
 from huggingface_hub.errors import (
     GatedRepoError,
     HfHubHTTPError,
@@ -22,11 +30,48 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
+from huggingface_hub.utils import WeakFileLock
 
 from pythia_tl.errors import CheckpointError, SourceError
-from pythia_tl.source.checkpoint import _load_weight_map, weight_files_for
+from pythia_tl.source.checkpoint import Format, _load_weight_map, weight_files_for
+from pythia_tl.source.download_errors import broken_download
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+# How long a cache clean-up waits for huggingface_hub's lock on a blob before keeping the blob.
+_BLOB_LOCK_SECONDS = 60.0
+
+
+class HubUnreachable(SourceError):
+    """The Hub cannot be asked: offline mode is on, or it cannot be reached."""
+
+    def __init__(self, where: str, why: str) -> None:
+        super().__init__(f"{where}: {why}")
+        self.why = why
+
+
+@dataclass(frozen=True)
+class RevisionListing:
+    """One revision as the Hub lists it, before anything is downloaded."""
+
+    repo_id: str
+    revision: str
+    commit: str
+    format: Format
+    # The weights' single file or index file.
+    weights_entry: str
+    files: frozenset[str]
+    # The LFS sha256 of every file that has one.
+    lfs_sha256: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def weight_sha256(self) -> dict[str, str]:
+        """The sha256 of every file of the weights' format, known before any download.
+
+        Every shard an index can name is among them, so two revisions with the same set hold
+        the same weights.
+        """
+        suffix = f".{self.format}"
+        return {name: sha for name, sha in self.lfs_sha256.items() if name.endswith(suffix)}
 
 
 @dataclass(frozen=True)
@@ -39,6 +84,8 @@ class HubRevision:
     folder: Path
     # The sha256 the Hub (or the cache's content-addressed blob name) gives for each weight file.
     sha256: dict[str, str] = field(default_factory=dict)
+    # The files this fetch added to the revision's snapshot (the others were there already).
+    downloaded: frozenset[str] = frozenset()
 
     @property
     def cache_root(self) -> Path:
@@ -49,23 +96,15 @@ class HubRevision:
 def fetch_revision(repo_id: str, revision: str, cache_dir: Path | None = None) -> HubRevision:
     """Download config.json and the weights of ``repo_id`` at ``revision`` (or find them cached)."""
     try:
-        return _fetch_online(repo_id, revision, cache_dir)
-    except (OfflineModeIsEnabled, ConnectionError) as exc:
-        offline_reason = exc
-    except HfHubHTTPError as exc:
-        raise _explain(exc, repo_id, revision) from None
-    except Exception as exc:  # httpx transport errors are not all ConnectionError subclasses
-        if (
-            "connect" not in type(exc).__name__.lower()
-            and "timeout" not in type(exc).__name__.lower()
-        ):
-            raise
-        offline_reason = exc
-    return _from_cache(repo_id, revision, cache_dir, offline_reason)
+        return download_revision(describe_revision(repo_id, revision), cache_dir)
+    except HubUnreachable as exc:
+        return _from_cache(repo_id, revision, cache_dir, exc.why)
 
 
-def _fetch_online(repo_id: str, revision: str, cache_dir: Path | None) -> HubRevision:
-    info = HfApi().model_info(repo_id, revision=revision, files_metadata=True)
+def describe_revision(repo_id: str, revision: str) -> RevisionListing:
+    """Ask the Hub for ``revision``'s commit and files (one API call, nothing downloaded)."""
+    with _asking_the_hub(repo_id, revision):
+        info = HfApi().model_info(repo_id, revision=revision, files_metadata=True)
     commit = info.sha
     if commit is None:
         raise SourceError(f"{repo_id}@{revision}: the Hub did not report a commit")
@@ -78,45 +117,153 @@ def _fetch_online(repo_id: str, revision: str, cache_dir: Path | None) -> HubRev
             f"{repo_id}@{revision}: no weights in the revision (expected model.safetensors or "
             "pytorch_model.bin, alone or sharded with an index)"
         )
+    fmt, (weights_entry,) = found
+    lfs_sha256 = {
+        name: sibling.lfs.sha256
+        for name, sibling in siblings.items()
+        if sibling.lfs is not None and _SHA256.fullmatch(sibling.lfs.sha256 or "")
+    }
+    return RevisionListing(
+        repo_id, revision, commit, fmt, weights_entry, frozenset(siblings), lfs_sha256
+    )
+
+
+def download_revision(listing: RevisionListing, cache_dir: Path | None = None) -> HubRevision:
+    """Download config.json and the weight files of a listed revision (cached ones are reused)."""
+    repo_id, revision, commit = listing.repo_id, listing.revision, listing.commit
+    downloaded: set[str] = set()
 
     def download(filename: str, at: str = commit) -> Path:
+        cached = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir, revision=at)
+        if not isinstance(cached, str):
+            downloaded.add(filename)
         try:
-            return Path(hf_hub_download(repo_id, filename, revision=at, cache_dir=cache_dir))
+            path = Path(hf_hub_download(repo_id, filename, revision=at, cache_dir=cache_dir))
+            if not path.exists():
+                # Another process sharing the cache removed the blob as this link was made to
+                # it (see remove_cached_weights); downloading again fetches it anew.
+                path = Path(hf_hub_download(repo_id, filename, revision=at, cache_dir=cache_dir))
+            return path
         except RemoteEntryNotFoundError:
             raise CheckpointError(
                 f"{repo_id}@{revision}: {filename} is listed but cannot be downloaded"
             ) from None
+        except Exception as exc:
+            broken = broken_download(exc, f"{repo_id}@{revision}", filename)
+            if broken is None:
+                raise
+            raise broken from None
 
-    _, (weights_entry,) = found
-    # Asked for by revision name, so the cache records which commit the name resolved to and a
-    # later offline run can find it; everything else is pinned to that commit.
-    config_path = download("config.json", revision)
-    if config_path.parent.name != commit:
-        raise SourceError(f"{repo_id}@{revision}: the revision moved while downloading; try again")
-    names = [weights_entry]
-    if weights_entry.endswith(".index.json"):
-        index_path = download(weights_entry)
-        shards = dict.fromkeys(_load_weight_map(index_path).values())
-        missing = [shard for shard in shards if shard not in siblings]
-        if missing:
-            raise CheckpointError(
-                f"{repo_id}@{revision}: {weights_entry} names shard {missing[0]!r}, which the "
-                "revision does not have"
+    weights_entry = listing.weights_entry
+    with _asking_the_hub(repo_id, revision):
+        # Asked for by revision name, so the cache records which commit the name resolved to and
+        # a later offline run can find it; everything else is pinned to that commit.
+        config_path = download("config.json", revision)
+        if config_path.parent.name != commit:
+            raise SourceError(
+                f"{repo_id}@{revision}: the revision moved while downloading; try again"
             )
-        names = list(shards)
+        names = [weights_entry]
+        if weights_entry.endswith(".index.json"):
+            index_path = download(weights_entry)
+            shards = dict.fromkeys(_load_weight_map(index_path).values())
+            missing = [shard for shard in shards if shard not in listing.files]
+            if missing:
+                raise CheckpointError(
+                    f"{repo_id}@{revision}: {weights_entry} names shard {missing[0]!r}, which "
+                    "the revision does not have"
+                )
+            names = list(shards)
+        for name in names:
+            download(name)
+    sha256 = {name: listing.lfs_sha256[name] for name in names if name in listing.lfs_sha256}
+    return HubRevision(repo_id, revision, commit, config_path.parent, sha256, frozenset(downloaded))
+
+
+def list_branches(repo_id: str) -> dict[str, str]:
+    """Every branch of ``repo_id`` and the commit it points to (one API call)."""
+    with _asking_the_hub(repo_id, None):
+        refs = HfApi().list_repo_refs(repo_id)
+    return {branch.name: branch.target_commit for branch in refs.branches}
+
+
+def cached_commit(repo_id: str, revision: str, cache_dir: Path | None = None) -> str | None:
+    """The commit the cache last saw ``revision`` resolve to, or None (no network)."""
+    config = try_to_load_from_cache(repo_id, "config.json", cache_dir=cache_dir, revision=revision)
+    return Path(config).parent.name if isinstance(config, str) else None
+
+
+def remove_cached_weights(
+    revision: HubRevision, names: Collection[str], keep_sha256: Collection[str] = ()
+) -> int:
+    """Remove the weight files ``names`` of a cached revision; returns the bytes freed.
+
+    Each file's snapshot entry goes; its blob goes too unless its sha256 is in ``keep_sha256``
+    or another snapshot of the repository still links to it. config.json, the index, the refs
+    and the snapshot folder stay (a few KB), so a later offline run still knows each branch's
+    commit. huggingface_hub's ``delete_revisions`` is not used: it removes the whole repository
+    folder with its last revision, from under a download that another process sharing the cache
+    may be making into it, and its ``scan_cache_dir`` walks the entire cache every time.
+
+    A blob is checked and removed holding the lock huggingface_hub takes to link a snapshot
+    entry to an existing blob, so another process either links first (and the blob stays) or
+    finds it gone; a link it made to a blob removed meanwhile is repaired by
+    ``download_revision``, which downloads such a file again.
+    """
+    blobs_dir = (revision.cache_root / "blobs").resolve()
+    locks_dir = revision.cache_root.parent / ".locks" / revision.cache_root.name
+    freed = 0
     for name in names:
-        download(name)
-    sha256 = {
-        name: siblings[name].lfs.sha256
-        for name in names
-        if siblings[name].lfs is not None and _SHA256.fullmatch(siblings[name].lfs.sha256 or "")
-    }
-    return HubRevision(repo_id, revision, commit, config_path.parent, sha256)
+        entry = revision.folder / name
+        if not entry.is_symlink():
+            continue
+        blob = entry.resolve()
+        entry.unlink()
+        if blob.parent != blobs_dir or blob.name in keep_sha256 or not blob.is_file():
+            continue
+        locks_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            with WeakFileLock(locks_dir / f"{blob.name}.lock", timeout=_BLOB_LOCK_SECONDS):
+                if blob.is_file() and not _linked_from_snapshots(revision.cache_root, blob):
+                    size = blob.stat().st_size
+                    blob.unlink()
+                    freed += size
+        except Timeout:
+            continue  # someone holds it for long: the blob is in use, keep it
+    return freed
 
 
-def _from_cache(
-    repo_id: str, revision: str, cache_dir: Path | None, reason: BaseException
-) -> HubRevision:
+def _linked_from_snapshots(cache_root: Path, blob: Path) -> bool:
+    return any(
+        entry.is_symlink() and os.path.realpath(entry) == str(blob)
+        for entry in (cache_root / "snapshots").rglob("*")
+    )
+
+
+@contextmanager
+def _asking_the_hub(repo_id: str, revision: str | None) -> Iterator[None]:
+    """Turn huggingface_hub's errors into one-line SourceErrors; HubUnreachable when offline."""
+    where = repo_id if revision is None else f"{repo_id}@{revision}"
+    try:
+        yield
+    except OfflineModeIsEnabled:
+        raise HubUnreachable(where, "offline mode is on") from None
+    except ConnectionError as exc:
+        raise HubUnreachable(where, _unreachable(exc)) from None
+    except HfHubHTTPError as exc:
+        raise _explain(exc, repo_id, revision) from None
+    except Exception as exc:  # httpx transport errors are not all ConnectionError subclasses
+        name = type(exc).__name__.lower()
+        if "connect" not in name and "timeout" not in name:
+            raise
+        raise HubUnreachable(where, _unreachable(exc)) from None
+
+
+def _unreachable(exc: BaseException) -> str:
+    return f"the Hub cannot be reached ({type(exc).__name__})"
+
+
+def _from_cache(repo_id: str, revision: str, cache_dir: Path | None, why: str) -> HubRevision:
     try:
         folder = Path(
             snapshot_download(
@@ -124,11 +271,6 @@ def _from_cache(
             )
         )
     except (LocalEntryNotFoundError, FileNotFoundError, OfflineModeIsEnabled, ValueError):
-        why = (
-            "offline mode is on"
-            if isinstance(reason, OfflineModeIsEnabled)
-            else (f"the Hub cannot be reached ({type(reason).__name__})")
-        )
         raise SourceError(
             f"{repo_id}@{revision}: {why} and this revision is not in the local cache"
         ) from None
@@ -141,7 +283,7 @@ def _from_cache(
     return HubRevision(repo_id, revision, folder.name, folder, sha256)
 
 
-def _explain(exc: HfHubHTTPError, repo_id: str, revision: str) -> SourceError:
+def _explain(exc: HfHubHTTPError, repo_id: str, revision: str | None) -> SourceError:
     if isinstance(exc, GatedRepoError):
         return SourceError(
             f"{repo_id}: the repository is gated; log in with a token that has access"
@@ -153,4 +295,5 @@ def _explain(exc: HfHubHTTPError, repo_id: str, revision: str) -> SourceError:
     if isinstance(exc, RevisionNotFoundError):
         return SourceError(f"{repo_id}: revision {revision!r} not found on the Hub")
     status = exc.response.status_code if getattr(exc, "response", None) is not None else "?"
-    return SourceError(f"{repo_id}@{revision}: the Hub answered HTTP {status}")
+    where = repo_id if revision is None else f"{repo_id}@{revision}"
+    return SourceError(f"{where}: the Hub answered HTTP {status}")

@@ -42,6 +42,11 @@ class ModelName:
     def is_v0(self) -> bool:
         return "-v0" in self.name
 
+    @property
+    def has_known_schedule(self) -> bool:
+        """Whether this is an EleutherAI Pythia repository, whose checkpoint steps are known."""
+        return self.repo_id.startswith(f"{ORGANISATION}/pythia-")
+
     def steps(self) -> list[int]:
         """The training steps that have a ``step<N>`` branch."""
         return training_steps(v0=self.is_v0)
@@ -54,6 +59,11 @@ def training_steps(v0: bool = False) -> list[int]:
     """
     early = [] if v0 else [0] + [2**i for i in range(10)]
     return early + list(range(1000, LAST_STEP + 1, 1000))
+
+
+def tokens_seen(step: int) -> int:
+    """The number of training tokens a checkpoint at ``step`` has seen."""
+    return step * TOKENS_PER_STEP
 
 
 def resolve_model_name(name: str) -> ModelName:
@@ -79,7 +89,7 @@ def resolve_model_name(name: str) -> ModelName:
 
 def step_revision(step: int, model: ModelName | None) -> str:
     """The branch of a training step, checked against the model's schedule when it is known."""
-    if model is not None and model.repo_id.startswith(f"{ORGANISATION}/pythia-"):
+    if model is not None and model.has_known_schedule:
         schedule = model.steps()
         if step not in schedule:
             raise UsageError(

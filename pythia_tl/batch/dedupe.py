@@ -1,0 +1,71 @@
+"""Revisions that hold the same weights: recognising them and publishing one output for all.
+
+Two revisions of one repository whose weight files have the same set of sha256 hold the same
+weights (the Hub really has such branches), so one conversion serves both. The duplicate's output
+is a hard link to the first one's (a copy where the file system cannot link), so it costs no disk.
+It therefore carries the first revision's ``revision`` and ``commit`` metadata; its
+``source_files`` sha256 are true for both, and the batch summary records each revision's own
+commit. Writing a separate file per duplicate would double the disk a suite needs (pythia-2.8b
+has 86 such branches) for two strings of metadata.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+from pythia_tl.errors import OutputError
+from pythia_tl.writer import temp_path_for
+
+# The repository and the sha256 of its weight files.
+WeightsKey = tuple[str, frozenset[str]]
+
+_CANNOT_LINK = (errno.EPERM, errno.EXDEV, errno.ENOTSUP, errno.EMLINK, errno.EACCES)
+
+
+def weights_key(repo_id: str, sha256: Mapping[str, str]) -> WeightsKey | None:
+    """The key under which identical weights meet; None when no sha256 is known."""
+    return (repo_id, frozenset(sha256.values())) if sha256 else None
+
+
+def link_output(existing: Path, target: Path) -> Literal["hard link", "copy"]:
+    """Publish ``existing`` also at ``target`` (replacing what is there), atomically."""
+    temp = temp_path_for(target)
+    try:
+        try:
+            os.link(existing, temp)
+            how: Literal["hard link", "copy"] = "hard link"
+        except OSError as exc:
+            if exc.errno not in _CANNOT_LINK:
+                raise
+            _copy(existing, temp)
+            how = "copy"
+        os.replace(temp, target)
+        _fsync_folder(target.parent)
+    except OSError as exc:
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()
+        raise OutputError(f"{target}: cannot link or copy {existing} there ({exc})") from None
+    return how
+
+
+def _copy(source: Path, temp: Path) -> None:
+    with open(source, "rb") as reader, open(temp, "xb") as writer:
+        shutil.copyfileobj(reader, writer, 16 << 20)
+        writer.flush()
+        os.fsync(writer.fileno())
+
+
+def _fsync_folder(folder: Path) -> None:
+    # Best effort, as in the writer: some file systems cannot fsync a folder.
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

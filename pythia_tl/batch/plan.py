@@ -1,0 +1,88 @@
+"""A batch request and its plan: the work list of this shard, checked before any work starts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pythia_tl.batch.step_spec import StepSpec
+from pythia_tl.batch.work import Shard, WorkItem, check_distinct_folders, work_list
+from pythia_tl.convert import ConvertOptions
+from pythia_tl.errors import SourceError, UsageError
+from pythia_tl.source.hub import HubUnreachable, list_branches
+from pythia_tl.source.names import ModelName
+from pythia_tl.source.schedule import from_branches, from_schedule
+
+
+@dataclass(frozen=True)
+class BatchRequest:
+    """Everything ``pythia-tl batch`` was asked to do.
+
+    ``options`` are the conversion options of every revision (``force`` and ``hash_output`` are
+    set per revision by the runner).
+    """
+
+    models: tuple[ModelName, ...]
+    steps: StepSpec
+    output_dir: Path
+    options: ConvertOptions = field(default_factory=ConvertOptions)
+    jobs: int = 1
+    shard: Shard | None = None
+    keep_downloads: bool = False
+    fail_fast: bool = False
+    cache_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.jobs < 1:
+            raise UsageError(f"--jobs {self.jobs}: expected at least 1")
+        if not self.models:
+            raise UsageError("batch: name at least one model")
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """This shard's items, and what the Hub said of each repository's branches."""
+
+    items: tuple[WorkItem, ...]
+    work_list_size: int
+    # repo id -> {branch: commit}; None when the Hub could not be asked.
+    branches: dict[str, dict[str, str] | None]
+    # repo id -> why the Hub could not be asked.
+    unreachable: dict[str, str]
+
+
+def plan_batch(request: BatchRequest) -> BatchPlan:
+    """Build the sorted (model, step) work list and take this shard's part of it.
+
+    Steps of Pythia repositories are checked against the known schedule first, with no network;
+    then each repository's branches are listed (one API call each), which gives every branch's
+    commit for the resume check. A repository outside the Pythia suite takes its schedule from
+    those branches.
+    """
+    models = list(dict.fromkeys(request.models))
+    check_distinct_folders(models)
+    selected: dict[str, list[int]] = {}
+    for model in models:
+        if model.has_known_schedule:
+            selected[model.repo_id] = request.steps.select(from_schedule(model).steps, model.name)
+    branches: dict[str, dict[str, str] | None] = {}
+    unreachable: dict[str, str] = {}
+    for model in models:
+        try:
+            branches[model.repo_id] = list_branches(model.repo_id)
+        except HubUnreachable as exc:
+            branches[model.repo_id] = None
+            unreachable[model.repo_id] = exc.why
+        if model.repo_id in selected:
+            continue
+        found = branches[model.repo_id]
+        if found is None:
+            raise SourceError(
+                f"{model.repo_id}: {unreachable[model.repo_id]}, and the checkpoints of a "
+                "repository outside EleutherAI's Pythia suite are known only from its branches"
+            )
+        schedule = from_branches(model, found)
+        selected[model.repo_id] = request.steps.select(schedule.steps, model.name)
+    items = work_list(selected)
+    mine = request.shard.take(items) if request.shard is not None else items
+    return BatchPlan(tuple(mine), len(items), branches, unreachable)

@@ -1,0 +1,99 @@
+"""Whether an output already on disk is the one a batch would write, from its metadata alone.
+
+An output is reused when it was written by pythia-tl from the same repository and commit with the
+same options. "Same options" means the recorded ``dtype`` (any, when ``--dtype auto`` is asked:
+auto keeps the source's dtype, which one commit fixes) and the recorded ``processing`` steps.
+The converter version is not compared: a new release does not make finished outputs wrong, and
+redoing a suite for every release would make reruns expensive. Files at other paths (the
+writer's ``.<name>.pythia-tl-<pid>-<hex>.tmp`` left by a killed run) are never looked at.
+
+The output path only ever holds complete files (the writer publishes by rename), so reading the
+header is enough: safetensors refuses a file whose data does not match its header.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+from pythia_tl import CONVERTER_NAME
+from pythia_tl.convert import ConvertOptions
+from pythia_tl.errors import OutputFileError
+from pythia_tl.output_file import read_output
+
+State = Literal["missing", "current", "other_commit", "unverified", "stale", "foreign"]
+
+
+@dataclass(frozen=True)
+class Requirements:
+    """What an existing output must record to count as made with the same options."""
+
+    source: str
+    dtype: str
+    processing: tuple[str, ...]
+
+    @classmethod
+    def of(cls, repo_id: str, options: ConvertOptions) -> Requirements:
+        return cls(repo_id, options.dtype, tuple(options.processing.steps))
+
+
+@dataclass(frozen=True)
+class ExistingOutput:
+    """What is at an output path, judged against the requirements and the branch's commit.
+
+    ``current``: same commit and options, keep it. ``unverified``: same options, but the
+    branch's commit is unknown (the Hub cannot be reached and the cache does not know it).
+    ``other_commit``: same options, another commit; it is still current if that commit's
+    weights have the same sha256 as the branch's (a duplicate branch). ``stale``: other options
+    or another repository: convert again over it. ``foreign``: not a pythia-tl output; left
+    alone.
+    """
+
+    state: State
+    reason: str = ""
+    commit: str | None = None
+    source_sha256: dict[str, str] = field(default_factory=dict)
+    bytes: int = 0
+    converter_version: str | None = None
+
+
+def judge_existing(path: Path, requirements: Requirements, commit: str | None) -> ExistingOutput:
+    if not path.exists():
+        return ExistingOutput("missing")
+    try:
+        info = read_output(path)
+        source_sha256 = info.source_files
+        processing = tuple(info.processing)
+    except OutputFileError as exc:
+        return ExistingOutput("foreign", f"{exc}; move it away to convert this revision")
+    metadata = info.metadata
+    if metadata.get("converter") != CONVERTER_NAME:
+        return ExistingOutput(
+            "foreign", f"{path}: not written by pythia-tl; move it away to convert this revision"
+        )
+    recorded = ExistingOutput(
+        "current",
+        commit=metadata.get("commit") or None,
+        source_sha256=source_sha256,
+        bytes=info.size,
+        converter_version=metadata.get("converter_version"),
+    )
+    if metadata.get("source") != requirements.source:
+        return replace(recorded, state="stale", reason=f"made from {metadata.get('source')!r}")
+    dtype = metadata.get("dtype")
+    if requirements.dtype != "auto" and dtype != requirements.dtype:
+        return replace(
+            recorded, state="stale", reason=f"dtype {dtype}, asked for {requirements.dtype}"
+        )
+    if processing != requirements.processing:
+        return replace(
+            recorded,
+            state="stale",
+            reason=f"processing {list(processing)}, asked for {list(requirements.processing)}",
+        )
+    if commit is None:
+        return replace(recorded, state="unverified", reason="the branch's commit is unknown")
+    if recorded.commit != commit:
+        return replace(recorded, state="other_commit", reason=f"made from commit {recorded.commit}")
+    return recorded

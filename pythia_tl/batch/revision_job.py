@@ -1,0 +1,129 @@
+"""One revision's work in a batch: download and convert it, or publish a duplicate's output."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from pythia_tl import __version__
+from pythia_tl.batch.dedupe import link_output
+from pythia_tl.batch.janitor import DownloadJanitor
+from pythia_tl.batch.resume import ExistingOutput
+from pythia_tl.batch.summary import RevisionResult
+from pythia_tl.batch.work import WorkItem
+from pythia_tl.convert import ConvertOptions, convert
+from pythia_tl.errors import PythiaTLError
+from pythia_tl.output_file import read_output
+from pythia_tl.source import open_hub_revision
+from pythia_tl.source.hub import (
+    HubRevision,
+    RevisionListing,
+    download_revision,
+    fetch_revision,
+)
+
+
+class Stopped(Exception):
+    """Raised inside a conversion to abandon it (``--fail-fast`` after a failure, or an interrupt);
+    the writer removes its temporary file."""
+
+
+@dataclass(frozen=True)
+class PendingRevision:
+    """A revision to convert: what the Hub lists for it (None when it cannot be asked) and what
+    its output path holds now."""
+
+    item: WorkItem
+    listing: RevisionListing | None
+    existing: ExistingOutput
+
+
+def convert_revision(
+    pending: PendingRevision,
+    output_dir: Path,
+    options: ConvertOptions,
+    janitor: DownloadJanitor,
+    cache_dir: Path | None,
+    on_bytes: Callable[[int, int], None],
+    stopped: Callable[[], bool],
+) -> RevisionResult:
+    """Download (or find in the cache) and convert one revision; never raises for a revision's
+    own failure, which the result records."""
+    item, listing = pending.item, pending.listing
+    started = time.perf_counter()
+    sha256 = list(listing.weight_sha256.values()) if listing is not None else []
+    target = output_dir / item.relative_output
+    janitor.start(sha256)
+    fetched: HubRevision | None = None
+    try:
+        if listing is not None:
+            fetched = download_revision(listing, cache_dir)
+        else:
+            fetched = fetch_revision(item.repo_id, item.revision, cache_dir)
+        if stopped():
+            raise Stopped
+        source = open_hub_revision(item.model, fetched)
+        replacing = pending.existing.state != "missing"
+        run_options = replace(options, force=replacing, hash_output=True)
+        result = convert(source, target, run_options, on_bytes=on_bytes)
+        written = read_output(target)
+        return RevisionResult(
+            item,
+            "converted",
+            reason=f"replaced the output ({pending.existing.reason})" if replacing else None,
+            commit=result.commit,
+            source_sha256=written.source_files,
+            output_sha256=result.sha256,
+            bytes=result.bytes,
+            seconds=time.perf_counter() - started,
+            converter_version=__version__,
+        )
+    except Stopped:
+        return RevisionResult(item, "cancelled", reason="stopped before it finished")
+    except PythiaTLError as exc:
+        return _failed(item, str(exc), started, listing)
+    except Exception as exc:  # one revision's unexpected error must not stop the others
+        return _failed(item, f"unexpected {type(exc).__name__}: {exc}", started, listing)
+    finally:
+        janitor.finish(sha256, fetched)
+
+
+def link_duplicate(
+    pending: PendingRevision, first: RevisionResult, output_dir: Path
+) -> RevisionResult:
+    """Publish the output of ``first`` (same repository, same weights) for ``pending`` too."""
+    item, listing = pending.item, pending.listing
+    started = time.perf_counter()
+    try:
+        how = link_output(
+            output_dir / first.item.relative_output, output_dir / item.relative_output
+        )
+    except PythiaTLError as exc:
+        return _failed(item, str(exc), started, listing)
+    return RevisionResult(
+        item,
+        "duplicate",
+        reason=f"same weights as {first.item.revision} ({how})",
+        commit=listing.commit if listing is not None else None,
+        source_sha256=listing.weight_sha256 if listing is not None else first.source_sha256,
+        output_sha256=first.output_sha256,
+        bytes=first.bytes,
+        seconds=time.perf_counter() - started,
+        duplicate_of=first.item.revision,
+        converter_version=first.converter_version,
+    )
+
+
+def _failed(
+    item: WorkItem, reason: str, started: float, listing: RevisionListing | None
+) -> RevisionResult:
+    return RevisionResult(
+        item,
+        "failed",
+        reason=" ".join(reason.split()),
+        commit=listing.commit if listing is not None else None,
+        source_sha256=listing.weight_sha256 if listing is not None else {},
+        seconds=time.perf_counter() - started,
+    )

@@ -1,0 +1,292 @@
+"""Running a planned batch: resume, describe, group duplicates, convert with ``--jobs`` threads.
+
+1. Every output already on disk is judged from its metadata (no network): up to date ones are
+   skipped.
+2. Every other revision is described by the Hub (one API call each, in the thread pool): its
+   commit and the LFS sha256 of its weight files, before anything is downloaded.
+3. Revisions with the same weights (same repository, same sha256 set) form a group; a group runs
+   in one thread: its first revision is converted (or an up-to-date output on disk serves), the
+   others are published as links to that output and are never downloaded.
+4. Groups run ``jobs`` at a time. Threads suffice: downloads wait on the network and torch
+   releases the GIL while it converts; each thread holds one conversion, whose memory is bounded
+   by its largest tensor, so the run's memory is bounded by ``jobs`` conversions.
+
+A failed revision does not stop the others unless ``fail_fast``; revisions that never started
+are then reported as cancelled.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pythia_tl.batch.dedupe import WeightsKey, weights_key
+from pythia_tl.batch.janitor import DownloadJanitor
+from pythia_tl.batch.plan import BatchPlan, BatchRequest
+from pythia_tl.batch.resume import ExistingOutput, Requirements, judge_existing
+from pythia_tl.batch.revision_job import (
+    PendingRevision,
+    Stopped,
+    convert_revision,
+    link_duplicate,
+)
+from pythia_tl.batch.summary import (
+    BatchSummary,
+    RevisionResult,
+    previous_output_sha256,
+    summary_path,
+)
+from pythia_tl.batch.work import WorkItem
+from pythia_tl.errors import PythiaTLError
+from pythia_tl.source.hub import HubUnreachable, RevisionListing, cached_commit, describe_revision
+
+
+class BatchReporter(Protocol):
+    """Receives progress; called from worker threads."""
+
+    def started(self, total: int) -> None: ...
+
+    def wrote(self, nbytes: int) -> None: ...
+
+    def finished(self, result: RevisionResult) -> None: ...
+
+
+class SilentReporter:
+    def started(self, total: int) -> None:
+        pass
+
+    def wrote(self, nbytes: int) -> None:
+        pass
+
+    def finished(self, result: RevisionResult) -> None:
+        pass
+
+
+@dataclass
+class _Group:
+    """Revisions with the same weights; ``first`` is an up-to-date output that serves them all."""
+
+    members: list[PendingRevision] = field(default_factory=list)
+    first: RevisionResult | None = None
+
+
+def run_batch(
+    request: BatchRequest, plan: BatchPlan, reporter: BatchReporter | None = None
+) -> BatchSummary:
+    """Do the planned work; the returned summary (also written to disk) holds every result."""
+    return _BatchRun(request, plan, reporter or SilentReporter()).run()
+
+
+class _BatchRun:
+    def __init__(self, request: BatchRequest, plan: BatchPlan, reporter: BatchReporter) -> None:
+        self.request = request
+        self.plan = plan
+        self.reporter = reporter
+        self.stop = threading.Event()
+        self.janitor = DownloadJanitor(remove=not request.keep_downloads)
+        path = summary_path(request.output_dir, request.shard)
+        self.previous_sha256 = previous_output_sha256(path)
+        self.summary = BatchSummary(path, plan.items, _command(request), plan.work_list_size)
+
+    def run(self) -> BatchSummary:
+        request = self.request
+        request.output_dir.mkdir(parents=True, exist_ok=True)
+        for model in dict.fromkeys(item.model for item in self.plan.items):
+            (request.output_dir / model.name).mkdir(exist_ok=True)
+        self.summary.write()
+        self.reporter.started(len(self.plan.items))
+        pending, ready = self._resume()
+        pool = ThreadPoolExecutor(max_workers=request.jobs, thread_name_prefix="pythia-tl-batch")
+        try:
+            described = self._describe(pool, pending, ready)
+            groups = self._group(described, ready)
+            futures = [pool.submit(self._run_group, group) for group in groups]
+            for future in as_completed(futures):
+                future.result()
+        except BaseException as exc:
+            # Running conversions stop at their next tensor; queued ones never start.
+            self.stop.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+            name = type(exc).__name__
+            reason = f"batch aborted by {name}: {exc}" if isinstance(exc, Exception) else name
+            self._cancel_the_rest(f"not finished: {reason}")
+            self.summary.close()
+            self.summary.write()
+            raise
+        pool.shutdown(wait=True)
+        self._cancel_the_rest("not started: --fail-fast stopped the batch after a failure")
+        self.summary.close()
+        self.summary.write()
+        return self.summary
+
+    # --- 1. resume -----------------------------------------------------------------------
+
+    def _resume(self) -> tuple[list[PendingRevision], dict[WeightsKey, RevisionResult]]:
+        """Skip what is up to date; return the rest, and the skipped outputs by weights."""
+        pending: list[PendingRevision] = []
+        ready: dict[WeightsKey, RevisionResult] = {}
+        for item in self.plan.items:
+            requirements = Requirements.of(item.repo_id, self.request.options)
+            target = self.request.output_dir / item.relative_output
+            existing = judge_existing(target, requirements, self._branch_commit(item))
+            if existing.state == "current":
+                self._skip(item, existing, existing.commit, "up to date", ready)
+            elif existing.state == "unverified":
+                why = self.plan.unreachable.get(item.repo_id, "the Hub has no such branch")
+                reason = f"up to date, commit not checked ({why})"
+                self._skip(item, existing, None, reason, ready)
+            elif existing.state == "foreign":
+                self._finish(RevisionResult(item, "failed", reason=existing.reason))
+            else:
+                pending.append(PendingRevision(item, None, existing))
+        return pending, ready
+
+    def _branch_commit(self, item: WorkItem) -> str | None:
+        branches = self.plan.branches.get(item.repo_id)
+        if branches is not None:
+            return branches.get(item.revision)
+        return cached_commit(item.repo_id, item.revision, self.request.cache_dir)
+
+    def _skip(
+        self,
+        item: WorkItem,
+        existing: ExistingOutput,
+        commit: str | None,
+        reason: str,
+        ready: dict[WeightsKey, RevisionResult],
+    ) -> None:
+        output = item.relative_output.as_posix()
+        result = RevisionResult(
+            item,
+            "skipped",
+            reason=reason,
+            commit=commit,
+            source_sha256=existing.source_sha256,
+            output_sha256=self.previous_sha256.get((output, commit, existing.bytes)),
+            bytes=existing.bytes,
+            converter_version=existing.converter_version,
+        )
+        key = weights_key(item.repo_id, existing.source_sha256)
+        if key is not None:
+            ready.setdefault(key, result)
+        self._finish(result)
+
+    # --- 2. describe -----------------------------------------------------------------------
+
+    def _describe(
+        self,
+        pool: ThreadPoolExecutor,
+        pending: Sequence[PendingRevision],
+        ready: dict[WeightsKey, RevisionResult],
+    ) -> list[PendingRevision]:
+        """Ask the Hub about each pending revision; drop those that fail or turn out current."""
+        futures: dict[Future[RevisionListing | None], PendingRevision] = {
+            pool.submit(self._listing, revision.item): revision for revision in pending
+        }
+        listings: dict[WorkItem, RevisionListing | None] = {}
+        for future in as_completed(futures):
+            item = futures[future].item
+            try:
+                listings[item] = future.result()
+            except PythiaTLError as exc:
+                self._finish(RevisionResult(item, "failed", reason=" ".join(str(exc).split())))
+        described = []
+        for revision in pending:
+            if revision.item not in listings:
+                continue
+            listing = listings[revision.item]
+            existing = revision.existing
+            if (
+                listing is not None
+                and existing.state == "other_commit"
+                and weights_key(revision.item.repo_id, listing.weight_sha256)
+                == weights_key(revision.item.repo_id, existing.source_sha256)
+            ):
+                reason = f"up to date (same weights as commit {existing.commit})"
+                self._skip(revision.item, existing, listing.commit, reason, ready)
+                continue
+            described.append(PendingRevision(revision.item, listing, existing))
+        return described
+
+    def _listing(self, item: WorkItem) -> RevisionListing | None:
+        if self.plan.branches.get(item.repo_id) is None or self.stop.is_set():
+            return None
+        try:
+            return describe_revision(item.repo_id, item.revision)
+        except HubUnreachable:
+            return None  # converted from the cache, if it is there
+
+    # --- 3. group --------------------------------------------------------------------------
+
+    def _group(
+        self, described: Iterable[PendingRevision], ready: dict[WeightsKey, RevisionResult]
+    ) -> list[_Group]:
+        groups: dict[WeightsKey, _Group] = {}
+        alone: list[_Group] = []
+        for revision in described:
+            listing = revision.listing
+            key = weights_key(revision.item.repo_id, listing.weight_sha256) if listing else None
+            if key is None:
+                alone.append(_Group([revision]))
+                continue
+            group = groups.setdefault(key, _Group(first=ready.get(key)))
+            group.members.append(revision)
+        ordered = [*groups.values(), *alone]
+        ordered.sort(key=lambda group: group.members[0].item)
+        return ordered
+
+    # --- 4. convert ------------------------------------------------------------------------
+
+    def _run_group(self, group: _Group) -> None:
+        first = group.first
+        for revision in group.members:
+            if self.stop.is_set():
+                return
+            if first is not None:
+                result = link_duplicate(revision, first, self.request.output_dir)
+            else:
+                result = convert_revision(
+                    revision,
+                    self.request.output_dir,
+                    self.request.options,
+                    self.janitor,
+                    self.request.cache_dir,
+                    self._on_bytes,
+                    self.stop.is_set,
+                )
+                if result.status == "converted":
+                    first = result
+            self._finish(result)
+
+    def _on_bytes(self, nbytes: int, total: int) -> None:
+        if self.stop.is_set():
+            raise Stopped
+        self.reporter.wrote(nbytes)
+
+    def _finish(self, result: RevisionResult) -> None:
+        self.summary.record(result)
+        self.summary.write()
+        self.reporter.finished(result)
+        if result.status == "failed" and self.request.fail_fast:
+            self.stop.set()
+
+    def _cancel_the_rest(self, reason: str) -> None:
+        for item in self.plan.items:
+            if self.summary.result(item) is None:
+                self._finish(RevisionResult(item, "cancelled", reason=reason))
+
+
+def _command(request: BatchRequest) -> dict[str, Any]:
+    return {
+        "models": list(dict.fromkeys(model.repo_id for model in request.models)),
+        "steps": str(request.steps),
+        "dtype": request.options.dtype,
+        "processing": list(request.options.processing.steps),
+        "shard": str(request.shard) if request.shard is not None else None,
+        "jobs": request.jobs,
+        "keep_downloads": request.keep_downloads,
+        "fail_fast": request.fail_fast,
+    }

@@ -1,0 +1,90 @@
+"""The batch's work list: one item per (model, step), where each output goes, and sharding.
+
+The list is sorted by repository id, then step, so every machine that runs the same command
+builds the same list; ``--shard K/N`` then takes items K-1, K-1+N, K-1+2N, ... (round-robin, so
+each shard gets a similar mix of early and late steps and of model sizes), and shards 1..N
+together cover every item exactly once.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from pythia_tl.errors import UsageError
+from pythia_tl.source.names import ModelName
+
+T = TypeVar("T")
+
+_SHARD = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*")
+
+
+@dataclass(frozen=True, order=True)
+class WorkItem:
+    """One revision to convert: a model's training step."""
+
+    repo_id: str
+    step: int
+
+    @property
+    def model(self) -> ModelName:
+        return ModelName(self.repo_id)
+
+    @property
+    def revision(self) -> str:
+        return f"step{self.step}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.model.name} {self.revision}"
+
+    @property
+    def relative_output(self) -> Path:
+        """``<model-name>/step<N>.safetensors``, relative to the batch's output folder."""
+        return Path(self.model.name) / f"{self.revision}.safetensors"
+
+
+@dataclass(frozen=True)
+class Shard:
+    """``K/N``: the K-th (1-based) of N disjoint parts of the work list."""
+
+    index: int
+    count: int
+
+    def take(self, items: Sequence[T]) -> list[T]:
+        return [
+            item for position, item in enumerate(items) if position % self.count == self.index - 1
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def parse_shard(text: str) -> Shard:
+    match = _SHARD.fullmatch(text)
+    if match is None:
+        raise UsageError(f"--shard {text!r}: expected K/N, e.g. 1/4 (K counts from 1)")
+    index, count = int(match[1]), int(match[2])
+    if count < 1 or not 1 <= index <= count:
+        raise UsageError(f"--shard {text!r}: K must be between 1 and N, and N at least 1")
+    return Shard(index, count)
+
+
+def work_list(selected: Mapping[str, Iterable[int]]) -> list[WorkItem]:
+    """Every (repository, step) pair, sorted, from each repository's selected steps."""
+    return sorted(WorkItem(repo_id, step) for repo_id, steps in selected.items() for step in steps)
+
+
+def check_distinct_folders(models: Sequence[ModelName]) -> None:
+    """Refuse two repositories whose outputs would share ``<model-name>/``."""
+    seen: dict[str, str] = {}
+    for model in models:
+        other = seen.setdefault(model.name, model.repo_id)
+        if other != model.repo_id:
+            raise UsageError(
+                f"{other} and {model.repo_id} would both write to {model.name}/: convert them "
+                "into different output folders"
+            )

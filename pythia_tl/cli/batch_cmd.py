@@ -1,0 +1,184 @@
+"""``pythia-tl batch``: many models and steps in one resumable, shardable command."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from huggingface_hub.utils import disable_progress_bars
+from rich.console import Console
+from rich.filesize import decimal
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from pythia_tl.batch import (
+    BatchRequest,
+    BatchSummary,
+    RevisionResult,
+    parse_shard,
+    parse_step_spec,
+    plan_batch,
+    run_batch,
+)
+from pythia_tl.cli.options import CacheDir, DType, Json, Quiet
+from pythia_tl.convert import ConvertOptions
+from pythia_tl.errors import PythiaTLError
+from pythia_tl.plan import check_dtype_option
+from pythia_tl.source.names import resolve_model_name
+
+
+def batch(
+    models: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="MODEL",
+            help="Hub repo ids (EleutherAI/pythia-70m) or short names.",
+            show_default=False,
+        ),
+    ],
+    steps: Annotated[
+        str,
+        typer.Option(
+            "--steps",
+            help="'all', or a comma list of steps and inclusive ranges FIRST:LAST[:STRIDE] "
+            "(e.g. 0,1,2,4,1000:143000:10000), taken from each model's schedule.",
+        ),
+    ],
+    output: Annotated[
+        Path,
+        typer.Option("--output", "-o", help="Output folder: DIR/<model-name>/step<N>.safetensors."),
+    ],
+    jobs: Annotated[
+        int, typer.Option("--jobs", "-j", min=1, help="Revisions converted at once.")
+    ] = 1,
+    shard: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--shard",
+            help="K/N: convert only the K-th (from 1) of N disjoint parts of the work list.",
+        ),
+    ] = None,
+    keep_downloads: Annotated[
+        bool,
+        typer.Option(
+            "--keep-downloads",
+            help="Keep downloaded weights in the cache (default: removed once converted).",
+        ),
+    ] = False,
+    fail_fast: Annotated[
+        bool, typer.Option("--fail-fast", help="Stop at the first failed revision.")
+    ] = False,
+    dtype: DType = "auto",
+    cache_dir: CacheDir = None,
+    quiet: Quiet = False,
+    json_output: Json = False,
+) -> None:
+    """Convert many models and training steps; rerunning skips every output already done."""
+    check_dtype_option(dtype)
+    request = BatchRequest(
+        models=tuple(resolve_model_name(model) for model in models),
+        steps=parse_step_spec(steps),
+        output_dir=output,
+        options=_convert_options(dtype),
+        jobs=jobs,
+        shard=parse_shard(shard) if shard is not None else None,
+        keep_downloads=keep_downloads,
+        fail_fast=fail_fast,
+        cache_dir=cache_dir,
+    )
+    plan = plan_batch(request)
+    # Per-file download bars from several threads would garble the batch's own output.
+    disable_progress_bars()
+    with _LineReporter(quiet or json_output) as reporter:
+        summary = run_batch(request, plan, reporter)
+    if json_output:
+        print(json.dumps(summary.to_json()))
+    elif not quiet:
+        print(_totals(summary, plan.work_list_size), file=sys.stderr)
+    failed = summary.failed
+    if failed:
+        first = failed[0]
+        raise PythiaTLError(
+            f"{len(failed)} of {len(summary.items)} revisions failed, first {first.item.label}: "
+            f"{first.reason} (all in {summary.path})"
+        )
+
+
+def _convert_options(dtype: str) -> ConvertOptions:
+    """The conversion options every revision of the batch is converted with."""
+    return ConvertOptions(dtype=dtype)
+
+
+def _totals(summary: BatchSummary, work_list_size: int) -> str:
+    counts = ", ".join(f"{n} {status}" for status, n in summary.counts().items() if n)
+    scope = (
+        f"{len(summary.items)} of {work_list_size} revisions (this shard)"
+        if len(summary.items) != work_list_size
+        else f"{work_list_size} revisions"
+    )
+    return f"batch: {scope}: {counts or 'nothing to do'}; summary in {summary.path}"
+
+
+def _line(result: RevisionResult) -> str:
+    label = result.item.label
+    if result.status == "converted":
+        size = decimal(result.bytes or 0)
+        note = f"; {result.reason}" if result.reason else ""
+        return f"converted {label} ({size} in {result.seconds:.1f} s){note}"
+    return f"{result.status} {label}: {result.reason}"
+
+
+class _LineReporter:
+    """One overall bar on a terminal (revisions done / total, bytes written) and one stderr line
+    per finished revision; nothing at all when silent."""
+
+    def __init__(self, silent: bool) -> None:
+        self._silent = silent
+        self._console = Console(file=sys.stderr)
+        self._lock = threading.Lock()
+        self._written = 0
+        self._progress: Progress | None = None
+        self._task = None
+
+    def __enter__(self) -> _LineReporter:
+        if not self._silent and self._console.is_terminal:
+            self._progress = Progress(
+                TextColumn("batch"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("revisions, {task.fields[written]} written"),
+                TimeElapsedColumn(),
+                console=self._console,
+                transient=True,
+            )
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def started(self, total: int) -> None:
+        if self._progress is not None:
+            self._task = self._progress.add_task("batch", total=total, written=decimal(0))
+
+    def wrote(self, nbytes: int) -> None:
+        with self._lock:
+            self._written += nbytes
+            written = self._written
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, written=decimal(written))
+
+    def finished(self, result: RevisionResult) -> None:
+        if self._silent:
+            return
+        line = _line(result)
+        with self._lock:
+            if self._progress is not None and self._task is not None:
+                self._progress.console.print(line, markup=False, highlight=False, soft_wrap=True)
+                self._progress.advance(self._task)
+            else:
+                print(line, file=sys.stderr, flush=True)

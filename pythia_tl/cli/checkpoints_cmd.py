@@ -1,0 +1,66 @@
+"""``pythia-tl checkpoints``."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pythia_tl.cli.options import Json
+from pythia_tl.source.names import resolve_model_name
+from pythia_tl.source.schedule import hub_checkpoints
+
+_ORIGINS = {"hub": "the Hub's branches", "schedule": "the known schedule (Hub not reachable)"}
+
+
+def checkpoints(
+    model: Annotated[
+        str, typer.Argument(help="A Hub repo id (EleutherAI/pythia-70m) or a short name.")
+    ],
+    json_output: Json = False,
+) -> None:
+    """List a model's training checkpoints: index, step, tokens seen and commit.
+
+    From the Hub's step branches when it answers, else from Pythia's known schedule. The index
+    is what --checkpoint-index takes.
+    """
+    listing = hub_checkpoints(resolve_model_name(model))
+    rows = [
+        {
+            "index": checkpoint.index,
+            "step": checkpoint.step,
+            "revision": checkpoint.revision,
+            "tokens": checkpoint.tokens,
+            "commit": checkpoint.commit,
+        }
+        for checkpoint in listing.checkpoints
+    ]
+    if json_output:
+        print(
+            json.dumps(
+                {
+                    "model": listing.model.repo_id,
+                    "origin": listing.origin,
+                    "count": len(rows),
+                    "checkpoints": rows,
+                }
+            )
+        )
+        return
+    table = Table(
+        title=f"{listing.model.repo_id}: {len(rows)} checkpoints, from {_ORIGINS[listing.origin]}"
+    )
+    for column in ("index", "step", "revision", "tokens seen", "commit"):
+        table.add_column(column, justify="right" if column in ("index", "step") else "left")
+    for row in rows:
+        table.add_row(
+            str(row["index"]),
+            str(row["step"]),
+            str(row["revision"]),
+            f"{row['tokens']:,}",
+            str(row["commit"] or "-"),
+        )
+    Console().print(table)

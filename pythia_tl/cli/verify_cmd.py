@@ -1,0 +1,69 @@
+"""``pythia-tl verify``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from pythia_tl.cli.options import CacheDir, Json, Quiet, Revision, Step
+from pythia_tl.cli.progress import byte_progress
+from pythia_tl.verify import VerifyOptions, VerifyReport, verify_file
+
+_MARKS = {"ok": "ok", "failed": "FAIL", "skipped": "skip"}
+
+
+def verify(
+    file: Annotated[Path, typer.Argument(help="A safetensors file written by pythia-tl.")],
+    source: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Argument(
+            help="The source to compare with (default: the one recorded in the file): a "
+            "folder, a Hub repo id or a short name.",
+            show_default=False,
+        ),
+    ] = None,
+    revision: Revision = None,
+    step: Step = None,
+    cache_dir: CacheDir = None,
+    no_source: Annotated[
+        bool,
+        typer.Option("--no-source", help="Check integrity and metadata only, not the source."),
+    ] = False,
+    logits: Annotated[
+        bool,
+        typer.Option(
+            "--logits",
+            help="Also compare log-probabilities with transformers' model of the source "
+            "(pip install 'pythia-tl[verify]').",
+        ),
+    ] = False,
+    quiet: Quiet = False,
+    json_output: Json = False,
+) -> None:
+    """Check a converted file: integrity, metadata, every tensor against its source."""
+    options = VerifyOptions(
+        source=source,
+        revision=revision,
+        step=step,
+        cache_dir=cache_dir,
+        check_source=not no_source,
+        logits=logits,
+    )
+    with byte_progress(f"verifying {file.name}", quiet or json_output) as bar:
+        report = verify_file(file, options, on_bytes=bar)
+    if json_output:
+        print(json.dumps(report.to_json()))
+    elif not quiet:
+        _print(report)
+    report.raise_if_failed()
+
+
+def _print(report: VerifyReport) -> None:
+    width = max(len(check.name) for check in report.checks)
+    for check in report.checks:
+        print(f"{_MARKS[check.status]:<4}  {check.name:<{width}}  {check.detail}")
+    if report.ok:
+        print(f"verified {report.file}")

@@ -1,0 +1,63 @@
+"""Processing the stream of converted tensors, one part of the model at a time.
+
+The conversion yields ``(planned, tensor)`` in plan order. A part that a chosen step changes is
+gathered (the embedding, one block, or the head), processed in float32 and handed on without its
+folded LayerNorms; any other part passes straight through. Memory therefore stays at about one
+block plus the largest single tensor (the embedding or the unembedding).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import torch
+
+from pythia_tl.errors import PlanError
+from pythia_tl.plan import PlannedTensor
+from pythia_tl.processing.layout import Group, ProcessingPlan
+from pythia_tl.processing.transforms import process_part
+
+Converted = tuple[PlannedTensor, torch.Tensor]
+
+
+def process_stream(plan: ProcessingPlan, converted: Iterable[Converted]) -> Iterator[Converted]:
+    """``converted`` processed as ``plan`` says, yielded in the order of ``plan.tensors``.
+
+    Processed tensors are float32 (the output dtype is applied afterwards); passed-through
+    tensors are yielded as they came.
+    """
+    if not plan.processing.steps:
+        # Raw weights: the conversion's own stream, whatever its order.
+        yield from converted
+        return
+    stream = iter(converted)
+    for group in plan.groups:
+        if not group.steps:
+            for planned in group.inputs:
+                yield _next(stream, planned)
+            continue
+        tensors: dict[str, torch.Tensor] = {}
+        for planned in group.inputs:
+            _, tensor = _next(stream, planned)
+            # A copy of our own even when already float32: the steps work in place, and a
+            # converted tensor may share storage with others (Q, K and V with each other).
+            tensors[group.local(planned.key)] = tensor.to(torch.float32, copy=True)
+            del tensor
+        process_part(group.part, tensors, group.steps)
+        yield from _emit(group, tensors)
+    extra = next(stream, None)
+    if extra is not None:
+        raise PlanError(f"processing: {extra[0].key} was converted but not planned")
+
+
+def _next(stream: Iterator[Converted], expected: PlannedTensor) -> Converted:
+    item = next(stream, None)
+    if item is None or item[0].key != expected.key:
+        got = "the end of the conversion" if item is None else item[0].key
+        raise PlanError(f"processing: expected {expected.key} next, got {got}")
+    return item
+
+
+def _emit(group: Group, tensors: dict[str, torch.Tensor]) -> Iterator[Converted]:
+    for planned in group.outputs:
+        yield planned, tensors.pop(group.local(planned.key))

@@ -1,0 +1,118 @@
+"""``verify``: prove that a converted file is sound and is what the conversion makes of its source.
+
+Four checks, in order, each needing the ones before it to pass:
+
+* ``integrity``: the safetensors header is valid and every tensor is readable, float and finite;
+* ``metadata``: every key is present and well formed, and the tensors' keys, shapes and dtype are
+  those the Pythia table and the recorded processing give for ``tl_config``;
+* ``source``: re-running the recorded conversion on the source gives the same tensors (see
+  ``compare``) and the source's files have the recorded sha256;
+* ``logits`` (on request): transformers' model of the source and a TransformerLens forward pass
+  over the file agree on log-probabilities.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pythia_tl.errors import OutputFileError, PythiaTLError, UsageError
+from pythia_tl.source import ResolvedSource
+from pythia_tl.verify.against_source import SourceRequest, check_against_source, locate_source
+from pythia_tl.verify.integrity import check_integrity
+from pythia_tl.verify.logits import check_logits, require_transformers
+from pythia_tl.verify.metadata import check_metadata
+from pythia_tl.verify.report import CHECK_NAMES, Check, VerificationFailed, VerifyReport
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    """``source``: SOURCE as on the command line (None: the one the metadata records), with the
+    revision or step to take it at; ``check_source`` False skips the comparison with the source;
+    ``logits`` adds the log-probability comparison (needs transformers)."""
+
+    source: str | None = None
+    revision: str | None = None
+    step: int | None = None
+    cache_dir: Path | None = None
+    check_source: bool = True
+    logits: bool = False
+
+
+def verify_file(
+    path: Path,
+    options: VerifyOptions = VerifyOptions(),
+    on_bytes: Callable[[int, int], None] | None = None,
+) -> VerifyReport:
+    """Run every check on ``path``; a check that cannot run is reported as skipped, with why.
+
+    Raises UsageError for contradictory options and OutputFileError when ``path`` is not a file;
+    anything wrong with the file itself is a failed check in the report.
+    """
+    _check_options(options)
+    if not path.is_file():
+        raise OutputFileError(f"{path}: no such file")
+    passes = 2 if options.check_source else 1
+    total = path.stat().st_size * passes
+
+    def advance(n: int) -> None:
+        if on_bytes is not None:
+            on_bytes(n, total)
+
+    integrity, info = check_integrity(path, advance)
+    checks = [integrity]
+    if integrity.status != "ok" or info is None:
+        return _finish(path, checks, "needs a file that passes the integrity check")
+    metadata, recorded = check_metadata(info)
+    checks.append(metadata)
+    if recorded is None:
+        return _finish(path, checks, "needs complete, consistent metadata")
+    if not options.check_source:
+        checks.append(Check.skipped("source", "not asked for (--no-source)"))
+        return _finish(path, checks, "not asked for (--logits)")
+    source: ResolvedSource | None = None
+    try:
+        source = locate_source(recorded, _request(options))
+    except UsageError:
+        raise
+    except PythiaTLError as exc:
+        checks.append(Check.failed("source", f"cannot open the source: {exc}"))
+    else:
+        checks.append(check_against_source(path, info, recorded, source, advance))
+    if not options.logits:
+        checks.append(Check.skipped("logits", "not asked for (--logits)"))
+    elif source is None:
+        checks.append(Check.skipped("logits", "needs the source"))
+    else:
+        checks.append(check_logits(path, recorded, source.checkpoint.folder))
+    return VerifyReport(path, tuple(checks))
+
+
+def _check_options(options: VerifyOptions) -> None:
+    if options.source is None and (options.revision is not None or options.step is not None):
+        raise UsageError(
+            "--revision and --step select a revision of SOURCE; without SOURCE the commit "
+            "recorded in the file is used"
+        )
+    if not options.check_source and options.source is not None:
+        raise UsageError("--no-source contradicts SOURCE: give one or the other")
+    if not options.check_source and options.logits:
+        raise UsageError("--logits runs the source model: it cannot be combined with --no-source")
+    if options.logits:
+        require_transformers()
+
+
+def _request(options: VerifyOptions) -> SourceRequest:
+    return SourceRequest(options.source, options.revision, options.step, options.cache_dir)
+
+
+def _finish(path: Path, checks: list[Check], why: str) -> VerifyReport:
+    done = {check.name for check in checks}
+    for name in CHECK_NAMES:
+        if name not in done:
+            checks.append(Check.skipped(name, why))
+    return VerifyReport(path, tuple(checks))
+
+
+__all__ = ["Check", "VerificationFailed", "VerifyOptions", "VerifyReport", "verify_file"]

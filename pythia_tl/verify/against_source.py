@@ -1,0 +1,216 @@
+"""Does every tensor equal what the conversion derives from the source?
+
+The source is the one the metadata records (a folder, or a Hub repo pinned to the recorded
+commit) or the one given on the command line. The recorded conversion is planned again from the
+source's headers and run tensor by tensor (with the recorded processing steps, if any), and each
+result is compared with the file's tensor as it streams past, so memory stays bounded by the
+largest tensor as in a conversion. The source's files are hashed meanwhile and must have the
+sha256 the metadata records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from pythia_tl.convert import convert_tensors, file_sha256, finish
+from pythia_tl.converters.tl_config import tl_config
+from pythia_tl.errors import PythiaTLError, SourceError, UsageError
+from pythia_tl.output_file import OutputInfo
+from pythia_tl.plan import PlannedTensor, build_plan, dtype_name
+from pythia_tl.processing import ProcessingPlan, plan_processing, process_stream
+from pythia_tl.source import ResolvedSource, resolve_model_name, resolve_source
+from pythia_tl.source.config import NeoXConfig
+from pythia_tl.verify.compare import FLOAT32_SLACK, Mismatch, bitwise_mismatch, tolerance_mismatch
+from pythia_tl.verify.metadata import Recorded
+from pythia_tl.verify.report import Check
+
+# Fields of tl_config that name the model rather than follow from config.json.
+_NAMING_FIELDS = frozenset({"model_name", "tokenizer_name"})
+_MAX_LISTED = 10
+
+
+@dataclass(frozen=True)
+class SourceRequest:
+    """Where to find the source: SOURCE from the command line (with its revision), or None to
+    use the one the metadata records."""
+
+    source: str | None = None
+    revision: str | None = None
+    step: int | None = None
+    cache_dir: Path | None = None
+
+
+def locate_source(recorded: Recorded, request: SourceRequest) -> ResolvedSource:
+    """Open the source to compare with; SourceError (or a subclass) when it cannot be had."""
+    if request.source is None:
+        if recorded.from_folder:
+            if not Path(recorded.source).is_dir():
+                raise SourceError(
+                    f"{recorded.source}: the source folder recorded in the metadata is gone; "
+                    "pass the source as SOURCE (or --no-source)"
+                )
+            return resolve_source(recorded.source)
+        return resolve_source(
+            recorded.source, revision=recorded.commit, cache_dir=request.cache_dir
+        )
+    revision = request.revision
+    if revision is None and request.step is None and _names_repo(request.source, recorded.source):
+        revision = recorded.commit  # the same repository: the commit that was converted
+    return resolve_source(
+        request.source, revision=revision, step=request.step, cache_dir=request.cache_dir
+    )
+
+
+def check_against_source(
+    path: Path,
+    info: OutputInfo,
+    recorded: Recorded,
+    source: ResolvedSource,
+    advance: Callable[[int], None] = lambda n: None,
+) -> Check:
+    where = _describe(source)
+    checkpoint = source.checkpoint
+    try:
+        plan = build_plan(checkpoint, dtype_name(recorded.dtype))
+        written = plan_processing(plan, recorded.processing)
+    except PythiaTLError as exc:
+        return Check.failed("source", f"{where}: {exc}")
+    problem = (
+        _config_problem(recorded, plan.config)
+        or _layout_problem(info, written)
+        or _files_problem(recorded, checkpoint.files)
+    )
+    if problem is not None:
+        return Check.failed("source", f"{where}: {problem}")
+    with ThreadPoolExecutor(max_workers=1) as pool, checkpoint.open() as reader:
+        # The source files are hashed on the second core while the first compares.
+        hashes = {file.name: pool.submit(file_sha256, file) for file in checkpoint.files}
+        stream = _expected_stream(written, convert_tensors(plan, reader))
+        mismatches = list(_compare(path, written, stream, advance))
+        digests = {name: future.result() for name, future in hashes.items()}
+    changed = [
+        f"{name} has sha256 {digest}, the metadata records {recorded.source_files[name]}"
+        for name, digest in sorted(digests.items())
+        if recorded.source_files[name] != digest
+    ]
+    rule = _rule(written, plan.tensors)
+    data: dict[str, object] = {"source": where, "tensors": len(written.tensors), "comparison": rule}
+    if mismatches or changed:
+        problems = [m.describe() for m in mismatches] + [
+            f"{where}: {change}: not the source this file was converted from" for change in changed
+        ]
+        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        return Check.failed(
+            "source",
+            f"{problems[0]}{more}",
+            mismatches=[m.to_json() for m in mismatches[:_MAX_LISTED]],
+            tensors_differing=len(mismatches),
+            source_files_differing=changed,
+            **data,
+        )
+    detail = (
+        f"{len(written.tensors)} tensors {rule}, from {where}; its files have the recorded sha256"
+    )
+    return Check.ok("source", detail, **data)
+
+
+def _expected_stream(
+    written: ProcessingPlan, converted: Iterator[tuple[PlannedTensor, torch.Tensor]]
+) -> Iterable[tuple[PlannedTensor, torch.Tensor]]:
+    return process_stream(written, converted) if written.processing.steps else converted
+
+
+def _compare(
+    path: Path,
+    written: ProcessingPlan,
+    stream: Iterable[tuple[PlannedTensor, torch.Tensor]],
+    advance: Callable[[int], None],
+) -> Iterator[Mismatch]:
+    with safe_open(path, framework="pt") as handle:
+        for planned, tensor in stream:
+            actual = handle.get_tensor(planned.key)
+            if written.steps_for(planned.key):
+                mismatch = tolerance_mismatch(planned.key, actual, tensor)
+            else:
+                mismatch = bitwise_mismatch(planned.key, actual, finish(tensor, planned))
+            advance(actual.numel() * actual.element_size())
+            del actual, tensor
+            if mismatch is not None:
+                yield mismatch
+
+
+def _config_problem(recorded: Recorded, config: NeoXConfig) -> str | None:
+    expected = tl_config(config, "", None, recorded.processing.normalization_type)
+    for key, value in expected.items():
+        if key not in _NAMING_FIELDS and recorded.tl_config.get(key) != value:
+            return (
+                f"its config.json gives tl_config {key} = {value!r}, the metadata records "
+                f"{recorded.tl_config.get(key)!r}"
+            )
+    return None
+
+
+def _layout_problem(info: OutputInfo, written: ProcessingPlan) -> str | None:
+    planned = {t.key: t.shape for t in written.tensors}
+    for key in sorted(planned.keys() | info.tensors.keys()):
+        if key not in info.tensors:
+            return f"the conversion gives {key}, which the file lacks"
+        if key not in planned:
+            return f"the file holds {key}, which the conversion does not give"
+        if tuple(info.tensors[key][1]) != planned[key]:
+            return (
+                f"the conversion gives {key} shape {list(planned[key])}, the file holds "
+                f"{info.tensors[key][1]}"
+            )
+    return None
+
+
+def _files_problem(recorded: Recorded, files: tuple[Path, ...]) -> str | None:
+    names = {file.name for file in files}
+    if names != set(recorded.source_files):
+        return (
+            f"its weight files are {', '.join(sorted(names))}, the metadata records "
+            f"{', '.join(sorted(recorded.source_files))}"
+        )
+    return None
+
+
+def _rule(written: ProcessingPlan, planned: tuple[PlannedTensor, ...]) -> str:
+    sources = sorted({dtype_name(t.source_dtype) for t in planned if t.source_dtype is not None})
+    target = dtype_name(planned[0].dtype) if planned else "?"
+    if sources == [target]:
+        exact = f"bitwise equal to a fresh conversion ({target}, as in the source)"
+    else:
+        exact = (
+            f"bitwise equal to a fresh conversion ({', '.join(sources)} cast to {target}, "
+            "rounded to nearest even)"
+        )
+    processed = sum(1 for t in written.tensors if written.steps_for(t.key))
+    if not processed:
+        return exact
+    return (
+        f"checked: {len(written.tensors) - processed} {exact}; {processed} processed ones within "
+        f"eps({target}) x |value| + {FLOAT32_SLACK:g} x max|value| of a fresh float32 processing"
+    )
+
+
+def _names_repo(source: str, repo_id: str) -> bool:
+    if Path(source).expanduser().is_dir():
+        return False
+    try:
+        return resolve_model_name(source).repo_id == repo_id
+    except UsageError:
+        return False
+
+
+def _describe(source: ResolvedSource) -> str:
+    provenance = source.provenance
+    if provenance.commit:
+        return f"{provenance.source}@{provenance.commit[:12]}"
+    return provenance.source

@@ -1,0 +1,118 @@
+"""Do the file and the source compute the same log-probabilities?
+
+The source runs through transformers' ``GPTNeoXForCausalLM`` (eager attention), the file through
+pythia-tl's TransformerLens forward pass (``pythia_tl.tl_forward``), both in float32 on a few
+fixed random token sequences, and the largest difference of their log-probabilities must stay
+within a stated tolerance. For an unprocessed file transformers gets the source's weights rounded
+to the file's dtype, so both sides hold the same numbers and only float32 summation order
+differs. A processed file's weights were computed in float32 and then rounded, so its tolerance
+grows with the coarseness of its dtype.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+
+from pythia_tl.errors import UsageError
+from pythia_tl.tl_forward import tl_logits
+from pythia_tl.verify.metadata import Recorded
+from pythia_tl.verify.report import Check
+
+N_SEQUENCES = 4
+SEQUENCE_LENGTH = 64
+TOKEN_SEED = 0
+UNPROCESSED_TOLERANCE = 1e-3
+PROCESSED_TOLERANCE = {torch.float32: 1e-3, torch.float16: 2e-2, torch.bfloat16: 1.5e-1}
+
+
+def require_transformers() -> None:
+    """Refuse ``--logits`` up front when transformers is not installed."""
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        raise UsageError("--logits needs transformers: pip install 'pythia-tl[verify]'") from None
+
+
+def tolerance_for(recorded: Recorded) -> float:
+    if recorded.processing.steps:
+        return PROCESSED_TOLERANCE[recorded.dtype]
+    return UNPROCESSED_TOLERANCE
+
+
+def check_logits(path: Path, recorded: Recorded, source_folder: Path) -> Check:
+    tokens = fixed_tokens(recorded.config.d_vocab, recorded.config.n_ctx)
+    expected = torch.log_softmax(_source_logits(source_folder, recorded, tokens), dim=-1)
+    with safe_open(path, framework="pt") as handle:
+        actual = torch.log_softmax(tl_logits(_FileWeights(handle), recorded.tl_config, tokens), -1)
+    difference = float((actual - expected).abs().max())
+    tolerance = tolerance_for(recorded)
+    shape = f"{tokens.shape[0]} sequences x {tokens.shape[1]} tokens"
+    data: dict[str, Any] = {
+        "max_logprob_difference": difference,
+        "tolerance": tolerance,
+        "sequences": tokens.shape[0],
+        "tokens_per_sequence": tokens.shape[1],
+    }
+    detail = (
+        f"{shape}: largest log-probability difference from transformers' GPTNeoXForCausalLM "
+        f"{difference:.3g} (tolerance {tolerance:g})"
+    )
+    # Written so that a NaN difference fails.
+    if not difference <= tolerance:
+        return Check.failed("logits", detail, **data)
+    return Check.ok("logits", detail, **data)
+
+
+def fixed_tokens(d_vocab: int, n_ctx: int) -> torch.Tensor:
+    """The same token sequences every time (seeded), ``[N_SEQUENCES, <= SEQUENCE_LENGTH]``."""
+    generator = torch.Generator().manual_seed(TOKEN_SEED)
+    length = min(SEQUENCE_LENGTH, n_ctx)
+    return torch.randint(0, d_vocab, (N_SEQUENCES, length), generator=generator)
+
+
+def _source_logits(folder: Path, recorded: Recorded, tokens: torch.Tensor) -> torch.Tensor:
+    from transformers import GPTNeoXForCausalLM
+    from transformers.utils import logging as transformers_logging
+
+    # Its load report and progress bar would clutter our output; both are restored afterwards.
+    verbosity = transformers_logging.get_verbosity()
+    bar_shown = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    try:
+        model = GPTNeoXForCausalLM.from_pretrained(
+            folder, attn_implementation="eager", dtype=torch.float32
+        )
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+        if bar_shown:
+            transformers_logging.enable_progress_bar()
+    if not recorded.processing.steps:
+        # The file holds the source's values rounded to its dtype: give transformers the same.
+        model = model.to(recorded.dtype).to(torch.float32)
+    with torch.inference_mode():
+        return model.eval()(input_ids=tokens).logits.to(torch.float32)
+
+
+class _FileWeights(Mapping[str, torch.Tensor]):
+    """The file's tensors by name, each read when it is looked up."""
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+        self._keys = frozenset(handle.keys())
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if key not in self._keys:
+            raise KeyError(key)
+        return self._handle.get_tensor(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._keys))
+
+    def __len__(self) -> int:
+        return len(self._keys)

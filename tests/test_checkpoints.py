@@ -1,0 +1,147 @@
+"""``pythia-tl checkpoints`` and ``convert --checkpoint-index``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from batch_suite import STEPS, Suite, metadata_of, publish_suite
+from conftest import HfEnv
+from hub_server import StandInHub
+
+from pythia_tl.cli import main
+from pythia_tl.source.names import TOKENS_PER_STEP
+
+
+def run_main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+    captured = capsys.readouterr()
+    code = exited.value.code
+    return (code if isinstance(code, int) else 0), captured.out, captured.err
+
+
+@pytest.fixture
+def suite(stand_in_hub: StandInHub, tmp_path: Path) -> Suite:
+    return publish_suite(stand_in_hub, tmp_path / "hub-src")
+
+
+def test_checkpoints_lists_the_hubs_step_branches_with_their_commits(
+    suite: Suite, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run_main(["checkpoints", "pythia-70m", "--json"], capsys)
+    assert code == 0, err
+    listing = json.loads(out)
+    assert (listing["model"], listing["origin"], listing["count"]) == (
+        "EleutherAI/pythia-70m",
+        "hub",
+        len(STEPS),
+    )
+    assert listing["checkpoints"] == [
+        {
+            "index": index,
+            "step": step,
+            "revision": f"step{step}",
+            "tokens": step * 2_097_152,
+            "commit": suite.commit("EleutherAI/pythia-70m", step),
+        }
+        for index, step in enumerate(STEPS)
+    ]
+
+    code, out, _ = run_main(["checkpoints", "pythia-70m"], capsys)
+    assert code == 0
+    assert "EleutherAI/pythia-70m: 5 checkpoints, from the Hub's branches" in out
+    assert f"{143000 * TOKENS_PER_STEP:,}" in out
+
+
+@pytest.mark.parametrize(
+    ("model", "count", "first", "second"),
+    [("pythia-70m", 154, 0, 1), ("pythia-410m-deduped-v0", 143, 1000, 2000)],
+)
+def test_offline_checkpoints_come_from_the_known_schedule(
+    model: str,
+    count: int,
+    first: int,
+    second: int,
+    hf_env: HfEnv,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, err = run_main(["checkpoints", model, "--json"], capsys)
+    assert code == 0, err
+    listing = json.loads(out)
+    assert (listing["origin"], listing["count"]) == ("schedule", count)
+    steps = [c["step"] for c in listing["checkpoints"]]
+    assert steps[:2] == [first, second] and steps[-1] == 143000
+    assert steps == sorted(set(steps))
+    assert [c["index"] for c in listing["checkpoints"]] == list(range(count))
+    assert {c["commit"] for c in listing["checkpoints"]} == {None}
+
+
+def test_offline_a_repository_outside_the_suite_has_no_schedule(
+    hf_env: HfEnv, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run_main(["checkpoints", "someone/gpt-neox-tiny"], capsys)
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("error: someone/gpt-neox-tiny: offline mode is on, and the ")
+
+
+@pytest.mark.parametrize(("index", "step"), [(-1, 143000), (0, 0), (1, 1), (-154, 0)])
+def test_convert_by_checkpoint_index_takes_the_step_of_the_schedule(
+    index: int,
+    step: int,
+    suite: Suite,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_main(["convert", "pythia-70m", "--checkpoint-index", str(index)], capsys)
+    assert code == 0, err
+    metadata = metadata_of(tmp_path / f"pythia-70m-step{step}.safetensors")
+    assert (metadata["revision"], metadata["commit"]) == (
+        f"step{step}",
+        suite.commit("EleutherAI/pythia-70m", step),
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["pythia-70m", "--checkpoint-index", "154"],
+            "--checkpoint-index 154: pythia-70m has 154 checkpoints, so the index must be in "
+            "-154..153",
+        ),
+        (
+            ["pythia-70m-v0", "--checkpoint-index", "-144"],
+            "--checkpoint-index -144: pythia-70m-v0 has 143 checkpoints",
+        ),
+        (
+            ["pythia-70m", "--step", "0", "--checkpoint-index", "0"],
+            "--step and --checkpoint-index are alternatives: give one of them",
+        ),
+    ],
+)
+def test_checkpoint_index_errors_are_usage_errors(
+    args: list[str], message: str, hf_env: HfEnv, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    code, _, err = run_main(["convert", *args, "-o", str(tmp_path / "x.safetensors")], capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_checkpoint_index_does_not_apply_to_a_folder(
+    hf_env: HfEnv, tiny_checkpoints, capsys: pytest.CaptureFixture
+) -> None:
+    folder = str(tiny_checkpoints["safetensors"])
+    code, _, err = run_main(["convert", folder, "--checkpoint-index", "-1"], capsys)
+    assert code == 2
+    assert (
+        err.strip()
+        == f"error: {folder} is a local folder: --checkpoint-index applies to Hub sources"
+    )

@@ -1,0 +1,82 @@
+"""Peak memory of a conversion follows the largest tensor, not the checkpoint.
+
+A ~440 MB checkpoint whose largest tensor is ~17 MB is converted by the CLI in a subprocess; the
+kernel's record of the child's peak resident set (``os.wait4``'s ``ru_maxrss``, which counts
+mapped file pages as well as allocations) must stay within twice the largest output tensor plus
+a margin, above the peak of a Python that only imports torch and pythia-tl. Reading whole files,
+or keeping every page of a memory-mapped source resident, would add the checkpoint's size.
+No timing is asserted.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pythia_tl.plan import build_plan
+from pythia_tl.source.checkpoint import open_checkpoint
+from pythia_tl.synthetic import PythiaShape, write_checkpoint
+
+pytestmark = pytest.mark.skipif(
+    sys.platform != "linux", reason="ru_maxrss is in kilobytes and counts mapped pages on Linux"
+)
+
+# 16 layers of d_model 1024 and a small vocabulary: ~437 MB of float16, no tensor above 17 MB.
+SHAPE = PythiaShape(n_layers=16, d_model=1024, n_heads=16, d_vocab=8192)
+# Allocator slack, thread stacks and the modules a conversion imports beyond the baseline's.
+MARGIN = 150 * 2**20
+BASELINE_CODE = "import torch, pythia_tl.cli, pythia_tl.convert"
+
+
+def peak_rss(argv: list[str]) -> int:
+    """Run ``argv`` to completion; the peak resident set of that process, in bytes."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    stderr = process.stderr.read() if process.stderr is not None else b""
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    assert process.returncode == 0, stderr.decode(errors="replace")
+    return usage.ru_maxrss * 1024
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("memory")
+    folders = {layout: root / layout for layout in ("safetensors", "bin")}
+    for layout, folder in folders.items():
+        write_checkpoint(folder, SHAPE, layout=layout, legacy_buffers=False)  # type: ignore[arg-type]
+    return folders
+
+
+@pytest.fixture(scope="module")
+def baseline() -> int:
+    return peak_rss([sys.executable, "-c", BASELINE_CODE])
+
+
+@pytest.mark.parametrize(("layout", "dtype"), [("safetensors", "auto"), ("bin", "float32")])
+def test_peak_memory_follows_the_largest_tensor(
+    checkpoints: dict[str, Path], baseline: int, layout: str, dtype: str, tmp_path: Path
+) -> None:
+    folder = checkpoints[layout]
+    checkpoint = open_checkpoint(folder)
+    size = sum(file.stat().st_size for file in checkpoint.files)
+    plan = build_plan(checkpoint, dtype)
+    largest = max(t.nbytes for t in plan.tensors)
+    assert largest * 10 < size  # the premise: a checkpoint much larger than any one tensor
+
+    output = tmp_path / "out.safetensors"
+    argv = [sys.executable, "-m", "pythia_tl", "convert", str(folder), "-o", str(output)]
+    used = peak_rss([*argv, "--dtype", dtype, "--quiet"]) - baseline
+
+    assert output.stat().st_size > plan.nbytes  # every tensor was written
+    mb = 2**20
+    assert used <= 2 * largest + MARGIN, (
+        f"peak {used / mb:.0f} MB above the baseline; bound {(2 * largest + MARGIN) / mb:.0f} MB"
+    )
+    assert used < size / 2, (
+        f"peak {used / mb:.0f} MB above the baseline, checkpoint {size / mb:.0f} MB"
+    )

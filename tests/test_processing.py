@@ -1,0 +1,462 @@
+"""TransformerLens weight processing in the converter: each step's invariants, its exact values
+against a whole-state-dict oracle, the source model's log-probabilities kept, float32 arithmetic
+whatever the dtypes, streaming part by part, and the metadata, plan, inspect and CLI wiring.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import CliResult, TinyCheckpoints
+from safetensors import safe_open
+from tl_reference import tl_forward
+from transformers import GPTNeoXForCausalLM
+
+from pythia_tl.cli import main
+from pythia_tl.convert import ConvertOptions, convert, convert_tensors
+from pythia_tl.errors import PlanError
+from pythia_tl.plan import Plan, build_plan
+from pythia_tl.processing import TL_ORDER, Processing, plan_processing, process_stream
+from pythia_tl.processing.layout import CHANGES, DROPS
+from pythia_tl.processing.stream import Converted
+from pythia_tl.source import resolve_source
+from pythia_tl.synthetic import PythiaShape, write_checkpoint
+
+ATOL = 1e-4
+# Means of centred float32 tensors are zero up to rounding of sums of O(1) values.
+CENTRED = 1e-6
+
+SHAPES = {
+    "4 heads": PythiaShape(n_layers=2, d_model=64, n_heads=4, d_vocab=96, n_ctx=64),
+    "d_head 80, rotary_dim 20": PythiaShape(
+        n_layers=2, d_model=160, n_heads=2, d_vocab=128, n_ctx=64
+    ),
+    "8 heads, d_mlp 96": PythiaShape(
+        n_layers=3, d_model=64, n_heads=8, d_vocab=80, n_ctx=64, d_mlp=96
+    ),
+}
+SINGLE_STEPS = {step: Processing(**{step: True}) for step in TL_ORDER}
+CHOICES = {**SINGLE_STEPS, "process": Processing.all()}
+
+Tensors = dict[str, torch.Tensor]
+
+
+def load_output(path: Path) -> tuple[Tensors, dict[str, str]]:
+    with safe_open(path, framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata())  # noqa: SIM118
+
+
+def convert_folder(folder: Path, output: Path, processing: Processing, dtype: str = "auto") -> None:
+    options = ConvertOptions(dtype=dtype, processing=processing)
+    convert(resolve_source(str(folder)), output, options)
+
+
+@pytest.fixture(scope="module")
+def float32_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("processing-checkpoints")
+    folders = {}
+    for i, (name, shape) in enumerate(SHAPES.items()):
+        folders[name] = root / f"shape{i}"
+        write_checkpoint(folders[name], shape, layout="safetensors", dtype=torch.float32, seed=5)
+    return folders
+
+
+@pytest.fixture(scope="module")
+def raw_outputs(
+    float32_checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Tensors]:
+    root = tmp_path_factory.mktemp("processing-raw")
+    raw = {}
+    for name, folder in float32_checkpoints.items():
+        convert_folder(folder, root / f"{folder.name}.safetensors", Processing())
+        raw[name], _ = load_output(root / f"{folder.name}.safetensors")
+    return raw
+
+
+def reference_processing(raw: Tensors, processing: Processing, n_layers: int) -> Tensors:
+    """TransformerLens' processing over a whole state dict (REFERENCE.md section 2), computed
+    in the dtype of ``raw``; an oracle independent of the converter's part-by-part code."""
+    sd = dict(raw)
+
+    def fold(ln: str, weight: str, bias: str, axis: int) -> None:
+        w, b = sd[f"{ln}.w"], sd[f"{ln}.b"]
+        shape = [1] * sd[weight].ndim
+        shape[axis] = -1
+        sd[bias] = sd[bias] + (sd[weight] * b.view(shape)).sum(axis)
+        scaled = sd[weight] * w.view(shape)
+        sd[weight] = scaled - scaled.mean(axis, keepdim=True)
+
+    if processing.fold_ln:
+        for layer in range(n_layers):
+            p = f"blocks.{layer}."
+            for x in "QKV":
+                fold(p + "ln1", p + f"attn.W_{x}", p + f"attn.b_{x}", 1)
+            fold(p + "ln2", p + "mlp.W_in", p + "mlp.b_in", 0)
+        fold("ln_final", "unembed.W_U", "unembed.b_U", 0)
+        for key in [k for k in sd if k.endswith((".ln1.w", ".ln1.b", ".ln2.w", ".ln2.b"))]:
+            del sd[key]
+        del sd["ln_final.w"], sd["ln_final.b"]
+    if processing.center_writing_weights:
+        writers = ["embed.W_E"] + [
+            f"blocks.{layer}.{name}"
+            for layer in range(n_layers)
+            for name in ("attn.W_O", "attn.b_O", "mlp.W_out", "mlp.b_out")
+        ]
+        for key in writers:
+            sd[key] = sd[key] - sd[key].mean(-1, keepdim=True)
+    if processing.center_unembed:
+        for key in ("unembed.W_U", "unembed.b_U"):
+            sd[key] = sd[key] - sd[key].mean(-1, keepdim=True)
+    if processing.fold_value_biases:
+        for layer in range(n_layers):
+            p = f"blocks.{layer}.attn."
+            sd[p + "b_O"] = sd[p + "b_O"] + torch.einsum("hd,hdm->m", sd[p + "b_V"], sd[p + "W_O"])
+            sd[p + "b_V"] = torch.zeros_like(sd[p + "b_V"])
+    return sd
+
+
+@pytest.mark.parametrize("choice", list(CHOICES))
+def test_each_step_holds_its_invariants_and_changes_nothing_else(
+    choice: str,
+    float32_checkpoints: dict[str, Path],
+    raw_outputs: dict[str, Tensors],
+    tmp_path: Path,
+) -> None:
+    name = "d_head 80, rotary_dim 20"
+    processing = CHOICES[choice]
+    out = tmp_path / "out.safetensors"
+    convert_folder(float32_checkpoints[name], out, processing)
+    sd, _ = load_output(out)
+    raw = raw_outputs[name]
+    layers = range(SHAPES[name].n_layers)
+
+    def mean_abs(key: str, axis: int) -> float:
+        return sd[key].mean(axis).abs().max().item()
+
+    def raw_mean_abs(key: str, axis: int) -> float:
+        return raw[key].mean(axis).abs().max().item()
+
+    if processing.fold_value_biases:
+        assert all(torch.equal(sd[f"blocks.{i}.attn.b_V"], torch.zeros(2, 80)) for i in layers)
+    if processing.center_unembed:
+        assert mean_abs("unembed.W_U", -1) < CENTRED < raw_mean_abs("unembed.W_U", -1)
+        assert abs(sd["unembed.b_U"].mean().item()) < CENTRED
+    if processing.center_writing_weights:
+        assert mean_abs("embed.W_E", -1) < CENTRED < raw_mean_abs("embed.W_E", -1)
+        for i in layers:
+            for key in (f"blocks.{i}.attn.W_O", f"blocks.{i}.mlp.W_out"):
+                assert mean_abs(key, -1) < CENTRED < raw_mean_abs(key, -1), key
+            for key in (f"blocks.{i}.attn.b_O", f"blocks.{i}.mlp.b_out"):
+                assert mean_abs(key, 0) < CENTRED < raw_mean_abs(key, 0), key
+    if processing.fold_ln:
+        assert not [k for k in sd if ".ln" in k or k.startswith("ln_final")]
+        for i in layers:
+            for x in "QKV":
+                key = f"blocks.{i}.attn.W_{x}"
+                assert mean_abs(key, 1) < CENTRED < raw_mean_abs(key, 1), key
+            key = f"blocks.{i}.mlp.W_in"
+            assert mean_abs(key, 0) < CENTRED < raw_mean_abs(key, 0), key
+        assert mean_abs("unembed.W_U", 0) < CENTRED < raw_mean_abs("unembed.W_U", 0)
+    # Whatever no chosen step claims to change is written exactly as converted, and only the
+    # dropped LayerNorms are missing.
+    changed = {n for step in processing.steps for names in CHANGES[step].values() for n in names}
+    dropped = {
+        n for step in processing.steps for names in DROPS.get(step, {}).values() for n in names
+    }
+    for key, tensor in raw.items():
+        local = key.split(".", 2)[2] if key.startswith("blocks.") else key
+        if local in dropped:
+            assert key not in sd
+        elif local not in changed:
+            assert torch.equal(sd[key], tensor), key
+    assert sd.keys() <= raw.keys()
+
+
+@pytest.mark.parametrize("choice", list(CHOICES))
+def test_values_match_whole_state_dict_processing(
+    choice: str,
+    float32_checkpoints: dict[str, Path],
+    raw_outputs: dict[str, Tensors],
+    tmp_path: Path,
+) -> None:
+    name = "8 heads, d_mlp 96"
+    out = tmp_path / "out.safetensors"
+    convert_folder(float32_checkpoints[name], out, CHOICES[choice])
+    sd, _ = load_output(out)
+    expected = reference_processing(raw_outputs[name], CHOICES[choice], SHAPES[name].n_layers)
+    assert sd.keys() == expected.keys()
+    for key, tensor in expected.items():
+        torch.testing.assert_close(sd[key], tensor, atol=1e-6, rtol=0, msg=key)
+
+
+@pytest.fixture(scope="module")
+def hf_log_probs(float32_checkpoints: dict[str, Path]) -> dict[str, torch.Tensor]:
+    log_probs = {}
+    for name, folder in float32_checkpoints.items():
+        model = GPTNeoXForCausalLM.from_pretrained(
+            folder, attn_implementation="eager", dtype=torch.float32
+        ).eval()
+        with torch.no_grad():
+            log_probs[name] = model(input_ids=tokens_for(SHAPES[name])).logits.log_softmax(-1)
+    return log_probs
+
+
+def tokens_for(shape: PythiaShape) -> torch.Tensor:
+    return torch.randint(0, shape.d_vocab, (2, 16), generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("choice", list(CHOICES))
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_processed_model_keeps_the_source_log_probabilities(
+    name: str,
+    choice: str,
+    float32_checkpoints: dict[str, Path],
+    hf_log_probs: dict[str, torch.Tensor],
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "out.safetensors"
+    convert_folder(float32_checkpoints[name], out, CHOICES[choice])
+    sd, metadata = load_output(out)
+    cfg = json.loads(metadata["tl_config"])
+    assert cfg["normalization_type"] == ("LNPre" if CHOICES[choice].fold_ln else "LN")
+    log_probs = tl_forward(sd, cfg, tokens_for(SHAPES[name])).log_softmax(-1)
+    torch.testing.assert_close(log_probs, hf_log_probs[name], atol=ATOL, rtol=0)
+
+
+def test_processing_is_done_in_float32_and_cast_at_the_end(tmp_path: Path) -> None:
+    shape = SHAPES["4 heads"]
+    folder = tmp_path / "fp16"
+    write_checkpoint(folder, shape, layout="safetensors", dtype=torch.float16, seed=5)
+    convert_folder(folder, tmp_path / "raw.safetensors", Processing(), dtype="float32")
+    convert_folder(folder, tmp_path / "p32.safetensors", Processing.all(), dtype="float32")
+    convert_folder(folder, tmp_path / "p16.safetensors", Processing.all())
+    raw, _ = load_output(tmp_path / "raw.safetensors")
+    p32, meta32 = load_output(tmp_path / "p32.safetensors")
+    p16, meta16 = load_output(tmp_path / "p16.safetensors")
+    assert (meta32["dtype"], meta16["dtype"]) == ("float32", "float16")
+    in_float32 = reference_processing(raw, Processing.all(), shape.n_layers)
+    in_float16 = reference_processing(
+        {k: v.half() for k, v in raw.items()}, Processing.all(), shape.n_layers
+    )
+    worst_vs_16 = 0.0
+    for key, tensor in p32.items():
+        assert tensor.dtype == torch.float32
+        torch.testing.assert_close(tensor, in_float32[key], atol=1e-6, rtol=0, msg=key)
+        worst_vs_16 = max(worst_vs_16, (tensor - in_float16[key].float()).abs().max().item())
+        # --dtype auto keeps float16: the same float32 result, cast once at the end.
+        assert torch.equal(p16[key], tensor.half()), key
+    # The float32 check above is sharp enough to tell float16 arithmetic apart.
+    assert worst_vs_16 > 1e-4
+
+
+@pytest.mark.parametrize(
+    ("processing", "expected"),
+    [
+        (Processing(), []),
+        (Processing(center_unembed=True, fold_ln=True), ["fold_ln", "center_unembed"]),
+        (
+            Processing(fold_value_biases=True, center_writing_weights=True),
+            ["center_writing_weights", "fold_value_biases"],
+        ),
+        (Processing.all(), list(TL_ORDER)),
+    ],
+)
+def test_metadata_records_the_steps_in_order(
+    processing: Processing,
+    expected: list[str],
+    tiny_checkpoints: TinyCheckpoints,
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "out.safetensors"
+    convert_folder(tiny_checkpoints["safetensors"], out, processing)
+    _, metadata = load_output(out)
+    raw_out = tmp_path / "raw.safetensors"
+    convert_folder(tiny_checkpoints["safetensors"], raw_out, Processing())
+    _, raw_metadata = load_output(raw_out)
+    assert json.loads(metadata["processing"]) == expected
+    assert TL_ORDER == ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases")
+    cfg, raw_cfg = json.loads(metadata["tl_config"]), json.loads(raw_metadata["tl_config"])
+    assert cfg == raw_cfg | {"normalization_type": "LNPre" if processing.fold_ln else "LN"}
+
+
+def test_parts_stream_one_at_a_time(tiny_checkpoints: TinyCheckpoints) -> None:
+    """Nothing is read past the part being processed, and parts that no chosen step changes
+    pass tensor by tensor, in their source dtype."""
+    source = resolve_source(str(tiny_checkpoints["safetensors-sharded"]))
+    plan = build_plan(source.checkpoint)
+    for processing in (Processing.all(), Processing(center_unembed=True)):
+        written = plan_processing(plan, processing)
+        pulled = 0
+
+        def counted(stream: Iterator[Converted]) -> Iterator[Converted]:
+            nonlocal pulled
+            for item in stream:
+                pulled += 1
+                yield item
+
+        part_end: dict[str, int] = {}
+        position: dict[str, int] = {}
+        for group in written.groups:
+            for planned in group.inputs:
+                position[planned.key] = len(position) + 1
+            part_end |= dict.fromkeys((t.key for t in group.outputs), len(position))
+        keys = []
+        with source.checkpoint.open() as reader:
+            for planned, tensor in process_stream(written, counted(convert_tensors(plan, reader))):
+                keys.append(planned.key)
+                if written.steps_for(planned.key):
+                    assert tensor.dtype == torch.float32
+                    assert pulled <= part_end[planned.key], planned.key
+                elif planned.key.startswith("blocks."):
+                    assert tensor.dtype == torch.float16
+                    assert pulled == position[planned.key], planned.key
+        assert keys == [t.key for t in written.tensors]
+
+
+def test_a_stream_out_of_plan_order_is_refused(tiny_checkpoints: TinyCheckpoints) -> None:
+    plan = build_plan(resolve_source(str(tiny_checkpoints["safetensors"])).checkpoint)
+    stream = [(t, torch.zeros(t.shape)) for t in plan.tensors]
+    stream[3], stream[4] = stream[4], stream[3]
+    with pytest.raises(PlanError, match=f"expected {stream[4][0].key} next, got"):
+        list(process_stream(plan_processing(plan, Processing(fold_ln=True)), stream))
+
+
+def without(plan: Plan, key: str) -> Plan:
+    assert key in {t.key for t in plan.tensors}
+    return dataclasses.replace(plan, tensors=tuple(t for t in plan.tensors if t.key != key))
+
+
+@pytest.mark.parametrize(
+    ("processing", "missing", "message"),
+    [
+        (
+            Processing(fold_ln=True),
+            "blocks.1.ln2.b",
+            "--fold-ln: the conversion has no blocks.1.ln2.b; folding LayerNorm needs",
+        ),
+        (
+            Processing(center_writing_weights=True),
+            "ln_final.w",
+            "--center-writing-weights: the conversion has no ln_final.w; centring the writing "
+            "weights is exact only when LayerNorm reads the residual stream",
+        ),
+        (
+            Processing(fold_value_biases=True),
+            "blocks.0.attn.W_O",
+            "--fold-value-biases: the conversion has no blocks.0.attn.W_O",
+        ),
+        (
+            Processing(center_unembed=True),
+            "unembed.b_U",
+            "--center-unembed: the conversion has no unembed.b_U",
+        ),
+    ],
+)
+def test_a_step_without_the_tensors_it_needs_is_refused_before_reading(
+    processing: Processing, missing: str, message: str, tiny_checkpoints: TinyCheckpoints
+) -> None:
+    plan = without(build_plan(resolve_source(str(tiny_checkpoints["bin"])).checkpoint), missing)
+    with pytest.raises(PlanError) as error:
+        plan_processing(plan, processing)
+    assert str(error.value).startswith(message)
+    assert plan_processing(plan, Processing()).tensors == plan.tensors
+
+
+Run = Callable[[list[str]], tuple[int, str, str]]
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str], hf_env: object, monkeypatch: pytest.MonkeyPatch) -> Run:
+    """The CLI in this process, with tables wide enough not to wrap."""
+    monkeypatch.setenv("COLUMNS", "250")
+
+    def run(args: list[str]) -> tuple[int, str, str]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(args)
+        captured = capsys.readouterr()
+        return int(exit_info.value.code or 0), captured.out, captured.err
+
+    return run
+
+
+def test_cli_flags_plan_and_inspect_agree(
+    cli: Run, tiny_checkpoints: TinyCheckpoints, tmp_path: Path
+) -> None:
+    folder = str(tiny_checkpoints["safetensors"])
+    each = tmp_path / "each.safetensors"
+    status, stdout, stderr = cli(
+        [
+            "convert",
+            folder,
+            "-o",
+            str(each),
+            "--json",
+            "--fold-value-biases",
+            "--fold-ln",
+            "--center-unembed",
+            "--center-writing-weights",
+        ]
+    )
+    assert (status, stderr) == (0, ""), stderr
+    assert json.loads(stdout)["processing"] == list(TL_ORDER)
+    everything = tmp_path / "process.safetensors"
+    assert cli(["convert", folder, "-o", str(everything), "--process", "-q"])[0] == 0
+    assert everything.read_bytes() == each.read_bytes()
+
+    status, stdout, _ = cli(["plan", folder, "--process", "--json"])
+    planned = json.loads(stdout)
+    status, stdout, _ = cli(["inspect", str(everything), "--json"])
+    written = json.loads(stdout)
+    assert {r["key"]: r["shape"] for r in planned["tensors"]} == {
+        key: t["shape"] for key, t in written["tensors"].items()
+    }
+    assert planned["bytes"] == sum(2 * math.prod(t["shape"]) for t in written["tensors"].values())
+    assert planned["processing"] == written["metadata"]["processing"] == list(TL_ORDER)
+    assert planned["not_written"] == [
+        f"blocks.{i}.{ln}.{p}" for i in range(2) for ln in ("ln1", "ln2") for p in "wb"
+    ] + ["ln_final.w", "ln_final.b"]
+    rows = {row["key"]: row["processing"] for row in planned["tensors"]}
+    assert rows["blocks.1.attn.b_V"] == ["fold_ln", "fold_value_biases"]
+    assert rows["blocks.1.mlp.W_out"] == ["center_writing_weights"]
+    assert rows["blocks.1.attn.W_K"] == ["fold_ln"]
+    assert rows["unembed.W_U"] == ["fold_ln", "center_unembed"]
+
+    status, stdout, _ = cli(["plan", folder, "--fold-ln"])
+    assert status == 0
+    assert "processing: fold_ln" in stdout
+    assert "not written: 10 LayerNorm tensors" in stdout
+    status, stdout, _ = cli(["inspect", str(everything)])
+    assert status == 0
+    assert ", ".join(TL_ORDER) in stdout
+    assert "normalization_type LNPre" in stdout
+    raw = tmp_path / "raw.safetensors"
+    assert cli(["convert", folder, "-o", str(raw), "-q"])[0] == 0
+    status, stdout, _ = cli(["inspect", str(raw)])
+    assert "none (raw weights)" in stdout
+    assert "normalization_type LN " in stdout
+
+
+def test_refactoring_the_factored_attention_is_refused(cli: Run, tmp_path: Path) -> None:
+    status, stdout, stderr = cli(
+        ["convert", "pythia-70m", "--process", "--refactor-factored-attn-matrices"]
+    )
+    assert (status, stdout) == (2, "")
+    assert stderr.startswith("error: --refactor-factored-attn-matrices: refused; with rotary")
+    assert len(stderr.strip().splitlines()) == 1
+
+
+def test_the_console_entry_point_processes(
+    run_cli: Callable[..., CliResult], tiny_checkpoints: TinyCheckpoints, tmp_path: Path
+) -> None:
+    out = tmp_path / "out.safetensors"
+    result = run_cli(["convert", tiny_checkpoints["bin-sharded"], "-o", out, "--process", "-q"])
+    assert (result.returncode, result.stderr) == (0, "")
+    sd, metadata = load_output(out)
+    assert json.loads(metadata["processing"]) == list(TL_ORDER)
+    assert len(sd) == 12 * tiny_checkpoints.shape.n_layers + 3

@@ -1,0 +1,161 @@
+"""The tensor reader: memory-mapped views that equal what safetensors and torch.load read, whose
+pages can be given back, and conversion streams that own their memory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from pythia_tl.convert import convert_tensors
+from pythia_tl.errors import CheckpointError
+from pythia_tl.plan import build_plan
+from pythia_tl.source import checkpoint as checkpoint_module
+from pythia_tl.source.checkpoint import open_checkpoint
+from pythia_tl.source.mapped import MappedFile, Span, check_span, contiguous_stride
+from pythia_tl.synthetic import LAYOUTS
+
+
+def library_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint as safetensors or torch.load reads it."""
+    tensors: dict[str, torch.Tensor] = {}
+    for file in sorted(folder.iterdir()):
+        if file.suffix == ".safetensors":
+            with safe_open(file, "pt") as handle:
+                tensors.update({k: handle.get_tensor(k) for k in handle.keys()})  # noqa: SIM118
+        elif file.suffix == ".bin":
+            tensors.update(torch.load(file, map_location="cpu", weights_only=True))
+    return tensors
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_mapped_tensors_equal_what_the_libraries_read(tiny_checkpoints, layout: str) -> None:
+    checkpoint = open_checkpoint(tiny_checkpoints[layout])
+    expected = library_tensors(tiny_checkpoints[layout])
+    assert set(checkpoint.tensors) == set(expected)
+    with checkpoint.open() as reader:
+        for name, info in checkpoint.tensors.items():
+            assert info.span is not None, name
+            got = reader.read(name)
+            assert got.dtype == expected[name].dtype and got.shape == expected[name].shape
+            assert torch.equal(got, expected[name]), name
+            reader.release(name)
+            assert torch.equal(reader.read(name), expected[name]), f"{name} after release"
+
+
+def test_bin_views_with_strides_and_storage_offsets(tmp_path: Path) -> None:
+    base = torch.arange(60, dtype=torch.float32)
+    state = {
+        "transposed": torch.arange(12, dtype=torch.float16).reshape(3, 4).t(),
+        "slice": base[10:20],
+        "strided": base.view(6, 10)[1:4, ::3],
+        "shares": base[:5],
+        "scalar": torch.tensor(7, dtype=torch.int64),
+        "empty": torch.empty(0, 3),
+    }
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    file = folder / "weights.bin"
+    torch.save(state, file)
+    infos = {i.name: i for i in checkpoint_module._read_headers(file, "bin")}
+    checkpoint = checkpoint_module.Checkpoint(folder, None, "bin", (file,), infos)  # type: ignore[arg-type]
+    with checkpoint.open() as reader:
+        for name, tensor in state.items():
+            assert infos[name].span is not None
+            got = reader.read(name)
+            assert got.shape == tensor.shape and got.stride() == tensor.stride(), name
+            assert torch.equal(got, tensor), name
+
+
+def test_bin_without_storage_offsets_is_read_through_torch(
+    tiny_checkpoints, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A big-endian archive (or a torch that reports no offsets) falls back to torch.load(mmap=True).
+    monkeypatch.setattr(checkpoint_module, "_is_little_endian", lambda file: False)
+    checkpoint = open_checkpoint(tiny_checkpoints["bin"])
+    expected = library_tensors(tiny_checkpoints["bin"])
+    with checkpoint.open() as reader:
+        for name, info in checkpoint.tensors.items():
+            assert info.span is None
+            assert torch.equal(reader.read(name), expected[name])
+            reader.release(name)
+
+
+def rss_file_kb() -> int:
+    status = Path("/proc/self/status").read_text()
+    line = next(line for line in status.splitlines() if line.startswith("RssFile:"))
+    return int(line.split()[1])
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+def test_release_gives_pages_back(tmp_path: Path) -> None:
+    size = 64 * 2**20
+    path = tmp_path / "big.bin"
+    path.write_bytes(bytes(range(256)) * (size // 256))
+    mapped = MappedFile(path)
+    try:
+        tensor = mapped.tensor(Span(0, size, (1,)), (size,), torch.uint8)
+        before = rss_file_kb()
+        assert int(tensor.sum()) == 255 * 128 * (size // 256)  # touches every page
+        touched = rss_file_kb()
+        mapped.release(0, size)
+        released = rss_file_kb()
+        assert touched - before > 0.9 * size / 1024
+        assert touched - released > 0.9 * size / 1024
+        assert int(tensor[1000]) == 1000 % 256  # still readable: faulted in again
+    finally:
+        del tensor
+        mapped.close()
+
+
+def test_check_span_refuses_ranges_outside_the_file_or_storage() -> None:
+    f16 = torch.float16
+    assert check_span(Span(0, 24, (3, 1)), (4, 3), f16, 24) is None
+    assert "outside the file" in str(check_span(Span(8, 24, (3, 1)), (4, 3), f16, 24))
+    assert "outside the file" in str(check_span(Span(-2, 4, (1,)), (2,), f16, 24))
+    assert "reaches past" in str(check_span(Span(0, 22, (3, 1)), (4, 3), f16, 24))
+    assert "reaches past" in str(check_span(Span(0, 24, (3, 1), 1), (4, 3), f16, 24))
+    assert "whole" in str(check_span(Span(0, 23, (1,)), (1,), f16, 24))
+    assert "does not fit" in str(check_span(Span(0, 24, (1,)), (4, 3), f16, 24))
+    assert "does not fit" in str(check_span(Span(0, 24, (-1, 1)), (4, 3), f16, 24))
+    assert check_span(Span(0, 0, (1,)), (0,), f16, 0) is None
+    assert contiguous_stride((2, 3, 4)) == (12, 4, 1)
+
+
+def test_truncated_bin_is_refused_by_name(tmp_path: Path) -> None:
+    file = tmp_path / "pytorch_model.bin"
+    torch.save({"w": torch.ones(4)}, file)
+    file.write_bytes(file.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match=r"pytorch_model\.bin: not a readable PyTorch"):
+        list(checkpoint_module._read_headers(file, "bin"))
+
+
+@pytest.mark.parametrize("layout", ["safetensors", "bin-sharded"])
+def test_converted_tensors_own_their_memory(tiny_checkpoints, layout: str) -> None:
+    checkpoint = open_checkpoint(tiny_checkpoints[layout])
+    plan = build_plan(checkpoint)
+    with checkpoint.open() as reader:
+        seen = 0
+        for planned, tensor in convert_tensors(plan, reader):
+            assert tensor.is_contiguous(), planned.key
+            assert tuple(tensor.shape) == planned.shape, planned.key
+            for source in list(reader._maps.values()):  # the worker thread may add one
+                assert source._map is not None
+                start = torch.frombuffer(source._map, dtype=torch.uint8, count=1).data_ptr()
+                inside = start <= tensor.data_ptr() < start + source.size
+                assert not inside, f"{planned.key} is a view of {source.path.name}"
+            seen += 1
+    assert seen == len(plan.tensors)
+
+
+def test_header_errors_name_the_file(tmp_path: Path) -> None:
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({}))
+    bad = folder / "model.safetensors"
+    bad.write_bytes((2**40).to_bytes(8, "little") + b"{}")
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: not a valid safetensors file"):
+        list(checkpoint_module._read_headers(bad, "safetensors"))
