@@ -90,6 +90,4 @@ def test_the_file_loads_into_a_hooked_transformer_and_reproduces_the_logits(
     tokens = torch.randint(0, shape.d_vocab, (2, 16), generator=torch.Generator().manual_seed(2))
     hf = GPTNeoXForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     with torch.no_grad():
-        torch.testing.assert_close(
-            model(tokens), hf(input_ids=tokens).logits, atol=1e-4, rtol=0
-        )
+        torch.testing.assert_close(model(tokens), hf(input_ids=tokens).logits, atol=1e-4, rtol=0)

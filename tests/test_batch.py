@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from batch_suite import (
+    DUPLICATE,
     N_TENSORS,
     STEPS_SPEC,
     Suite,
@@ -174,6 +175,28 @@ def test_other_options_replace_the_outputs_and_keep_downloads_keeps_them(
     assert set(statuses(summary_of(out)).values()) == {"skipped"}
 
 
+def test_processing_options_are_applied_and_checked_on_resume(
+    suite: Suite, tmp_path: Path, run_cli
+) -> None:
+    out = tmp_path / "out"
+    first = run_batch_cli(run_cli, out, "--process")
+    assert first.returncode == 0, first.stderr
+    steps = ["fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases"]
+    outputs = list(out.rglob("*.safetensors"))
+    assert outputs
+    for path in outputs:
+        metadata = metadata_of(path)
+        assert json.loads(metadata["processing"]) == steps
+        assert json.loads(metadata["tl_config"])["normalization_type"] == "LNPre"
+    again = run_batch_cli(run_cli, out, "--process")
+    assert again.returncode == 0, again.stderr
+    assert set(statuses(summary_of(out)).values()) == {"skipped"}
+    raw = run_batch_cli(run_cli, out, "--json")
+    assert raw.returncode == 0, raw.stderr
+    assert json.loads(raw.stdout)["counts"]["converted"] == 9
+    assert {metadata_of(p)["processing"] for p in outputs} == {"[]"}
+
+
 def test_a_branch_with_a_missing_shard_fails_and_the_others_land(
     stand_in_hub: StandInHub, tmp_path: Path, run_cli
 ) -> None:
@@ -202,6 +225,19 @@ def test_a_branch_with_a_missing_shard_fails_and_the_others_land(
         "step1000.safetensors",
         "step143000.safetensors",
     ]
+
+
+def test_when_the_first_of_two_duplicates_fails_the_second_is_converted(
+    suite: Suite, tmp_path: Path, run_cli
+) -> None:
+    repo_id, step, original = DUPLICATE
+    shard = sorted(suite.folders[(repo_id, step)].glob("model-*.safetensors"))[0].name
+    suite.hub.break_file(repo_id, shard, revision=f"step{step}", kind="status", status=404)
+    out = tmp_path / "out"
+    assert run_batch_cli(run_cli, out).returncode == 1
+    by_item = statuses(summary_of(out))
+    assert (by_item[(repo_id, step)], by_item[(repo_id, original)]) == ("failed", "converted")
+    assert metadata_of(output_path(out, repo_id, original))["revision"] == f"step{original}"
 
 
 def test_fail_fast_cancels_what_has_not_started(

@@ -34,6 +34,8 @@ FUZZ = settings(
     database=None,  # leave nothing behind in the working tree
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
+# Through files on disk: fewer examples, the pure parser above takes the bulk.
+FUZZ_FILES = settings(FUZZ, max_examples=100)
 
 # --- strategies ---------------------------------------------------------------------------
 
@@ -202,7 +204,7 @@ def assert_checkpoint_consistent(checkpoint: Checkpoint, folder: Path) -> None:
         assert all(isinstance(size, int) and size >= 0 for size in info.shape)
 
 
-@FUZZ
+@FUZZ_FILES
 @given(blob=safetensors_files())
 def test_open_checkpoint_on_fuzzed_weights(
     blob: bytes, scratch: Path, tiny_checkpoints: TinyCheckpoints

@@ -1,10 +1,13 @@
 """Whether an output already on disk is the one a batch would write, from its metadata alone.
 
 An output is reused when it was written by pythia-tl from the same repository and commit with the
-same options. "Same options" means the recorded ``dtype`` (any, when ``--dtype auto`` is asked:
-auto keeps the source's dtype, which one commit fixes) and the recorded ``processing`` steps.
-The converter version is not compared: a new release does not make finished outputs wrong, and
-redoing a suite for every release would make reruns expensive. Files at other paths (the
+same options. "Same options" means the recorded ``processing`` steps and the recorded ``dtype``:
+equal to an explicit ``--dtype``; any, with ``--dtype auto``. Auto keeps the source's dtype, which
+the commit fixes, but an output made with an explicit dtype cannot be told apart from an auto one
+without the source's dtype, i.e. without a download; so to go back from ``--dtype float32`` to
+the Hub's float16, ask for ``--dtype float16``. The converter version is not compared: a new
+release does not make finished outputs wrong, and redoing a suite for every release would make
+reruns expensive. Files at other paths (the
 writer's ``.<name>.pythia-tl-<pid>-<hex>.tmp`` left by a killed run) are never looked at.
 
 The output path only ever holds complete files (the writer publishes by rename), so reading the

@@ -23,10 +23,22 @@ from pythia_tl.batch import (
     plan_batch,
     run_batch,
 )
-from pythia_tl.cli.options import CacheDir, DType, Json, Quiet
+from pythia_tl.cli.options import (
+    CacheDir,
+    CenterUnembed,
+    CenterWritingWeights,
+    DType,
+    FoldLN,
+    FoldValueBiases,
+    Json,
+    Process,
+    Quiet,
+    RefactorFactoredAttnMatrices,
+)
 from pythia_tl.convert import ConvertOptions
 from pythia_tl.errors import PythiaTLError
 from pythia_tl.plan import check_dtype_option
+from pythia_tl.processing import Processing
 from pythia_tl.source.names import resolve_model_name
 
 
@@ -75,14 +87,28 @@ def batch(
     cache_dir: CacheDir = None,
     quiet: Quiet = False,
     json_output: Json = False,
+    fold_ln: FoldLN = False,
+    center_writing_weights: CenterWritingWeights = False,
+    center_unembed: CenterUnembed = False,
+    fold_value_biases: FoldValueBiases = False,
+    process: Process = False,
+    refactor_factored_attn_matrices: RefactorFactoredAttnMatrices = False,
 ) -> None:
     """Convert many models and training steps; rerunning skips every output already done."""
     check_dtype_option(dtype)
+    processing = Processing.from_flags(
+        process=process,
+        fold_ln=fold_ln,
+        center_writing_weights=center_writing_weights,
+        center_unembed=center_unembed,
+        fold_value_biases=fold_value_biases,
+        refactor_factored_attn_matrices=refactor_factored_attn_matrices,
+    )
     request = BatchRequest(
         models=tuple(resolve_model_name(model) for model in models),
         steps=parse_step_spec(steps),
         output_dir=output,
-        options=_convert_options(dtype),
+        options=ConvertOptions(dtype=dtype, processing=processing),
         jobs=jobs,
         shard=parse_shard(shard) if shard is not None else None,
         keep_downloads=keep_downloads,
@@ -103,13 +129,8 @@ def batch(
         first = failed[0]
         raise PythiaTLError(
             f"{len(failed)} of {len(summary.items)} revisions failed, first {first.item.label}: "
-            f"{first.reason} (all in {summary.path})"
+            f"{first.reason} (see {summary.path})"
         )
-
-
-def _convert_options(dtype: str) -> ConvertOptions:
-    """The conversion options every revision of the batch is converted with."""
-    return ConvertOptions(dtype=dtype)
 
 
 def _totals(summary: BatchSummary, work_list_size: int) -> str:

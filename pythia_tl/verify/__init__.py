@@ -85,7 +85,7 @@ def verify_file(
     elif source is None:
         checks.append(Check.skipped("logits", "needs the source"))
     else:
-        checks.append(check_logits(path, recorded, source.checkpoint.folder))
+        checks.append(check_logits(path, recorded, info.tensors, source.checkpoint.folder))
     return VerifyReport(path, tuple(checks))
 
 

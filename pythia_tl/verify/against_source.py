@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 from pythia_tl.convert import convert_tensors, file_sha256, finish
 from pythia_tl.converters.tl_config import tl_config
@@ -27,6 +26,7 @@ from pythia_tl.processing import ProcessingPlan, plan_processing, process_stream
 from pythia_tl.source import ResolvedSource, resolve_model_name, resolve_source
 from pythia_tl.source.config import NeoXConfig
 from pythia_tl.verify.compare import FLOAT32_SLACK, Mismatch, bitwise_mismatch, tolerance_mismatch
+from pythia_tl.verify.file_tensors import read_tensor
 from pythia_tl.verify.metadata import Recorded
 from pythia_tl.verify.report import Check
 
@@ -132,17 +132,16 @@ def _compare(
     stream: Iterable[tuple[PlannedTensor, torch.Tensor]],
     advance: Callable[[int], None],
 ) -> Iterator[Mismatch]:
-    with safe_open(path, framework="pt") as handle:
-        for planned, tensor in stream:
-            actual = handle.get_tensor(planned.key)
-            if written.steps_for(planned.key):
-                mismatch = tolerance_mismatch(planned.key, actual, tensor)
-            else:
-                mismatch = bitwise_mismatch(planned.key, actual, finish(tensor, planned))
-            advance(actual.numel() * actual.element_size())
-            del actual, tensor
-            if mismatch is not None:
-                yield mismatch
+    for planned, tensor in stream:
+        actual = read_tensor(path, planned.key)
+        if written.steps_for(planned.key):
+            mismatch = tolerance_mismatch(planned.key, actual, tensor)
+        else:
+            mismatch = bitwise_mismatch(planned.key, actual, finish(tensor, planned))
+        advance(actual.numel() * actual.element_size())
+        del actual, tensor
+        if mismatch is not None:
+            yield mismatch
 
 
 def _config_problem(recorded: Recorded, config: NeoXConfig) -> str | None:

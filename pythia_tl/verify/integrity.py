@@ -12,10 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 
 from pythia_tl.errors import OutputFileError
 from pythia_tl.output_file import OutputInfo, read_output
+from pythia_tl.verify.compare import chunks
+from pythia_tl.verify.file_tensors import read_tensor
 from pythia_tl.verify.report import Check
 
 FLOAT_DTYPE_NAMES = frozenset({"F32", "F16", "BF16"})
@@ -32,17 +34,16 @@ def check_integrity(
         return Check.failed("integrity", str(exc)), None
     problems: list[str] = []
     try:
-        with safe_open(path, framework="pt") as handle:
-            for name, (dtype, _) in info.tensors.items():
-                if dtype not in FLOAT_DTYPE_NAMES:
-                    problems.append(f"{name} has dtype {dtype}, expected F32, F16 or BF16")
-                    continue
-                tensor = handle.get_tensor(name)
-                problem = _non_finite(name, tensor)
-                if problem is not None:
-                    problems.append(problem)
-                advance(tensor.numel() * tensor.element_size())
-                del tensor
+        for name, (dtype, _) in info.tensors.items():
+            if dtype not in FLOAT_DTYPE_NAMES:
+                problems.append(f"{name} has dtype {dtype}, expected F32, F16 or BF16")
+                continue
+            tensor = read_tensor(path, name)
+            problem = _non_finite(name, tensor)
+            if problem is not None:
+                problems.append(problem)
+            advance(tensor.numel() * tensor.element_size())
+            del tensor
     except SafetensorError as exc:
         return Check.failed("integrity", f"{path}: a tensor cannot be read ({exc})"), info
     counts = {"tensors": len(info.tensors), "bytes": info.size}
@@ -59,10 +60,16 @@ def check_integrity(
 
 
 def _non_finite(name: str, tensor: torch.Tensor) -> str | None:
-    bad = ~torch.isfinite(tensor)
-    count = int(bad.sum())
-    if count == 0:
+    flat = tensor.reshape(-1)
+    parts = chunks(flat)
+    if all(bool(torch.isfinite(flat[part]).all()) for part in parts):
         return None
-    first = [int(i) for i in torch.unravel_index(bad.reshape(-1).nonzero()[0, 0], bad.shape)]
-    value = tensor[tuple(first)].item()
-    return f"{name} has {count} non-finite values (first {value} at {first})"
+    count, first = 0, None
+    for part in parts:
+        bad = ~torch.isfinite(flat[part])
+        if first is None and bool(bad.any()):
+            first = part.start + int(bad.nonzero()[0, 0])
+        count += int(bad.sum())
+    assert first is not None
+    index = [int(i) for i in torch.unravel_index(torch.tensor(first), tensor.shape)]
+    return f"{name} has {count} non-finite values (first {flat[first].item()} at {index})"

@@ -11,15 +11,15 @@ grows with the coarseness of its dtype.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 
 from pythia_tl.errors import UsageError
 from pythia_tl.tl_forward import tl_logits
+from pythia_tl.verify.file_tensors import FileTensors
 from pythia_tl.verify.metadata import Recorded
 from pythia_tl.verify.report import Check
 
@@ -44,11 +44,13 @@ def tolerance_for(recorded: Recorded) -> float:
     return UNPROCESSED_TOLERANCE
 
 
-def check_logits(path: Path, recorded: Recorded, source_folder: Path) -> Check:
+def check_logits(
+    path: Path, recorded: Recorded, recorded_keys: Iterable[str], source_folder: Path
+) -> Check:
     tokens = fixed_tokens(recorded.config.d_vocab, recorded.config.n_ctx)
     expected = torch.log_softmax(_source_logits(source_folder, recorded, tokens), dim=-1)
-    with safe_open(path, framework="pt") as handle:
-        actual = torch.log_softmax(tl_logits(_FileWeights(handle), recorded.tl_config, tokens), -1)
+    weights = FileTensors(path, recorded_keys)
+    actual = torch.log_softmax(tl_logits(weights, recorded.tl_config, tokens), dim=-1)
     difference = float((actual - expected).abs().max())
     tolerance = tolerance_for(recorded)
     shape = f"{tokens.shape[0]} sequences x {tokens.shape[1]} tokens"
@@ -97,22 +99,3 @@ def _source_logits(folder: Path, recorded: Recorded, tokens: torch.Tensor) -> to
         model = model.to(recorded.dtype).to(torch.float32)
     with torch.inference_mode():
         return model.eval()(input_ids=tokens).logits.to(torch.float32)
-
-
-class _FileWeights(Mapping[str, torch.Tensor]):
-    """The file's tensors by name, each read when it is looked up."""
-
-    def __init__(self, handle: Any) -> None:
-        self._handle = handle
-        self._keys = frozenset(handle.keys())
-
-    def __getitem__(self, key: str) -> torch.Tensor:
-        if key not in self._keys:
-            raise KeyError(key)
-        return self._handle.get_tensor(key)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(sorted(self._keys))
-
-    def __len__(self) -> int:
-        return len(self._keys)
