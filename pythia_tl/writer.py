@@ -19,6 +19,7 @@ import json
 import os
 import re
 import secrets
+import socket
 import stat
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -59,8 +60,13 @@ class TensorEntry:
 
 
 def temp_path_for(target: Path) -> Path:
-    """A fresh temporary name beside ``target`` that marks the file as ours and unfinished."""
-    token = f"{os.getpid()}-{secrets.token_hex(4)}"
+    """A fresh temporary name beside ``target`` that marks the file as ours and unfinished.
+
+    It names the host and the process that writes it: on a shared file system, machines of one
+    cluster job write into the same folder, and only the writer's own host can tell whether that
+    process is still alive.
+    """
+    token = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
     return target.with_name(f"{TEMP_PREFIX}{target.name}{TEMP_MARKER}{token}{TEMP_SUFFIX}")
 
 
@@ -68,7 +74,7 @@ _TEMP_NAME = re.compile(
     re.escape(TEMP_PREFIX)
     + r".+"
     + re.escape(TEMP_MARKER)
-    + r"(?P<pid>[1-9][0-9]{0,9})-[0-9a-f]{8}"
+    + r"(?P<host>[^/]+)-(?P<pid>[1-9][0-9]{0,9})-[0-9a-f]{8}"
     + re.escape(TEMP_SUFFIX)
 )
 
@@ -77,15 +83,20 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
     """Delete the temporary files that runs killed outright (SIGKILL, power loss) left in
     ``folder``; return them.
 
-    Only files named by ``temp_path_for``, owned by this user, whose writer process is no longer
-    alive are removed: a conversion still running, here or by another user, keeps its file.
+    Only files named by ``temp_path_for`` on this host, owned by this user, whose writer process
+    is no longer alive are removed: a conversion still running, here, on another machine sharing
+    the folder, or by another user, keeps its file.
     Best effort: a file that cannot be examined or removed is left alone.
     """
     removed = []
     with contextlib.suppress(OSError):
         for path in folder.iterdir():
             match = _TEMP_NAME.fullmatch(path.name)
-            if match is None or _process_alive(int(match["pid"])):
+            if (
+                match is None
+                or match["host"] != socket.gethostname()
+                or _process_alive(int(match["pid"]))
+            ):
                 continue
             with contextlib.suppress(OSError):
                 info = path.lstat()
@@ -195,9 +206,12 @@ def _write_all(out: object, tensor: torch.Tensor) -> None:
 
 
 def _write_all_bytes(out: object, data: bytes | memoryview) -> None:
+    import os as _os
+
+    chunk = int(_os.environ.get("PTL_WCHUNK", "0")) or (1 << 62)
     view = memoryview(data).cast("B")
     while view:
-        n = out.write(view)  # type: ignore[attr-defined]
+        n = out.write(view[:chunk])  # type: ignore[attr-defined]
         view = view[n:]
 
 

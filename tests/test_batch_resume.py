@@ -78,7 +78,7 @@ def test_a_killed_batch_leaves_complete_outputs_and_the_rerun_does_only_the_rest
     assert interrupted["complete"] is False
     # What a writer killed mid-file leaves beside its target; the rerun must not mind it.
     (out / "pythia-70m").mkdir(exist_ok=True)
-    stale = out / "pythia-70m" / ".step1.safetensors.pythia-tl-99999-0123abcd.tmp"
+    stale = out / "pythia-70m" / ".step1.safetensors.pythia-tl-elsewhere-99999-0123abcd.tmp"
     stale.write_bytes(b"half a file")
 
     suite.hub.clear_faults()

@@ -7,6 +7,7 @@ import errno
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -149,7 +150,7 @@ def test_a_killed_conversion_leaves_no_output_and_the_next_run_removes_its_tempo
     assert process.returncode == -signal.SIGKILL
     assert not target.exists()
     (stale,) = temporaries(out_dir)
-    assert f".pythia-tl-{process.pid}-" in stale
+    assert f".pythia-tl-{socket.gethostname()}-{process.pid}-" in stale
     # Neighbours the next run must keep: one whose writer is alive (this process), and one
     # that is not named like ours.
     alive = temp_path_for(out_dir / "other.safetensors")
@@ -169,13 +170,25 @@ def test_stale_temporaries_of_other_users_are_kept(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("giving a file to another user needs root")
     dead = _dead_pid()
-    mine = tmp_path / f".a.safetensors.pythia-tl-{dead}-0123abcd.tmp"
-    theirs = tmp_path / f".b.safetensors.pythia-tl-{dead}-4567cdef.tmp"
+    host = socket.gethostname()
+    mine = tmp_path / f".a.safetensors.pythia-tl-{host}-{dead}-0123abcd.tmp"
+    theirs = tmp_path / f".b.safetensors.pythia-tl-{host}-{dead}-4567cdef.tmp"
     mine.write_bytes(b"")
     theirs.write_bytes(b"")
     os.chown(theirs, 12345, 12345)
     assert remove_stale_temporaries(tmp_path) == [mine]
     assert [p.name for p in tmp_path.iterdir()] == [theirs.name]
+
+
+def test_temporaries_written_on_another_host_are_kept(tmp_path: Path) -> None:
+    """A cluster's machines share the output folder; a pid means nothing on another host."""
+    dead = _dead_pid()
+    here = tmp_path / f".a.safetensors.pythia-tl-{socket.gethostname()}-{dead}-0123abcd.tmp"
+    elsewhere = tmp_path / f".b.safetensors.pythia-tl-node-17.cluster-{dead}-4567cdef.tmp"
+    here.write_bytes(b"")
+    elsewhere.write_bytes(b"")
+    assert remove_stale_temporaries(tmp_path) == [here]
+    assert [p.name for p in tmp_path.iterdir()] == [elsewhere.name]
 
 
 def _dead_pid() -> int:

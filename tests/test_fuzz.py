@@ -12,6 +12,7 @@ import math
 import shutil
 import tempfile
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,10 @@ from conftest import TinyCheckpoints
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pythia_tl.convert import convert
 from pythia_tl.errors import CheckpointError
+from pythia_tl.output_file import OutputInfo, read_output
+from pythia_tl.source import resolve_source
 from pythia_tl.source.checkpoint import Checkpoint, open_checkpoint
 from pythia_tl.source.safetensors_header import (
     DTYPES,
@@ -27,6 +31,7 @@ from pythia_tl.source.safetensors_header import (
     SafetensorsHeader,
     parse_header,
 )
+from pythia_tl.verify.metadata import check_metadata, expected_tensors
 
 FUZZ = settings(
     max_examples=200,
@@ -43,7 +48,9 @@ FUZZ_FILES = settings(FUZZ, max_examples=100)
 sizes = st.one_of(
     st.integers(0, 16),
     st.integers(-3, 2**70),
-    st.sampled_from([2**31 - 1, 2**31, 2**32, 2**53 + 1, 2**63 - 1, 2**63, 2**64, 2**64 + 1]),
+    st.sampled_from(
+        [2**31 - 1, 2**31, 2**32, 2**53 + 1, 2**63 - 1, 2**63, 2**64, 2**64 + 1, 10**400]
+    ),
 )
 json_scalars = st.one_of(
     st.none(), st.booleans(), st.floats(allow_nan=True), sizes, st.text(max_size=8)
@@ -293,3 +300,47 @@ def test_open_checkpoint_on_an_index_of_random_bytes(
     (folder / "model.safetensors.index.json").write_bytes(raw)
     with pytest.raises(CheckpointError):
         open_checkpoint(folder)
+
+
+# --- the metadata of a file handed to verify ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sound_output(tiny_checkpoints: TinyCheckpoints, scratch: Path) -> OutputInfo:
+    out = scratch / "sound.safetensors"
+    convert(resolve_source(str(tiny_checkpoints["safetensors"])), out)
+    return read_output(out)
+
+
+@st.composite
+def metadata_variants(draw: st.DrawFn, sound: dict[str, str]) -> dict[str, str]:
+    """The sound metadata with keys dropped, values replaced, or tl_config fields changed."""
+    metadata = dict(sound)
+    cfg = json.loads(metadata["tl_config"])
+    for _ in range(draw(st.integers(1, 3))):
+        operation = draw(st.sampled_from(["tl_config field", "value", "drop"]))
+        key = draw(st.sampled_from(sorted(metadata)))
+        if operation == "tl_config field":
+            cfg[draw(st.sampled_from([*sorted(cfg), "extra"]))] = draw(json_values)
+        elif operation == "value":
+            metadata[key] = draw(st.one_of(st.text(max_size=12), json_values.map(json.dumps)))
+        else:
+            del metadata[key]
+    if "tl_config" in metadata and metadata["tl_config"] == sound["tl_config"]:
+        metadata["tl_config"] = json.dumps(cfg)
+    return metadata
+
+
+@FUZZ
+@given(data=st.data())
+def test_the_metadata_check_reports_instead_of_raising(
+    data: st.DataObject, sound_output: OutputInfo
+) -> None:
+    metadata = data.draw(metadata_variants(sound_output.metadata))
+    info = replace(sound_output, metadata=metadata)
+    check, recorded = check_metadata(info)
+    if check.status == "ok":
+        assert recorded is not None
+        assert {k: tuple(s) for k, (_, s) in info.tensors.items()} == expected_tensors(recorded)
+    else:
+        assert recorded is None and "\n" not in check.detail

@@ -133,7 +133,7 @@ def test_a_processed_file_verifies_within_the_stated_tolerance(
     report = verify_file(out)
     assert report.ok, report.failures
     source = next(c for c in report.checks if c.name == "source")
-    assert "processed ones within" in source.data["comparison"]
+    assert "processed within eps(" in source.data["comparison"]
 
 
 # --- one wrong bit fails ------------------------------------------------------------------
@@ -334,15 +334,30 @@ def test_a_hub_source_is_pinned_to_the_recorded_commit(
     status, _, _ = cli(["verify", str(out), "pythia-70m"])
     assert status == 0
     assert_fails(cli(["verify", str(out), "pythia-70m", "--revision", "main"]), "source")
+    # Offline, the recorded commit is served from the cache.
+    hf_env.set_offline(True)
+    stand_in_hub.clear_requests()
+    assert cli(["verify", str(out)])[0] == 0
+    assert stand_in_hub.requests == []
 
 
 # --- logits -------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("dtype", "processing"),
+    [("auto", NO_PROCESSING), ("bfloat16", NO_PROCESSING), ("float16", Processing.all())],
+)
 def test_logits_agree_for_a_sound_file(
-    cli: Run, tiny_checkpoints: TinyCheckpoints, tmp_path: Path
+    dtype: str,
+    processing: Processing,
+    cli: Run,
+    tiny_checkpoints: TinyCheckpoints,
+    tmp_path: Path,
 ) -> None:
-    out = converted(tiny_checkpoints["safetensors"], tmp_path / "out.safetensors")
+    out = converted(
+        tiny_checkpoints["safetensors"], tmp_path / "out.safetensors", dtype, processing
+    )
     status, stdout, stderr = cli(["verify", str(out), "--logits", "--json"])
     assert (status, stderr) == (0, ""), stderr
     logits = next(c for c in json.loads(stdout)["checks"] if c["name"] == "logits")

@@ -37,7 +37,7 @@ def verify(
         typer.Option(
             "--logits",
             help="Also compare log-probabilities with transformers' model of the source "
-            "(pip install 'pythia-tl[verify]').",
+            "(needs transformers: the package's verify extra).",
         ),
     ] = False,
     quiet: Quiet = False,

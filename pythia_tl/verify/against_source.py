@@ -88,12 +88,15 @@ def check_against_source(
     )
     if problem is not None:
         return Check.failed("source", f"{where}: {problem}")
-    with ThreadPoolExecutor(max_workers=1) as pool, checkpoint.open() as reader:
-        # The source files are hashed on the second core while the first compares.
-        hashes = {file.name: pool.submit(file_sha256, file) for file in checkpoint.files}
-        stream = _expected_stream(written, convert_tensors(plan, reader))
-        mismatches = list(_compare(path, written, stream, advance))
-        digests = {name: future.result() for name, future in hashes.items()}
+    try:
+        with ThreadPoolExecutor(max_workers=1) as pool, checkpoint.open() as reader:
+            # The source files are hashed on the second core while the first compares.
+            hashes = {file.name: pool.submit(file_sha256, file) for file in checkpoint.files}
+            stream = _expected_stream(written, convert_tensors(plan, reader))
+            mismatches = list(_compare(path, written, stream, advance))
+            digests = {name: future.result() for name, future in hashes.items()}
+    except PythiaTLError as exc:  # a source that fails while being read
+        return Check.failed("source", f"{where}: {exc}")
     changed = [
         f"{name} has sha256 {digest}, the metadata records {recorded.source_files[name]}"
         for name, digest in sorted(digests.items())
@@ -181,22 +184,22 @@ def _files_problem(recorded: Recorded, files: tuple[Path, ...]) -> str | None:
 
 
 def _rule(written: ProcessingPlan, planned: tuple[PlannedTensor, ...]) -> str:
+    """How the tensors were compared, in words."""
     sources = sorted({dtype_name(t.source_dtype) for t in planned if t.source_dtype is not None})
     target = dtype_name(planned[0].dtype) if planned else "?"
     if sources == [target]:
-        exact = f"bitwise equal to a fresh conversion ({target}, as in the source)"
+        cast = f"{target}, as in the source"
     else:
-        exact = (
-            f"bitwise equal to a fresh conversion ({', '.join(sources)} cast to {target}, "
-            "rounded to nearest even)"
-        )
+        cast = f"{', '.join(sources)} cast to {target}, rounded to nearest even"
     processed = sum(1 for t in written.tensors if written.steps_for(t.key))
     if not processed:
-        return exact
-    return (
-        f"checked: {len(written.tensors) - processed} {exact}; {processed} processed ones within "
-        f"eps({target}) x |value| + {FLOAT32_SLACK:g} x max|value| of a fresh float32 processing"
+        return f"bitwise equal to a fresh conversion ({cast})"
+    others = len(written.tensors) - processed
+    rule = (
+        f"checked against a fresh conversion: {processed} processed within eps({target}) x "
+        f"|value| + {FLOAT32_SLACK:g} x max|value| of its float32 processing"
     )
+    return rule + (f", {others} bitwise equal ({cast})" if others else "")
 
 
 def _names_repo(source: str, repo_id: str) -> bool:

@@ -94,8 +94,10 @@ def _source_logits(folder: Path, recorded: Recorded, tokens: torch.Tensor) -> to
         transformers_logging.set_verbosity(verbosity)
         if bar_shown:
             transformers_logging.enable_progress_bar()
-    if not recorded.processing.steps:
-        # The file holds the source's values rounded to its dtype: give transformers the same.
-        model = model.to(recorded.dtype).to(torch.float32)
     with torch.inference_mode():
+        if not recorded.processing.steps:
+            # The file holds the source's weights rounded to its dtype: give transformers the
+            # same. Parameters only: its buffers (the rotary frequencies) stay float32.
+            for parameter in model.parameters():
+                parameter.copy_(parameter.to(recorded.dtype))
         return model.eval()(input_ids=tokens).logits.to(torch.float32)

@@ -20,7 +20,7 @@ from pythia_tl import CONVERTER_NAME
 from pythia_tl.converters.pythia import PYTHIA_TO_TL
 from pythia_tl.converters.rules import eval_shape, expand
 from pythia_tl.converters.tl_config import tl_config
-from pythia_tl.errors import OutputFileError
+from pythia_tl.errors import OutputFileError, PythiaTLError
 from pythia_tl.output_file import OutputInfo
 from pythia_tl.plan import DTYPES, Plan, PlannedTensor, dtype_name
 from pythia_tl.processing import TL_ORDER, Processing, plan_processing
@@ -76,7 +76,7 @@ def check_metadata(info: OutputInfo) -> tuple[Check, Recorded | None]:
             )
         expected = expected_tensors(recorded)
         _check_tensors(info, recorded, expected)
-    except OutputFileError as exc:
+    except PythiaTLError as exc:
         return Check.failed("metadata", str(exc)), None
     steps = ", ".join(recorded.processing.steps) or "none"
     detail = (
@@ -116,6 +116,13 @@ def parse_metadata(info: OutputInfo) -> Recorded:
             raise OutputFileError(f"metadata tl_config has an unexpected field {key!r}")
         _expect(cfg[key] == rederived[key], f"tl_config {key}", cfg[key], repr(rederived[key]))
     _expect(isinstance(cfg["model_name"], str), "tl_config model_name", cfg["model_name"], "text")
+    tokenizer = cfg["tokenizer_name"]
+    _expect(
+        tokenizer is None or isinstance(tokenizer, str),
+        "tl_config tokenizer_name",
+        tokenizer,
+        "text or null",
+    )
     return Recorded(
         tl_config=cfg,
         config=config,
@@ -191,8 +198,7 @@ def _config_from_tl(cfg: dict[str, Any]) -> NeoXConfig:
     )
     for key in ("eps", "rotary_base"):
         value = cfg.get(key)
-        finite = _is_number(value) and math.isfinite(value) and value > 0
-        _expect(finite, f"tl_config {key}", value, "a positive finite number")
+        _expect(_positive_float(value), f"tl_config {key}", value, "a positive finite number")
     parallel = cfg.get("parallel_attn_mlp")
     _expect(isinstance(parallel, bool), "tl_config parallel_attn_mlp", parallel, "true or false")
     _expect(cfg.get("act_fn") == "gelu", "tl_config act_fn", cfg.get("act_fn"), "'gelu'")
@@ -248,5 +254,11 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def _positive_float(value: object) -> bool:
+    """A JSON number that is positive and finite as a float (an integer with 400 digits is not)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(float(value)) and value > 0
+    except OverflowError:
+        return False
