@@ -29,6 +29,7 @@ import huggingface_hub.utils._http as hf_http
 import pytest
 from hub_server import StandInHub
 
+from pythia_tl.cli import main
 from pythia_tl.synthetic import LAYOUTS, PythiaShape, write_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -148,6 +149,27 @@ def stand_in_hub(hf_env: HfEnv) -> Iterator[StandInHub]:
         yield hub
         # Pooled keep-alive connections point at this server: drop them with it.
         _close_hf_session()
+
+
+Run = Callable[[list[str]], tuple[int, str, str]]
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str], hf_env: HfEnv, monkeypatch: pytest.MonkeyPatch) -> Run:
+    """The CLI in this process (fast): ``cli(args)`` -> (exit status, stdout, stderr).
+
+    ``run_cli`` covers the real entry point in a subprocess. Tables are made wide enough not to
+    wrap, so their rows can be matched.
+    """
+    monkeypatch.setenv("COLUMNS", "250")
+
+    def run(args: list[str]) -> tuple[int, str, str]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(args)
+        captured = capsys.readouterr()
+        return int(exit_info.value.code or 0), captured.out, captured.err
+
+    return run
 
 
 class CliResult(NamedTuple):

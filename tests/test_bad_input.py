@@ -11,24 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TinyCheckpoints
+from conftest import Run, TinyCheckpoints
 
 from pythia_tl.cli import main
-
-Run = Callable[[list[str]], tuple[int, str, str]]
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str], hf_env: object) -> Run:
-    """The CLI in this process (fast); the subprocess tests elsewhere cover the real entry point."""
-
-    def run(args: list[str]) -> tuple[int, str, str]:
-        with pytest.raises(SystemExit) as exit_info:
-            main(args)
-        captured = capsys.readouterr()
-        return int(exit_info.value.code or 0), captured.out, captured.err
-
-    return run
 
 
 @pytest.fixture

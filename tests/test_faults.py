@@ -11,15 +11,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import huggingface_hub.file_download as hf_file_download
 import pytest
-from conftest import REPO_ROOT, HfEnv, TinyCheckpoints
+from conftest import REPO_ROOT, HfEnv, Run, TinyCheckpoints
 from hub_server import StandInHub
 
-from pythia_tl.cli import main
 from pythia_tl.convert import ConvertOptions, convert
 from pythia_tl.source import resolve_source
 from pythia_tl.source.download_errors import broken_download
@@ -27,7 +26,6 @@ from pythia_tl.verify import verify_file
 from pythia_tl.writer import remove_stale_temporaries, temp_path_for
 
 REPO = "EleutherAI/pythia-70m"
-Run = Callable[[list[str]], tuple[int, str, str]]
 
 # Runs the CLI with a progress callback that, after the first tensor is written (so the
 # temporary file exists and holds data), announces it and then waits at a barrier: for a signal
@@ -89,17 +87,6 @@ def wait_until_mid_write(process: subprocess.Popen[str], folder: Path) -> None:
 
 def temporaries(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str], hf_env: HfEnv) -> Run:
-    def run(args: list[str]) -> tuple[int, str, str]:
-        with pytest.raises(SystemExit) as exit_info:
-            main(args)
-        captured = capsys.readouterr()
-        return int(exit_info.value.code or 0), captured.out, captured.err
-
-    return run
 
 
 # --- interruption -------------------------------------------------------------------------

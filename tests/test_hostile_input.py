@@ -15,24 +15,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT, TinyCheckpoints
+from conftest import REPO_ROOT, Run, TinyCheckpoints
 
-from pythia_tl.cli import main
 from pythia_tl.errors import CheckpointError, ConfigError
 from pythia_tl.source.checkpoint import open_checkpoint
-
-Run = Callable[[list[str]], tuple[int, str, str]]
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str], hf_env: object) -> Run:
-    def run(args: list[str]) -> tuple[int, str, str]:
-        with pytest.raises(SystemExit) as exit_info:
-            main(args)
-        captured = capsys.readouterr()
-        return int(exit_info.value.code or 0), captured.out, captured.err
-
-    return run
 
 
 def copy_of(tiny: TinyCheckpoints, layout: str, folder: Path) -> Path:

@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CliResult, TinyCheckpoints
+from conftest import CliResult, Run, TinyCheckpoints
 from safetensors import safe_open
 from tl_reference import tl_forward
 from transformers import GPTNeoXForCausalLM
 
-from pythia_tl.cli import main
 from pythia_tl.convert import ConvertOptions, convert, convert_tensors
 from pythia_tl.errors import PlanError
 from pythia_tl.plan import Plan, build_plan
@@ -366,23 +365,6 @@ def test_a_step_without_the_tensors_it_needs_is_refused_before_reading(
         plan_processing(plan, processing)
     assert str(error.value).startswith(message)
     assert plan_processing(plan, Processing()).tensors == plan.tensors
-
-
-Run = Callable[[list[str]], tuple[int, str, str]]
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str], hf_env: object, monkeypatch: pytest.MonkeyPatch) -> Run:
-    """The CLI in this process, with tables wide enough not to wrap."""
-    monkeypatch.setenv("COLUMNS", "250")
-
-    def run(args: list[str]) -> tuple[int, str, str]:
-        with pytest.raises(SystemExit) as exit_info:
-            main(args)
-        captured = capsys.readouterr()
-        return int(exit_info.value.code or 0), captured.out, captured.err
-
-    return run
 
 
 def test_cli_flags_plan_and_inspect_agree(

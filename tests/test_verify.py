@@ -11,32 +11,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import HfEnv, TinyCheckpoints
+from conftest import HfEnv, Run, TinyCheckpoints
 from hub_server import StandInHub
 from safetensors import safe_open
 from safetensors.torch import save_file
 from tl_reference import tl_forward
 
-from pythia_tl.cli import main
 from pythia_tl.convert import ConvertOptions, convert
 from pythia_tl.processing import NO_PROCESSING, Processing
 from pythia_tl.source import resolve_source
 from pythia_tl.synthetic import write_checkpoint
 from pythia_tl.tl_forward import tl_logits
 from pythia_tl.verify import VerifyOptions, verify_file
-
-Run = Callable[[list[str]], tuple[int, str, str]]
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str], hf_env: HfEnv) -> Run:
-    def run(args: list[str]) -> tuple[int, str, str]:
-        with pytest.raises(SystemExit) as exit_info:
-            main(args)
-        captured = capsys.readouterr()
-        return int(exit_info.value.code or 0), captured.out, captured.err
-
-    return run
 
 
 def converted(
