@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from pythia_tl.errors import OutputError
-from pythia_tl.writer import temp_path_for
+from pythia_tl.writer import fsync_folder, temp_path_for
 
 # The repository and the sha256 of its weight files.
 WeightsKey = tuple[str, frozenset[str]]
@@ -46,7 +46,7 @@ def link_output(existing: Path, target: Path) -> Literal["hard link", "copy"]:
             _copy(existing, temp)
             how = "copy"
         os.replace(temp, target)
-        _fsync_folder(target.parent)
+        fsync_folder(target.parent)
     except OSError as exc:
         with contextlib.suppress(FileNotFoundError):
             temp.unlink()
@@ -59,13 +59,3 @@ def _copy(source: Path, temp: Path) -> None:
         shutil.copyfileobj(reader, writer, 16 << 20)
         writer.flush()
         os.fsync(writer.fileno())
-
-
-def _fsync_folder(folder: Path) -> None:
-    # Best effort, as in the writer: some file systems cannot fsync a folder.
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
