@@ -3,7 +3,7 @@
     python benchmarks/run.py                      # 70m .. 2.8b, safetensors and .bin, 3 runs
     python benchmarks/run.py --sizes 70m,1.4b --runs 5 --formats bin
     python benchmarks/run.py --with-12b           # adds a pythia-12b-shaped sharded checkpoint
-    python benchmarks/run.py --convert-args "--process"
+    python benchmarks/run.py --convert-args "--dtype-check"   # extra flags for every convert
 
 For each Pythia size and weight format it writes (once; cached under ``benchmarks/.cache/``) a
 random float16 checkpoint with the legacy buffers old transformers saved, then runs each command
@@ -11,21 +11,26 @@ below as its own process, interleaved run by run, with the source read into the 
 
 * ``cp`` of the weight files: the floor for same-dtype conversion;
 * ``dd`` writing as many bytes as the float32 output has: ``cp + dd`` is the float32 floor;
-* ``pythia-tl convert --dtype auto`` and ``--dtype float32``;
+* ``pythia-tl convert --dtype auto`` and ``--dtype float32``, and with ``--process`` when the
+  installed pythia-tl has it;
 * with transformers installed, ``GPTNeoXForCausalLM.from_pretrained`` followed by a
   TransformerLens-style conversion of its state dict and ``safetensors.torch.save_file``: the route
   users have without pythia-tl.
 
-Wall time is measured around each process and peak resident memory comes from the kernel
-(``os.wait4``'s ``ru_maxrss``, which counts mapped file pages as well as allocations). Every ratio
-compares medians measured in the same invocation, because these machines are noisy. The markdown
-table goes to ``benchmarks/RESULTS.md`` (``--output``) and to stdout, under its command.
+Each command is started by a small launcher process that reports the command's wall time, CPU
+time and peak resident memory (``os.wait4``'s ``ru_maxrss``, which counts mapped file pages as
+well as allocations). The launcher is needed because Linux carries a parent's resident size into
+a forked child's ``ru_maxrss``. Before each command the script waits (up to ``--quiet-wait``
+seconds) for the CPUs to be idle and notes when they were not. Every ratio compares medians
+measured in the same invocation. The markdown table goes to ``benchmarks/RESULTS.md``
+(``--output``) and to stdout, under the command that made it.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import os
 import platform
 import shlex
@@ -43,23 +48,47 @@ DEFAULT_CACHE = REPO / "benchmarks" / ".cache"
 DEFAULT_OUTPUT = REPO / "benchmarks" / "RESULTS.md"
 DEFAULT_SIZES = ("70m", "160m", "410m", "1b", "1.4b", "2.8b")
 FORMATS = ("safetensors", "bin")
-RSS_MARGIN = 400 * 2**20
+MB = 2**20
+RSS_MARGIN = 400 * MB
 WALL_TARGET = 1.5
+PROCESS_TARGET = 2.0
 # Above this share of RAM a source cannot stay in the page cache next to its output.
 CACHEABLE_SHARE = 0.4
 # The transformers route holds the model and a converted copy: about this many times the output.
 HF_ROUTE_MEMORY_FACTOR = 2.5
+# The Hub's pythia-12b comes in three shards of about 8 GB.
+LARGE_SHARD_BYTES = 8 * 2**30
+
+# The launcher: forks the command from a small fresh process (so the command's ru_maxrss does not
+# start at the benchmark's own size), waits for it and prints status, peak RSS (kB), CPU and wall
+# seconds. The command's stdout is discarded; its stderr is the launcher's.
+LAUNCHER = """
+import os, sys, time
+started = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+    try:
+        os.execvp(sys.argv[1], sys.argv[1:])
+    finally:
+        os._exit(127)
+_, status, usage = os.wait4(pid, 0)
+seconds = time.perf_counter() - started
+cpu = usage.ru_utime + usage.ru_stime
+print(os.waitstatus_to_exitcode(status), usage.ru_maxrss, cpu, seconds)
+"""
 
 
 @dataclass(frozen=True)
 class Measurement:
     seconds: float
+    cpu: float
     max_rss: int
 
 
 @dataclass(frozen=True)
 class Command:
-    """One measured process: what it runs and what it leaves behind (removed after each run)."""
+    """One measured process and what it leaves behind (removed after each run)."""
 
     label: str
     argv: tuple[str, ...]
@@ -68,7 +97,7 @@ class Command:
 
 @dataclass(frozen=True)
 class Source:
-    """A cached synthetic checkpoint and what its conversion will produce."""
+    """A cached synthetic checkpoint and what its conversion produces."""
 
     size: str
     layout: str
@@ -77,6 +106,28 @@ class Source:
     weight_bytes: int
     output_bytes: dict[str, int]
     largest_output_tensor: dict[str, int]
+    layer_float32_bytes: int
+
+    @property
+    def name(self) -> str:
+        return f"pythia-{self.size}"
+
+
+@dataclass
+class Row:
+    source: Source
+    dtype: str
+    medians: dict[str, Measurement] = dataclasses.field(default_factory=dict)
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclass
+class Quiet:
+    """How often the machine was busy when a command started."""
+
+    limit: float
+    busy: int = 0
+    total: int = 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -95,12 +146,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--dtypes", default="auto,float32", help="output dtypes to convert to")
     parser.add_argument("--runs", type=int, default=3, help="runs per command (median taken)")
     parser.add_argument(
-        "--with-12b", action="store_true", help="add a pythia-12b-shaped checkpoint"
+        "--with-12b", action="store_true", help="add a pythia-12b-shaped checkpoint (24 GB)"
     )
     parser.add_argument(
         "--convert-args", default="", help="extra flags for every pythia-tl convert run"
     )
+    parser.add_argument("--no-process", action="store_true", help="skip the --process runs")
     parser.add_argument("--no-hf", action="store_true", help="skip the transformers route")
+    parser.add_argument(
+        "--quiet-wait", type=float, default=20, help="seconds to wait for idle CPUs (0: never)"
+    )
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     parser.add_argument(
@@ -116,17 +171,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def measure(argv: Sequence[str], log: Path) -> Measurement:
-    """Run ``argv`` to completion; its wall time and peak RSS (of that process alone)."""
+    """Run ``argv`` to completion through the launcher."""
     with log.open("wb") as err:
-        started = time.perf_counter()
-        process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, env=child_env())
-        _, status, usage = os.wait4(process.pid, 0)
-        seconds = time.perf_counter() - started
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
+        done = subprocess.run(
+            [sys.executable, "-S", "-c", LAUNCHER, *argv],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            env=child_env(),
+            check=True,
+        )
+    status, max_rss_kb, cpu, seconds = done.stdout.split()
+    if int(status) != 0:
         tail = log.read_text(errors="replace").strip().splitlines()[-5:]
-        raise RuntimeError(f"{shlex.join(argv)} exited {process.returncode}: {' | '.join(tail)}")
-    return Measurement(seconds, usage.ru_maxrss * 1024)  # Linux reports kilobytes
+        raise RuntimeError(f"{shlex.join(argv)} exited {status}: {' | '.join(tail)}")
+    return Measurement(float(seconds), float(cpu), int(max_rss_kb) * 1024)
 
 
 def child_env() -> dict[str, str]:
@@ -150,11 +208,36 @@ def convert_supports(flag: str) -> bool:
 
 def warm(files: Sequence[Path]) -> None:
     """Read ``files`` once so that the measured process finds them in the page cache."""
-    buffer = bytearray(16 << 20)
+    buffer = bytearray(16 * MB)
     for file in files:
         with file.open("rb", buffering=0) as handle:
             while handle.readinto(buffer):
                 pass
+
+
+def cpu_idle_share(seconds: float = 0.5) -> float:
+    """The share of CPU time spent idle over ``seconds`` (1.0 where /proc/stat is missing)."""
+
+    def sample() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return fields[3] + fields[4], sum(fields)  # idle + iowait, total
+
+    try:
+        idle0, total0 = sample()
+        time.sleep(seconds)
+        idle1, total1 = sample()
+    except OSError:
+        return 1.0
+    return (idle1 - idle0) / max(total1 - total0, 1)
+
+
+def wait_until_quiet(quiet: Quiet) -> None:
+    quiet.total += 1
+    deadline = time.monotonic() + quiet.limit
+    while cpu_idle_share() < 0.9:
+        if time.monotonic() >= deadline:
+            quiet.busy += 1
+            return
 
 
 def remove(path: Path) -> None:
@@ -180,21 +263,23 @@ def checkpoint_bytes(size: str) -> int:
     return PYTHIA_SHAPES[f"pythia-{size}"].n_params * 2
 
 
-def ensure_checkpoint(cache: Path, size: str, layout: str) -> Path:
-    """The cached checkpoint, written first (under a temporary name) when missing."""
+def ensure_checkpoint(folder: Path, size: str, layout: str) -> None:
+    """Write the checkpoint (under a temporary name, renamed when complete) unless cached."""
     from pythia_tl.synthetic import PYTHIA_SHAPES, write_checkpoint
 
-    folder = cache / f"pythia-{size}-{layout}"
     if folder.is_dir():
-        return folder
+        return
     partial = folder.with_name(folder.name + ".partial")
     remove(partial)
     print(f"writing {folder.name} ...", file=sys.stderr, flush=True)
     write_checkpoint(
-        partial, PYTHIA_SHAPES[f"pythia-{size}"], layout=layout, legacy_buffers="always"
-    )  # type: ignore[arg-type]
+        partial,
+        PYTHIA_SHAPES[f"pythia-{size}"],
+        layout=layout,  # type: ignore[arg-type]
+        legacy_buffers="always",
+        shard_bytes=LARGE_SHARD_BYTES,
+    )
     partial.rename(folder)
-    return folder
 
 
 def describe_source(size: str, layout: str, folder: Path, dtypes: Sequence[str]) -> Source:
@@ -203,6 +288,10 @@ def describe_source(size: str, layout: str, folder: Path, dtypes: Sequence[str])
 
     checkpoint = open_checkpoint(folder)
     plans = {dtype: build_plan(checkpoint, dtype) for dtype in dtypes}
+    any_plan = next(iter(plans.values()))
+    layer_elements = sum(
+        t.nbytes // t.dtype.itemsize for t in any_plan.tensors if t.key.startswith("blocks.0.")
+    )
     return Source(
         size=size,
         layout=layout,
@@ -211,6 +300,7 @@ def describe_source(size: str, layout: str, folder: Path, dtypes: Sequence[str])
         weight_bytes=sum(f.stat().st_size for f in checkpoint.files),
         output_bytes={d: plan.nbytes for d, plan in plans.items()},
         largest_output_tensor={d: max(t.nbytes for t in plan.tensors) for d, plan in plans.items()},
+        layer_float32_bytes=layer_elements * 4,
     )
 
 
@@ -225,14 +315,6 @@ def ram_bytes() -> int:
 # --- the benchmark ---------------------------------------------------------------------------
 
 
-@dataclass
-class Row:
-    source: Source
-    dtype: str
-    medians: dict[str, Measurement] = dataclasses.field(default_factory=dict)
-    notes: list[str] = dataclasses.field(default_factory=list)
-
-
 def run_benchmark(args: argparse.Namespace) -> int:
     sizes = [s.strip().removeprefix("pythia-") for s in args.sizes.split(",") if s.strip()]
     if args.with_12b and "12b" not in sizes:
@@ -240,9 +322,13 @@ def run_benchmark(args: argparse.Namespace) -> int:
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     extra = shlex.split(args.convert_args)
-    has_hf = not args.no_hf and _importable("transformers")
-    with_process = "--process" not in extra and convert_supports("--process")
+    has_hf = not args.no_hf and importlib.util.find_spec("transformers") is not None
+    with_process = not args.no_process and "--process" not in extra
+    with_process = with_process and convert_supports("--process")
     args.cache.mkdir(parents=True, exist_ok=True)
+    quiet = Quiet(args.quiet_wait)
+    started = time.strftime("%Y-%m-%d %H:%M")
+    load_before = os.getloadavg()[0]
     baseline = measure_baseline(args.cache)
     rows: list[Row] = []
     skipped: list[str] = []
@@ -253,18 +339,20 @@ def run_benchmark(args: argparse.Namespace) -> int:
             if size == "12b" and fmt == "bin":
                 skipped.append("pythia-12b .bin: only the sharded safetensors layout is measured")
                 continue
-            needed = checkpoint_bytes(size) * 2 + (2 << 30)  # source + same-dtype output
             folder = args.cache / f"pythia-{size}-{layout}"
+            needed = checkpoint_bytes(size) * 2 + 2 * 2**30  # the source and a same-dtype output
             if not folder.is_dir() and free_bytes(args.cache) < needed:
                 skipped.append(
-                    f"pythia-{size} {fmt}: needs {needed / 1e9:.0f} GB free, "
+                    f"pythia-{size} {fmt}: needs {needed / 1e9:.0f} GB of free disk, "
                     f"{free_bytes(args.cache) / 1e9:.0f} GB available"
                 )
                 continue
-            ensure_checkpoint(args.cache, size, layout)
+            ensure_checkpoint(folder, size, layout)
             source = describe_source(size, layout, folder, dtypes)
-            rows += bench_source(source, dtypes, extra, has_hf, with_process, args, skipped)
-    report = render(rows, skipped, baseline, args, extra, has_hf, with_process)
+            rows += bench_source(source, dtypes, extra, has_hf, with_process, args, quiet, skipped)
+    report = render(
+        rows, skipped, baseline, args, extra, has_hf, with_process, quiet, started, load_before
+    )
     args.output.write_text(report)
     print(report)
     return 0
@@ -283,56 +371,48 @@ def bench_source(
     has_hf: bool,
     with_process: bool,
     args: argparse.Namespace,
+    quiet: Quiet,
     skipped: list[str],
 ) -> list[Row]:
     out = args.cache / "out"
     remove(out)
     out.mkdir()
-    name = f"pythia-{source.size} {source.layout}"
+    title = f"{source.name} {source.layout}"
     cacheable = source.weight_bytes < CACHEABLE_SHARE * ram_bytes()
     commands = [Command("cp", ("cp", *map(str, source.weight_files), str(out)), out)]
     rows = []
     for dtype in dtypes:
         output_bytes = source.output_bytes[dtype]
-        if free_bytes(args.cache) < output_bytes + (2 << 30):
-            skipped.append(f"{name} --dtype {dtype}: not enough disk for its output")
+        if free_bytes(args.cache) < output_bytes + 2 * 2**30:
+            skipped.append(f"{title} --dtype {dtype}: not enough free disk for its output")
             continue
         row = Row(source, dtype)
-        if not cacheable:
-            row.notes.append("source larger than the page cache can hold: read from disk")
         rows.append(row)
-        target = out / f"{dtype}.safetensors"
-        convert = (*pythia_tl_argv(), "convert", str(source.folder), "-o", str(target))
-        convert += ("--dtype", dtype, "--force", "--quiet", *extra)
-        commands.append(Command(f"convert {dtype}", convert, target))
-        if with_process:
-            processed = out / f"{dtype}-processed.safetensors"
-            argv = (*convert[:3], "-o", str(processed), *convert[5:], "--process")
-            commands.append(Command(f"convert {dtype} --process", argv, processed))
+        if not cacheable:
+            row.notes.append("the source does not fit in the page cache: read from disk")
+        commands += convert_commands(source, dtype, extra, with_process, out)
         if dtype not in ("auto", "float16"):  # the synthetic sources are float16
-            dd_target = out / f"dd-{dtype}"
-            dd = ("dd", "if=/dev/zero", f"of={dd_target}", "bs=16M", f"count={output_bytes}")
-            dd += ("iflag=count_bytes", "status=none")
-            commands.append(Command(f"dd {dtype}", dd, dd_target))
+            target = out / f"dd-{dtype}"
+            dd = ("dd", "if=/dev/zero", f"of={target}", "bs=16M", f"count={output_bytes}")
+            commands.append(Command(f"dd {dtype}", (*dd, "iflag=count_bytes"), target))
         hf_memory = HF_ROUTE_MEMORY_FACTOR * output_bytes
-        if not has_hf:
-            continue
-        if hf_memory > 0.8 * ram_bytes():
+        if has_hf and hf_memory > 0.8 * ram_bytes():
             row.notes.append(
-                f"transformers route skipped: it would need about {hf_memory / 2**30:.0f} GiB"
+                f"transformers route not run: it would need about {hf_memory / 2**30:.0f} GiB"
             )
-        else:
-            hf_target = out / f"hf-{dtype}.safetensors"
+        elif has_hf:
+            target = out / f"hf-{dtype}.safetensors"
             hf = (sys.executable, str(Path(__file__).resolve()), "--hf-route")
             commands.append(
-                Command(f"hf {dtype}", (*hf, str(source.folder), str(hf_target), dtype), hf_target)
+                Command(f"hf {dtype}", (*hf, str(source.folder), str(target), dtype), target)
             )
     samples: dict[str, list[Measurement]] = {c.label: [] for c in commands}
     for run in range(args.runs):
         for command in commands:
             if cacheable:
                 warm(source.weight_files)
-            print(f"{name} run {run + 1}/{args.runs}: {command.label}", file=sys.stderr, flush=True)
+            wait_until_quiet(quiet)
+            print(f"{title} run {run + 1}/{args.runs}: {command.label}", file=sys.stderr)
             samples[command.label].append(measure(command.argv, args.cache / "last.log"))
             remove(command.leaves)
             if command.leaves == out:
@@ -345,16 +425,25 @@ def bench_source(
     return rows
 
 
+def convert_commands(
+    source: Source, dtype: str, extra: Sequence[str], with_process: bool, out: Path
+) -> list[Command]:
+    commands = []
+    for processed in (False, True) if with_process else (False,):
+        label = f"convert {dtype}" + (" --process" if processed else "")
+        target = out / f"{dtype}{'-processed' if processed else ''}.safetensors"
+        argv = (*pythia_tl_argv(), "convert", str(source.folder), "-o", str(target))
+        argv += ("--dtype", dtype, "--force", "--quiet", *extra)
+        commands.append(Command(label, (*argv, "--process") if processed else argv, target))
+    return commands
+
+
 def median(values: Sequence[Measurement]) -> Measurement:
     return Measurement(
-        statistics.median(v.seconds for v in values), statistics.median(v.max_rss for v in values)
+        statistics.median(v.seconds for v in values),
+        statistics.median(v.cpu for v in values),
+        int(statistics.median(v.max_rss for v in values)),
     )
-
-
-def _importable(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
 
 
 # --- the report ------------------------------------------------------------------------------
@@ -368,42 +457,53 @@ def render(
     extra: Sequence[str],
     has_hf: bool,
     with_process: bool,
+    quiet: Quiet,
+    started: str,
+    load_before: float,
 ) -> str:
     import torch
 
-    command = shlex.join(["python", "benchmarks/run.py", *(sys.argv[1:])])
+    command = shlex.join(["python", "benchmarks/run.py", *sys.argv[1:]])
+    machine = (
+        f"{os.cpu_count()} cores, {ram_bytes() / 2**30:.0f} GiB RAM, Linux {platform.release()}, "
+        f"Python {platform.python_version()}, torch {torch.__version__}"
+    )
+    busy = (
+        f"The CPUs were busy with other work when {quiet.busy} of {quiet.total} commands started "
+        f"(load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end)."
+    )
     lines = [
         "# pythia-tl benchmark",
         "",
-        f"Made by `{command}` on {time.strftime('%Y-%m-%d')}: {os.cpu_count()} cores, "
-        f"{ram_bytes() / 2**30:.0f} GiB RAM, Linux {platform.release()}, Python "
-        f"{platform.python_version()}, torch {torch.__version__}. Median of {args.runs} runs; "
-        "the source in the page cache. A Python that only imports torch and pythia-tl peaks at "
-        f"{baseline / 2**20:.0f} MB.",
+        f"`{command}`",
         "",
-        "| model | format | weights | dtype | `cp` | floor | convert | x floor "
-        "| peak RSS | RSS bound | transformers route | x `cp` | its peak RSS |",
-        "|---|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        f"Started {started} on {machine}. Median of {args.runs} runs per command, the source in "
+        f"the page cache. {busy} A Python that only imports torch and pythia-tl peaks at "
+        f"{baseline / MB:.0f} MB.",
+        "",
+        "| model | format | weights | dtype | `cp` | floor | convert | x floor | CPU | peak RSS "
+        "| RSS bound | `--process` | x convert | its peak RSS | transformers route | x `cp` "
+        "| its peak RSS |",
+        "|---|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
-    for row in rows:
-        lines.append(render_row(row))
+    lines += [render_row(row) for row in rows]
     lines += [
         "",
         "floor: `cp` of the weight files for `--dtype auto`; for `float32`, `cp` plus `dd` "
-        "writing the output's bytes. RSS bound: 2 x the largest output tensor + 400 MB. "
-        "✓/✗: wall ≤ 1.5 x floor, peak RSS ≤ bound.",
+        "writing the output's bytes. CPU: user + system seconds of the conversion. RSS bound: "
+        "2 x the largest output tensor + 400 MB (with `--process`, plus one layer in float32). "
+        "Marks: wall <= 1.5 x floor (<= 2 x the conversion with `--process`), peak RSS <= bound.",
     ]
     if extra:
         lines.append(f"Every convert ran with `{shlex.join(extra)}`.")
-    if not with_process and "--process" not in extra:
-        lines.append("`pythia-tl convert` has no `--process` flag here: processing is not timed.")
+    if not with_process:
+        lines.append("`--process` was not measured (absent from this pythia-tl, or --no-process).")
     if not has_hf:
-        lines.append("transformers is not installed (or --no-hf): its route is not measured.")
+        lines.append("The transformers route was not measured (not installed, or --no-hf).")
     notes = [f"- {s}" for s in skipped]
     for row in rows:
-        notes += [
-            f"- pythia-{row.source.size} {row.source.layout} {row.dtype}: {n}" for n in row.notes
-        ]
+        where = f"{row.source.name} {row.source.layout} {row.dtype}"
+        notes += [f"- {where}: {note}" for note in row.notes]
     if notes:
         lines += ["", *notes]
     return "\n".join(lines) + "\n"
@@ -417,28 +517,39 @@ def render_row(row: Row) -> str:
     bound = 2 * source.largest_output_tensor[dtype] + RSS_MARGIN
     ratio = convert.seconds / floor
     cells = [
-        f"pythia-{source.size}",
+        source.name,
         source.layout,
         f"{source.weight_bytes / 1e9:.2f} GB",
         dtype,
         f"{cp:.2f} s",
         f"{floor:.2f} s",
         f"{convert.seconds:.2f} s",
-        f"{ratio:.2f} {'✓' if ratio <= WALL_TARGET else '✗'}",
-        f"{convert.max_rss / 2**20:.0f} MB {'✓' if convert.max_rss <= bound else '✗'}",
-        f"{bound / 2**20:.0f} MB",
+        f"{ratio:.2f} {mark(ratio <= WALL_TARGET)}",
+        f"{convert.cpu:.1f} s",
+        f"{convert.max_rss / MB:.0f} MB {mark(convert.max_rss <= bound)}",
+        f"{bound / MB:.0f} MB",
     ]
     processed = m.get(f"convert {dtype} --process")
-    if processed is not None:
-        cells[6] += (
-            f" ({processed.seconds:.2f} s, {processed.max_rss / 2**20:.0f} MB with --process)"
-        )
+    if processed is None:
+        cells += ["-", "-", "-"]
+    else:
+        slower = processed.seconds / convert.seconds
+        process_bound = bound + source.layer_float32_bytes
+        cells += [
+            f"{processed.seconds:.2f} s",
+            f"{slower:.2f} {mark(slower <= PROCESS_TARGET)}",
+            f"{processed.max_rss / MB:.0f} MB {mark(processed.max_rss <= process_bound)}",
+        ]
     hf = m.get(f"hf {dtype}")
     if hf is None:
         cells += ["-", "-", "-"]
     else:
-        cells += [f"{hf.seconds:.2f} s", f"{hf.seconds / cp:.1f}", f"{hf.max_rss / 2**30:.1f} GB"]
+        cells += [f"{hf.seconds:.2f} s", f"{hf.seconds / cp:.1f}", f"{hf.max_rss / MB:.0f} MB"]
     return "| " + " | ".join(cells) + " |"
+
+
+def mark(ok: bool) -> str:
+    return "✓" if ok else "✗"
 
 
 # --- the transformers + TransformerLens-style route (run in its own process) ------------------
@@ -456,12 +567,11 @@ def run_hf_route(folder: Path, output: Path, dtype: str) -> None:
     torch_dtype = torch.float16 if dtype == "auto" else getattr(torch, dtype)
     dtype_arg = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
     model = transformers.GPTNeoXForCausalLM.from_pretrained(folder, **{dtype_arg: torch_dtype})
-    config = model.config
-    n_heads = config.num_attention_heads
+    n_heads = model.config.num_attention_heads
     hf = model.state_dict()
     head = hf["embed_out.weight"] if "embed_out.weight" in hf else hf["lm_head.weight"]
     tl: dict[str, torch.Tensor] = {"embed.W_E": hf["gpt_neox.embed_in.weight"]}
-    for layer in range(config.num_hidden_layers):
+    for layer in range(model.config.num_hidden_layers):
         p, b = f"gpt_neox.layers.{layer}.", f"blocks.{layer}."
         qkv = einops.rearrange(
             hf[p + "attention.query_key_value.weight"],

@@ -138,19 +138,24 @@ def convert_tensors(
         pending: deque[tuple[int, Future[list[tuple[PlannedTensor, torch.Tensor]]]]] = deque()
         ahead = 0  # bytes of the groups submitted to the worker and not yet handed out
         submitted = 0
-        while submitted < len(groups) or pending:
-            # Keep the worker busy through runs of small tensors, but hold at most _AHEAD_BYTES
-            # (plus one group) of converted tensors in memory besides the one in use.
-            while submitted < len(groups) and (not pending or ahead < _AHEAD_BYTES):
-                size = sum(planned.nbytes for planned in groups[submitted])
-                pending.append((size, worker.submit(_convert_group, groups[submitted], reader)))
-                ahead += size
-                submitted += 1
-            size, future = pending.popleft()
-            ahead -= size
-            converted = future.result()
-            while converted:
-                yield converted.pop(0)
+        try:
+            while submitted < len(groups) or pending:
+                # Keep the worker busy through runs of small tensors, but hold at most
+                # _AHEAD_BYTES (plus one group) of converted tensors besides the one in use.
+                while submitted < len(groups) and (not pending or ahead < _AHEAD_BYTES):
+                    size = sum(planned.nbytes for planned in groups[submitted])
+                    future = worker.submit(_convert_group, groups[submitted], reader)
+                    pending.append((size, future))
+                    ahead += size
+                    submitted += 1
+                size, future = pending.popleft()
+                ahead -= size
+                converted = future.result()
+                while converted:
+                    yield converted.pop(0)
+        finally:
+            for _, future in pending:  # the caller stopped early: drop the work not yet begun
+                future.cancel()
 
 
 def _groups(plan: Plan) -> list[list[PlannedTensor]]:

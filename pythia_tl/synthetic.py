@@ -1,8 +1,9 @@
 """Random Pythia-shaped checkpoints in the Hub's file layouts, for tests, examples and benchmarks.
 
 Only torch and json are needed. Tensors are generated a few at a time (on two threads);
-safetensors files are streamed tensor by tensor and ``.bin`` files are written one shard at a time, so at most one shard
-is held in memory: a pythia-12b-sized checkpoint can be written on a machine smaller than it.
+safetensors files are streamed tensor by tensor and ``.bin`` files are written one shard at a
+time, so at most one shard is held in memory: a pythia-12b-sized checkpoint can be written on a
+machine smaller than it.
 
 Every tensor draws from its own ``torch.Generator`` seeded from ``seed`` and the tensor's name, so
 the same seed gives the same values whatever the layout, the head name or the shard size.

@@ -159,3 +159,21 @@ def test_header_errors_name_the_file(tmp_path: Path) -> None:
     bad.write_bytes((2**40).to_bytes(8, "little") + b"{}")
     with pytest.raises(CheckpointError, match=r"model\.safetensors: not a valid safetensors file"):
         list(checkpoint_module._read_headers(bad, "safetensors"))
+
+
+@pytest.mark.parametrize(
+    ("dtype", "expected"),
+    [("auto", torch.float16), ("float32", torch.float32), ("bfloat16", torch.float16)],
+)
+def test_converted_tensors_widen_losslessly_only(tiny_checkpoints, dtype, expected) -> None:
+    # float16 -> float32 loses nothing and is done while converting; a narrowing or sideways cast
+    # (float16 -> bfloat16) is left to finish(), after any processing.
+    checkpoint = open_checkpoint(tiny_checkpoints["safetensors"])
+    plan = build_plan(checkpoint, dtype)
+    sources = library_tensors(tiny_checkpoints["safetensors"])
+    with checkpoint.open() as reader:
+        for planned, tensor in convert_tensors(plan, reader):
+            # Tensors with no source (the zero unembedding bias) are made in the output dtype.
+            assert tensor.dtype == (expected if planned.source else plan.dtype), planned.key
+            if planned.key == "embed.W_E":
+                assert torch.equal(tensor, sources["gpt_neox.embed_in.weight"].to(expected))

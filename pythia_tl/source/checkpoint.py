@@ -261,6 +261,7 @@ class TensorReader:
         self.checkpoint = checkpoint
         self._maps: dict[Path, MappedFile] = {}
         self._bins: dict[Path, dict[str, torch.Tensor]] = {}
+        self._closed = False
 
     def __enter__(self) -> TensorReader:
         return self
@@ -269,6 +270,7 @@ class TensorReader:
         self.close()
 
     def close(self) -> None:
+        self._closed = True
         for mapped in self._maps.values():
             mapped.close()
         self._maps.clear()
@@ -276,6 +278,8 @@ class TensorReader:
 
     def read(self, name: str) -> torch.Tensor:
         info = self.checkpoint.tensors[name]
+        if self._closed:
+            raise CheckpointError(f"{info.file}: {name} read after the reader was closed")
         if info.span is None:
             state = self._bins.get(info.file)
             if state is None:

@@ -13,7 +13,6 @@ again later only costs a page fault.
 
 from __future__ import annotations
 
-import contextlib
 import mmap
 import os
 from dataclasses import dataclass
@@ -98,10 +97,8 @@ class MappedFile:
             self._map.madvise(mmap.MADV_DONTNEED, first, last - first)
 
     def close(self) -> None:
-        if self._map is None:
-            return
-        # While tensors still view the map it cannot be closed; it is then unmapped when the last
-        # of them is freed.
-        with contextlib.suppress(BufferError):
-            self._map.close()
+        # Dropped, not closed: tensors made by torch.frombuffer hold a reference to the map but no
+        # buffer export, so closing it would unmap memory they may still read (another thread may
+        # be converting when an error or a signal unwinds the reader). The map is unmapped when
+        # the last of them is freed.
         self._map = None
