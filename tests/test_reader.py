@@ -177,3 +177,16 @@ def test_converted_tensors_widen_losslessly_only(tiny_checkpoints, dtype, expect
             assert tensor.dtype == (expected if planned.source else plan.dtype), planned.key
             if planned.key == "embed.W_E":
                 assert torch.equal(tensor, sources["gpt_neox.embed_in.weight"].to(expected))
+
+
+def test_a_closed_or_shrunk_mapping_refuses_to_read(tmp_path: Path) -> None:
+    path = tmp_path / "w.bin"
+    path.write_bytes(bytes(64))
+    mapped = MappedFile(path)
+    with pytest.raises(CheckpointError, match=r"w\.bin: shrank to 64 bytes"):
+        mapped.tensor(Span(32, 64, (1,)), (64,), torch.uint8)
+    view = mapped.tensor(Span(0, 64, (1,)), (64,), torch.uint8)
+    mapped.close()
+    assert int(view.sum()) == 0  # a tensor read before closing stays readable
+    with pytest.raises(CheckpointError, match="read after its reader was closed"):
+        mapped.tensor(Span(0, 64, (1,)), (64,), torch.uint8)

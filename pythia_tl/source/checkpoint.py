@@ -215,7 +215,13 @@ def _is_little_endian(file: Path) -> bool:
     record predate big-endian support and are little-endian)."""
     try:
         with zipfile.ZipFile(file) as archive:
-            record = next((n for n in archive.namelist() if n.endswith("/byteorder")), None)
+            record = next(
+                (i for i in archive.infolist() if i.filename.endswith("/byteorder")), None
+            )
+            if record is not None and record.file_size > 16:
+                raise CheckpointError(
+                    f"{file}: its byteorder record holds {record.file_size} bytes"
+                )
             order = archive.read(record).decode("ascii", "replace") if record else "little"
     except (OSError, zipfile.BadZipFile) as exc:
         raise CheckpointError(f"{file}: not a readable PyTorch checkpoint ({exc})") from None
@@ -298,6 +304,4 @@ class TensorReader:
         mapped = self._maps.get(file)
         if mapped is None:
             mapped = self._maps[file] = MappedFile(file)
-            if mapped.size != file.stat().st_size:
-                raise CheckpointError(f"{file}: changed size while being read")
         return mapped

@@ -68,6 +68,7 @@ class MappedFile:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._closed = False
         try:
             with open(path, "rb") as handle:
                 self.size = os.fstat(handle.fileno()).st_size
@@ -78,8 +79,14 @@ class MappedFile:
             raise CheckpointError(f"{path}: cannot map the file ({exc})") from None
 
     def tensor(self, span: Span, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-        """A view of ``span``'s bytes as a tensor: no copy, valid until ``close``."""
-        if span.nbytes == 0 or self._map is None:
+        """A view of ``span``'s bytes as a tensor: no copy; it keeps the map alive."""
+        if self._closed:
+            raise CheckpointError(f"{self.path}: read after its reader was closed")
+        if span.offset + span.nbytes > self.size:
+            raise CheckpointError(
+                f"{self.path}: shrank to {self.size} bytes since its header was read"
+            )
+        if span.nbytes == 0 or self._map is None:  # nothing to read (an empty tensor or file)
             return torch.empty(shape, dtype=dtype)
         storage = torch.frombuffer(
             self._map, dtype=dtype, count=span.nbytes // dtype.itemsize, offset=span.offset
@@ -101,4 +108,5 @@ class MappedFile:
         # buffer export, so closing it would unmap memory they may still read (another thread may
         # be converting when an error or a signal unwinds the reader). The map is unmapped when
         # the last of them is freed.
+        self._closed = True
         self._map = None
