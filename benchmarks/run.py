@@ -329,7 +329,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
     quiet = Quiet(args.quiet_wait)
     started = time.strftime("%Y-%m-%d %H:%M")
     load_before = os.getloadavg()[0]
-    baseline = measure_baseline(args.cache)
+    baseline = measure_baseline(args.cache, args.runs)
     rows: list[Row] = []
     skipped: list[str] = []
     for size in sizes:
@@ -358,10 +358,13 @@ def run_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
-def measure_baseline(cache: Path) -> int:
-    """Peak RSS of a Python that only imports torch and pythia-tl (the price of starting)."""
+def measure_baseline(cache: Path, runs: int) -> Measurement:
+    """Wall time and peak RSS of a Python that only imports torch and pythia-tl (the price of
+    starting, paid by every conversion)."""
     code = "import torch, pythia_tl.cli, pythia_tl.convert"
-    return measure([sys.executable, "-c", code], cache / "baseline.log").max_rss
+    return median(
+        [measure([sys.executable, "-c", code], cache / "baseline.log") for _ in range(runs)]
+    )
 
 
 def bench_source(
@@ -379,7 +382,11 @@ def bench_source(
     out.mkdir()
     title = f"{source.name} {source.layout}"
     cacheable = source.weight_bytes < CACHEABLE_SHARE * ram_bytes()
-    commands = [Command("cp", ("cp", *map(str, source.weight_files), str(out)), out)]
+    files = tuple(map(str, source.weight_files))
+    commands = [Command("cp", ("cp", *files, str(out)), out)]
+    # The same copy made durable, as pythia-tl makes its output before giving it its name.
+    durable = 'cp -- "$@" "$0" && sync -- "$0"/*'
+    commands.append(Command("cp + fsync", ("sh", "-c", durable, str(out), *files), out))
     rows = []
     for dtype in dtypes:
         output_bytes = source.output_bytes[dtype]
@@ -452,7 +459,7 @@ def median(values: Sequence[Measurement]) -> Measurement:
 def render(
     rows: Sequence[Row],
     skipped: Sequence[str],
-    baseline: int,
+    baseline: Measurement,
     args: argparse.Namespace,
     extra: Sequence[str],
     has_hf: bool,
@@ -478,19 +485,21 @@ def render(
         f"`{command}`",
         "",
         f"Started {started} on {machine}. Median of {args.runs} runs per command, the source in "
-        f"the page cache. {busy} A Python that only imports torch and pythia-tl peaks at "
-        f"{baseline / MB:.0f} MB.",
+        f"the page cache. {busy} A Python that only imports torch and pythia-tl takes "
+        f"{baseline.seconds:.2f} s and peaks at {baseline.max_rss / MB:.0f} MB.",
         "",
-        "| model | format | weights | dtype | `cp` | floor | convert | x floor | CPU | peak RSS "
-        "| RSS bound | `--process` | x convert | its peak RSS | transformers route | x `cp` "
-        "| its peak RSS |",
-        "|---|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| model | format | weights | dtype | `cp` | floor | convert | x floor | `cp` + fsync "
+        "| x that | CPU | peak RSS | RSS bound | `--process` | x convert | its peak RSS "
+        "| transformers route | x `cp` | its peak RSS |",
+        "|---|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     lines += [render_row(row) for row in rows]
     lines += [
         "",
         "floor: `cp` of the weight files for `--dtype auto`; for `float32`, `cp` plus `dd` "
-        "writing the output's bytes. CPU: user + system seconds of the conversion. RSS bound: "
+        "writing the output's bytes. `cp` + fsync: the same copy, then fsync of the copies, as "
+        "pythia-tl fsyncs its output before naming it (x that: for `--dtype auto`). "
+        "CPU: user + system seconds of the conversion. RSS bound: "
         "2 x the largest output tensor + 400 MB (with `--process`, plus one layer in float32). "
         "Marks: wall <= 1.5 x floor (<= 2 x the conversion with `--process`), peak RSS <= bound.",
     ]
@@ -525,6 +534,10 @@ def render_row(row: Row) -> str:
         f"{floor:.2f} s",
         f"{convert.seconds:.2f} s",
         f"{ratio:.2f} {mark(ratio <= WALL_TARGET)}",
+        f"{m['cp + fsync'].seconds:.2f} s" if "cp + fsync" in m else "-",
+        f"{convert.seconds / m['cp + fsync'].seconds:.2f}"
+        if "cp + fsync" in m and dtype == "auto"
+        else "-",
         f"{convert.cpu:.1f} s",
         f"{convert.max_rss / MB:.0f} MB {mark(convert.max_rss <= bound)}",
         f"{bound / MB:.0f} MB",

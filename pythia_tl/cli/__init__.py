@@ -6,6 +6,7 @@ and 1 for anything else; ``--debug`` shows the Python traceback instead.
 
 from __future__ import annotations
 
+import gc
 import sys
 import warnings
 
@@ -47,6 +48,9 @@ def main(argv: list[str] | None = None) -> None:
     if debug:  # accepted anywhere on the line, not only before the command
         args = ["--debug", *(arg for arg in args if arg != "--debug")]
     command = typer.main.get_command(app)
+    # torch's hundreds of thousands of objects live until exit: frozen, they are left out of
+    # every garbage collection a conversion triggers (which otherwise cost ~3% of its CPU time).
+    gc.freeze()
     try:
         with stop_signals_raise(), warnings.catch_warnings():
             if not debug:

@@ -82,6 +82,18 @@ class Rearrange(Step):
             shape = list(tensor.shape)
             raise StepError(f"rearrange {self.pattern!r} does not fit shape {shape}") from exc
 
+    def apply_unmerged(self, tensor: torch.Tensor) -> tuple[torch.Tensor, Shape]:
+        """The rearranged values with the output's merged axes (``(part head)``) still apart, and
+        the shape they take once merged.
+
+        The unmerged result is a view of ``tensor`` (when that is contiguous); merging axes
+        whose strides do not line up needs a copy, which ``apply`` leaves to einops and this
+        leaves to the caller, who may have memory at hand for it.
+        """
+        left, right = self.pattern.split("->")
+        unmerged = replace(self, pattern=f"{left}-> {right.replace('(', ' ').replace(')', ' ')}")
+        return unmerged.apply(tensor), self.output_shape(tuple(tensor.shape))
+
     def inverse(self) -> Rearrange:
         left, right = self.pattern.split("->")
         return replace(self, pattern=f"{right.strip()} -> {left.strip()}")
