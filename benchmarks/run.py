@@ -387,6 +387,8 @@ def bench_source(
     # The same copy made durable, as pythia-tl makes its output before giving it its name.
     durable = 'cp -- "$@" "$0" && sync -- "$0"/*'
     commands.append(Command("cp + fsync", ("sh", "-c", durable, str(out), *files), out))
+    # pythia-tl hashes every source file (recorded in the output, checked against the Hub).
+    commands.append(Command("sha256sum", ("sha256sum", *files), out))
     rows = []
     for dtype in dtypes:
         output_bytes = source.output_bytes[dtype]
@@ -488,16 +490,18 @@ def render(
         f"the page cache. {busy} A Python that only imports torch and pythia-tl takes "
         f"{baseline.seconds:.2f} s and peaks at {baseline.max_rss / MB:.0f} MB.",
         "",
-        "| model | format | weights | dtype | `cp` | floor | convert | x floor | `cp` + fsync "
+        "| model | format | weights | dtype | `cp` | floor | convert | x floor | `sha256sum` "
+        "| `cp` + fsync "
         "| x that | CPU | peak RSS | RSS bound | `--process` | x convert | its peak RSS "
         "| transformers route | x `cp` | its peak RSS |",
-        "|---|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "|---|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     lines += [render_row(row) for row in rows]
     lines += [
         "",
         "floor: `cp` of the weight files for `--dtype auto`; for `float32`, `cp` plus `dd` "
-        "writing the output's bytes. `cp` + fsync: the same copy, then fsync of the copies, as "
+        "writing the output's bytes. `sha256sum`: hashing the weight files, as every conversion "
+        "does. `cp` + fsync: the same copy, then fsync of the copies, as "
         "pythia-tl fsyncs its output before naming it (x that: for `--dtype auto`). "
         "CPU: user + system seconds of the conversion. RSS bound: "
         "2 x the largest output tensor + 400 MB (with `--process`, plus one layer in float32). "
@@ -534,6 +538,7 @@ def render_row(row: Row) -> str:
         f"{floor:.2f} s",
         f"{convert.seconds:.2f} s",
         f"{ratio:.2f} {mark(ratio <= WALL_TARGET)}",
+        f"{m['sha256sum'].seconds:.2f} s" if "sha256sum" in m else "-",
         f"{m['cp + fsync'].seconds:.2f} s" if "cp + fsync" in m else "-",
         f"{convert.seconds / m['cp + fsync'].seconds:.2f}"
         if "cp + fsync" in m and dtype == "auto"
