@@ -10,12 +10,11 @@ No timing is asserted.
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from peak_rss import BASELINE_ARGV, peak_rss
 
 from pythia_tl.plan import build_plan
 from pythia_tl.source.checkpoint import open_checkpoint
@@ -29,18 +28,6 @@ pytestmark = pytest.mark.skipif(
 SHAPE = PythiaShape(n_layers=16, d_model=1024, n_heads=16, d_vocab=8192)
 # Allocator slack, thread stacks and the modules a conversion imports beyond the baseline's.
 MARGIN = 150 * 2**20
-BASELINE_CODE = "import torch, pythia_tl.cli, pythia_tl.convert"
-
-
-def peak_rss(argv: list[str]) -> int:
-    """Run ``argv`` to completion; the peak resident set of that process, in bytes."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    stderr = process.stderr.read() if process.stderr is not None else b""
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    assert process.returncode == 0, stderr.decode(errors="replace")
-    return usage.ru_maxrss * 1024
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +41,7 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def baseline() -> int:
-    return peak_rss([sys.executable, "-c", BASELINE_CODE])
+    return peak_rss(BASELINE_ARGV)
 
 
 @pytest.mark.parametrize(("layout", "dtype"), [("safetensors", "auto"), ("bin", "float32")])

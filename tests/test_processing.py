@@ -21,7 +21,7 @@ from transformers import GPTNeoXForCausalLM
 from pythia_tl.convert import ConvertOptions, convert, convert_tensors
 from pythia_tl.errors import PlanError
 from pythia_tl.plan import Plan, build_plan
-from pythia_tl.processing import TL_ORDER, Processing, plan_processing, process_stream
+from pythia_tl.processing import TL_ORDER, Processing, plan_processing, process_stream, transforms
 from pythia_tl.processing.layout import CHANGES, DROPS
 from pythia_tl.processing.stream import Converted
 from pythia_tl.source import resolve_source
@@ -194,6 +194,43 @@ def test_values_match_whole_state_dict_processing(
         torch.testing.assert_close(sd[key], tensor, atol=1e-6, rtol=0, msg=key)
 
 
+@pytest.mark.parametrize("choice", list(CHOICES))
+def test_the_vocabulary_processed_in_chunks_gives_the_same_values(
+    choice: str,
+    float32_checkpoints: dict[str, Path],
+    raw_outputs: dict[str, Tensors],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    name = "8 heads, d_mlp 96"
+    # 7 tokens a chunk: a vocabulary of 80 makes 11 chunks and a short one.
+    monkeypatch.setattr(transforms, "CHUNK_ELEMENTS", 7 * SHAPES[name].d_model)
+    out = tmp_path / "out.safetensors"
+    convert_folder(float32_checkpoints[name], out, CHOICES[choice])
+    sd, _ = load_output(out)
+    expected = reference_processing(raw_outputs[name], CHOICES[choice], SHAPES[name].n_layers)
+    assert sd.keys() == expected.keys()
+    for key, tensor in expected.items():
+        torch.testing.assert_close(sd[key], tensor, atol=1e-6, rtol=0, msg=key)
+
+
+def test_an_unembedding_sharing_memory_is_processed_in_a_copy(
+    tiny_checkpoints: TinyCheckpoints,
+) -> None:
+    plan = build_plan(resolve_source(str(tiny_checkpoints["safetensors"])).checkpoint)
+    generator = torch.Generator().manual_seed(3)
+    stream = [(t, torch.randn(t.shape, generator=generator)) for t in plan.tensors]
+    (index,) = [i for i, (t, _) in enumerate(stream) if t.key == "unembed.W_U"]
+    w_u = stream[index][1]
+    # The unembedding as a slice of a larger copy, as Q, K and V are of query_key_value's.
+    shared = torch.cat([w_u, w_u])
+    stream[index] = (stream[index][0], shared[: len(w_u)])
+    before = shared.clone()
+    processed = dict(process_stream(plan_processing(plan, Processing.all()), stream))
+    assert torch.equal(shared, before)
+    assert not torch.equal(processed[stream[index][0]], w_u)
+
+
 @pytest.fixture(scope="module")
 def hf_log_probs(float32_checkpoints: dict[str, Path]) -> dict[str, torch.Tensor]:
     log_probs = {}
@@ -228,8 +265,13 @@ def test_processed_model_keeps_the_source_log_probabilities(
     torch.testing.assert_close(log_probs, hf_log_probs[name], atol=ATOL, rtol=0)
 
 
-def test_processing_is_done_in_float32_and_cast_at_the_end(tmp_path: Path) -> None:
+@pytest.mark.parametrize("chunk", ["whole", "5 tokens"])
+def test_processing_is_done_in_float32_and_cast_at_the_end(
+    chunk: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     shape = SHAPES["4 heads"]
+    if chunk == "5 tokens":  # a vocabulary of 96: 19 chunks and a short one
+        monkeypatch.setattr(transforms, "CHUNK_ELEMENTS", 5 * shape.d_model)
     folder = tmp_path / "fp16"
     write_checkpoint(folder, shape, layout="safetensors", dtype=torch.float16, seed=5)
     convert_folder(folder, tmp_path / "raw.safetensors", Processing(), dtype="float32")
@@ -286,7 +328,8 @@ def test_metadata_records_the_steps_in_order(
 
 def test_parts_stream_one_at_a_time(tiny_checkpoints: TinyCheckpoints) -> None:
     """Nothing is read past the part being processed, and parts that no chosen step changes
-    pass tensor by tensor, in their source dtype."""
+    pass tensor by tensor, in their source dtype. Processed tensors are float32, except the
+    embedding and unembedding weights, processed in chunks in the dtype they came in."""
     source = resolve_source(str(tiny_checkpoints["safetensors-sharded"]))
     plan = build_plan(source.checkpoint)
     for processing in (Processing.all(), Processing(center_unembed=True)):
@@ -309,7 +352,10 @@ def test_parts_stream_one_at_a_time(tiny_checkpoints: TinyCheckpoints) -> None:
         with source.checkpoint.open() as reader:
             for planned, tensor in process_stream(written, counted(convert_tensors(plan, reader))):
                 keys.append(planned.key)
-                if written.steps_for(planned.key):
+                if planned.key in ("embed.W_E", "unembed.W_U"):
+                    assert tensor.dtype == torch.float16
+                    assert pulled <= part_end[planned.key], planned.key
+                elif written.steps_for(planned.key):
                     assert tensor.dtype == torch.float32
                     assert pulled <= part_end[planned.key], planned.key
                 elif planned.key.startswith("blocks."):

@@ -2,8 +2,10 @@
 
 The conversion yields ``(planned, tensor)`` in plan order. A part that a chosen step changes is
 gathered (the embedding, one block, or the head), processed in float32 and handed on without its
-folded LayerNorms; any other part passes straight through. Memory therefore stays at about one
-block plus the largest single tensor (the embedding or the unembedding).
+folded LayerNorms; any other part passes straight through. A block is processed as a float32
+copy; the embedding and unembedding weights are processed in place, a chunk of the vocabulary
+at a time (``transforms.CHUNKED``). Memory therefore stays at about one block in float32 plus
+the largest single tensor (the embedding or the unembedding) as converted, plus one chunk.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import torch
 from pythia_tl.errors import PlanError
 from pythia_tl.plan import PlannedTensor
 from pythia_tl.processing.layout import Group, ProcessingPlan
-from pythia_tl.processing.transforms import process_part
+from pythia_tl.processing.transforms import CHUNKED, process_part
 
 Converted = tuple[PlannedTensor, torch.Tensor]
 
@@ -23,7 +25,9 @@ Converted = tuple[PlannedTensor, torch.Tensor]
 def process_stream(plan: ProcessingPlan, converted: Iterable[Converted]) -> Iterator[Converted]:
     """``converted`` processed as ``plan`` says, yielded in the order of ``plan.tensors``.
 
-    Processed tensors are float32 (the output dtype is applied afterwards); passed-through
+    Processed tensors are float32 (the output dtype is applied afterwards), except the embedding
+    and unembedding weights: their float32 results are written over them in the dtype they came
+    in, so ``converted`` must own its tensors (as ``convert_tensors``'s do). Passed-through
     tensors are yielded as they came.
     """
     if not plan.processing.steps:
@@ -39,9 +43,18 @@ def process_stream(plan: ProcessingPlan, converted: Iterable[Converted]) -> Iter
         tensors: dict[str, torch.Tensor] = {}
         for planned in group.inputs:
             _, tensor = _next(stream, planned)
-            # A copy of our own even when already float32: the steps work in place, and a
-            # converted tensor may share storage with others (Q, K and V with each other).
-            tensors[group.local(planned.key)] = tensor.to(torch.float32, copy=True)
+            name = group.local(planned.key)
+            # The steps work in place, and a converted tensor may share storage with others
+            # (Q, K and V with each other): a float32 copy of our own even when already float32,
+            # except for the chunked weights, used as they are unless they could share it.
+            if name in CHUNKED:
+                tensors[name] = (
+                    tensor
+                    if _sole_user(tensor)
+                    else tensor.clone(memory_format=torch.contiguous_format)
+                )
+            else:
+                tensors[name] = tensor.to(torch.float32, copy=True)
             del tensor
         process_part(group.part, tensors, group.steps)
         yield from _emit(group, tensors)
@@ -56,6 +69,11 @@ def _next(stream: Iterator[Converted], expected: PlannedTensor) -> Converted:
         got = "the end of the conversion" if item is None else item[0].key
         raise PlanError(f"processing: expected {expected.key} next, got {got}")
     return item
+
+
+def _sole_user(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` covers all of its memory (not a slice of a larger copy)."""
+    return tensor.is_contiguous() and tensor.untyped_storage().nbytes() == tensor.nbytes
 
 
 def _emit(group: Group, tensors: dict[str, torch.Tensor]) -> Iterator[Converted]:
