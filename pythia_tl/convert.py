@@ -8,7 +8,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,7 +90,7 @@ def convert(
     checkpoint = source.checkpoint
     entries = [TensorEntry(t.key, t.dtype, t.shape) for t in written.tensors]
     with (
-        _one_torch_thread(),
+        _one_torch_thread() if not processing.steps else nullcontext(),
         ThreadPoolExecutor(max_workers=1) as pool,
         checkpoint.open() as reader,
     ):
@@ -134,7 +134,8 @@ def _one_torch_thread() -> Iterator[None]:
     The conversion keeps the cores busy with threads of its own (one converts, one writes, one
     hashes the source); torch's thread pool on top would only make its idle threads spin for
     work, taking the CPU the hashing needs (measured: ~40% more CPU time and wall time with two
-    threads per operation on two cores).
+    threads per operation on two cores). Processing, whose arithmetic does gain from torch's
+    threads (a pythia-12b block: 0.37 s on two, 0.48 s on one), keeps them.
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
