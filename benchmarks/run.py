@@ -10,6 +10,8 @@ random float16 checkpoint with the legacy buffers old transformers saved, then r
 below as its own process, interleaved run by run, with the source read into the page cache first:
 
 * ``cp`` of the weight files: the floor for same-dtype conversion;
+* the same copy followed by an fsync of the copies, as pythia-tl makes its output durable;
+* hashlib's sha256 of the weight files, which every conversion computes (on its second core);
 * ``dd`` writing as many bytes as the float32 output has: ``cp + dd`` is the float32 floor;
 * ``pythia-tl convert --dtype auto`` and ``--dtype float32``, and with ``--process`` when the
   installed pythia-tl has it;
