@@ -2,8 +2,8 @@
 
 A conversion allocates and frees about the checkpoint's size in tensors (twice that for a
 float32 output). Fresh memory costs the kernel a page fault and a zero fill per page, and
-freeing it unmaps it again; on the 2-core benchmark machine, writing a tensor from fresh memory
-took about twice the kernel time of writing it from reused memory (benchmarks/RESULTS.md).
+freeing it unmaps it again; profiling the conversion on the 2-core benchmark machine found those
+page faults among its largest costs.
 
 A buffer is lent out as a tensor over a numpy view of it. ``torch.from_numpy`` keeps that view
 alive exactly as long as any tensor shares its memory (slices and reshapes included), so a weak

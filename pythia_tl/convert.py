@@ -133,9 +133,8 @@ def _one_torch_thread() -> Iterator[None]:
 
     The conversion keeps the cores busy with threads of its own (one converts, one writes, one
     hashes the source); torch's thread pool on top would only make its idle threads spin for
-    work, taking the CPU the hashing needs (measured: ~40% more CPU time and wall time with two
-    threads per operation on two cores). Processing, whose arithmetic does gain from torch's
-    threads (a pythia-12b block: 0.37 s on two, 0.48 s on one), keeps them.
+    work, taking the CPU the hashing needs. Processing, whose arithmetic gains from torch's
+    threads, keeps them (benchmarks/RESULTS-12b.md was made with it).
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -241,10 +240,9 @@ def _own_copy(
     """``view`` laid out contiguously in memory that is not the mapped ``source``'s, in
     ``dtype`` when that takes no extra pass.
 
-    A strided view is copied in its own dtype, for which torch has a cache-blocked 2-D
-    transpose, and cast afterwards (``_cast``): casting while transposing is about twice as
-    slow here. A slice of an earlier copy (Q, K or V of the rearranged ``query_key_value``) is
-    used as it is.
+    A strided view is copied in its own dtype and cast afterwards (``_cast``): casting while
+    transposing was slower than the two passes when profiled. A slice of an earlier copy (Q, K
+    or V of the rearranged ``query_key_value``) is used as it is.
     """
     shares_source = view.untyped_storage().data_ptr() == source.untyped_storage().data_ptr()
     if view.is_contiguous() and not shares_source:
@@ -257,10 +255,10 @@ def _copy(view: torch.Tensor, dtype: torch.dtype, pool: BufferPool) -> torch.Ten
 
     Axes that step through memory together are merged first, so that a transpose seen through
     more than two axes (``W_O``'s ``d_model (head d_head) -> head d_head d_model``) is copied as
-    the 2-D transpose it is. A 2-D transpose is copied in strips of ``_STRIP`` source rows,
-    each strip's reads staying within the CPU's first-level cache: measured here, about twice
-    as fast as torch's own blocked 2-D transpose, and six times as fast as its general strided
-    loop on three axes.
+    the 2-D transpose it is rather than through torch's much slower general strided loop. A 2-D
+    transpose is copied in strips of ``_STRIP`` source rows, each strip's reads staying within
+    the CPU's first-level cache, which profiling found faster than torch's own blocked 2-D
+    transpose.
     """
     out = pool.empty(tuple(view.shape), dtype)
     sizes, strides = _merged_axes(tuple(view.shape), tuple(view.stride()))

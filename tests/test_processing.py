@@ -177,34 +177,20 @@ def test_each_step_holds_its_invariants_and_changes_nothing_else(
     assert sd.keys() <= raw.keys()
 
 
+# 7 tokens a chunk: the test vocabulary of 80 makes 11 chunks and a short one.
+@pytest.mark.parametrize("chunk_tokens", [None, 7], ids=["default chunks", "7-token chunks"])
 @pytest.mark.parametrize("choice", list(CHOICES))
 def test_values_match_whole_state_dict_processing(
     choice: str,
-    float32_checkpoints: dict[str, Path],
-    raw_outputs: dict[str, Tensors],
-    tmp_path: Path,
-) -> None:
-    name = "8 heads, d_mlp 96"
-    out = tmp_path / "out.safetensors"
-    convert_folder(float32_checkpoints[name], out, CHOICES[choice])
-    sd, _ = load_output(out)
-    expected = reference_processing(raw_outputs[name], CHOICES[choice], SHAPES[name].n_layers)
-    assert sd.keys() == expected.keys()
-    for key, tensor in expected.items():
-        torch.testing.assert_close(sd[key], tensor, atol=1e-6, rtol=0, msg=key)
-
-
-@pytest.mark.parametrize("choice", list(CHOICES))
-def test_the_vocabulary_processed_in_chunks_gives_the_same_values(
-    choice: str,
+    chunk_tokens: int | None,
     float32_checkpoints: dict[str, Path],
     raw_outputs: dict[str, Tensors],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     name = "8 heads, d_mlp 96"
-    # 7 tokens a chunk: a vocabulary of 80 makes 11 chunks and a short one.
-    monkeypatch.setattr(transforms, "CHUNK_ELEMENTS", 7 * SHAPES[name].d_model)
+    if chunk_tokens is not None:  # the vocabulary is processed a chunk at a time
+        monkeypatch.setattr(transforms, "CHUNK_ELEMENTS", chunk_tokens * SHAPES[name].d_model)
     out = tmp_path / "out.safetensors"
     convert_folder(float32_checkpoints[name], out, CHOICES[choice])
     sd, _ = load_output(out)
@@ -212,6 +198,25 @@ def test_the_vocabulary_processed_in_chunks_gives_the_same_values(
     assert sd.keys() == expected.keys()
     for key, tensor in expected.items():
         torch.testing.assert_close(sd[key], tensor, atol=1e-6, rtol=0, msg=key)
+
+
+def test_the_vocabulary_is_rounded_once_to_the_output_dtype(
+    tiny_checkpoints: TinyCheckpoints,
+) -> None:
+    """A bfloat16 stream for a float16 output: the embedding and unembedding must not be rounded
+    to bfloat16 on the way (processed in place, they would be)."""
+    checkpoint = resolve_source(str(tiny_checkpoints["safetensors"])).checkpoint
+    plan = plan_processing(build_plan(checkpoint, "float16"), Processing.all())
+    generator = torch.Generator().manual_seed(5)
+    source = [
+        (t, torch.randn(t.shape, generator=generator)) for t in build_plan(checkpoint).tensors
+    ]
+    bfloat16 = [(t, x.to(torch.bfloat16)) for t, x in source]
+    float32 = [(t, x.to(torch.float32)) for t, x in bfloat16]  # the same values, exactly
+    got = {t.key: x.to(torch.float16) for t, x in process_stream(plan, bfloat16)}
+    expected = {t.key: x.to(torch.float16) for t, x in process_stream(plan, float32)}
+    for key in ("embed.W_E", "unembed.W_U"):
+        assert torch.equal(got[key], expected[key]), key
 
 
 def test_an_unembedding_sharing_memory_is_processed_in_a_copy(

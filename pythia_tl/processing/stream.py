@@ -26,9 +26,9 @@ def process_stream(plan: ProcessingPlan, converted: Iterable[Converted]) -> Iter
     """``converted`` processed as ``plan`` says, yielded in the order of ``plan.tensors``.
 
     Processed tensors are float32 (the output dtype is applied afterwards), except the embedding
-    and unembedding weights: their float32 results are written over them in the dtype they came
-    in, so ``converted`` must own its tensors (as ``convert_tensors``'s do). Passed-through
-    tensors are yielded as they came.
+    and unembedding weights when they come in the output dtype: their float32 results are
+    written over them, so ``converted`` must own its tensors (as ``convert_tensors``'s do).
+    Passed-through tensors are yielded as they came.
     """
     if not plan.processing.steps:
         # Raw weights: the conversion's own stream, whatever its order.
@@ -46,8 +46,11 @@ def process_stream(plan: ProcessingPlan, converted: Iterable[Converted]) -> Iter
             name = group.local(planned.key)
             # The steps work in place, and a converted tensor may share storage with others
             # (Q, K and V with each other): a float32 copy of our own even when already float32,
-            # except for the chunked weights, used as they are unless they could share it.
-            if name in CHUNKED:
+            # except for the chunked weights, used as they are unless they could share it. Their
+            # results are rounded to the dtype they come in, so only when that is the output's
+            # (or float32, which the output's cast then rounds once): a bfloat16 source for a
+            # float16 output is processed as a float32 copy, like a block.
+            if name in CHUNKED and tensor.dtype in (planned.dtype, torch.float32):
                 tensors[name] = (
                     tensor
                     if _sole_user(tensor)
