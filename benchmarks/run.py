@@ -15,8 +15,8 @@ below as its own process, interleaved run by run, with the source read into the 
 * ``dd`` writing as many bytes as the float32 output has: ``cp + dd`` is the float32 floor;
 * ``pythia-tl convert --dtype auto`` and ``--dtype float32``, and with ``--process`` when the
   installed pythia-tl has it;
-* with transformers installed, ``GPTNeoXForCausalLM.from_pretrained`` followed by a
-  TransformerLens-style conversion of its state dict and ``safetensors.torch.save_file``: the route
+* with transformers and TransformerLens installed, ``GPTNeoXForCausalLM.from_pretrained``,
+  TransformerLens' own ``convert_neox_weights`` and ``safetensors.torch.save_file``: the route
   users have without pythia-tl.
 
 Each command is started by a small launcher process that reports the command's wall time, CPU
@@ -46,6 +46,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+# The random Pythia-shaped checkpoints come from the tests' fixture module.
+sys.path.insert(0, str(REPO / "tests"))
 DEFAULT_CACHE = REPO / "benchmarks" / ".cache"
 DEFAULT_OUTPUT = REPO / "benchmarks" / "RESULTS.md"
 DEFAULT_SIZES = ("70m", "160m", "410m", "1b", "1.4b", "2.8b")
@@ -268,14 +270,14 @@ def layout_for(size: str) -> list[tuple[str, str]]:
 
 
 def checkpoint_bytes(size: str) -> int:
-    from pythia_tl.synthetic import PYTHIA_SHAPES
+    from synthetic import PYTHIA_SHAPES
 
     return PYTHIA_SHAPES[f"pythia-{size}"].n_params * 2
 
 
 def ensure_checkpoint(folder: Path, size: str, layout: str) -> None:
     """Write the checkpoint (under a temporary name, renamed when complete) unless cached."""
-    from pythia_tl.synthetic import PYTHIA_SHAPES, write_checkpoint
+    from synthetic import PYTHIA_SHAPES, write_checkpoint
 
     if folder.is_dir():
         return
@@ -293,11 +295,11 @@ def ensure_checkpoint(folder: Path, size: str, layout: str) -> None:
 
 
 def describe_source(size: str, layout: str, folder: Path, dtypes: Sequence[str]) -> Source:
-    from pythia_tl.plan import build_plan
+    from pythia_tl.mapping.plan import plan_conversion
     from pythia_tl.source.checkpoint import open_checkpoint
 
     checkpoint = open_checkpoint(folder)
-    plans = {dtype: build_plan(checkpoint, dtype) for dtype in dtypes}
+    plans = {dtype: plan_conversion(checkpoint, dtype) for dtype in dtypes}
     any_plan = next(iter(plans.values()))
     layer_elements = sum(
         t.nbytes // t.dtype.itemsize for t in any_plan.tensors if t.key.startswith("blocks.0.")
@@ -332,7 +334,9 @@ def run_benchmark(args: argparse.Namespace) -> int:
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     extra = shlex.split(args.convert_args)
-    has_hf = not args.no_hf and importlib.util.find_spec("transformers") is not None
+    has_hf = not args.no_hf and all(
+        importlib.util.find_spec(name) is not None for name in ("transformers", "transformer_lens")
+    )
     with_process = not args.no_process and "--process" not in extra
     with_process = with_process and convert_supports("--process")
     args.cache.mkdir(parents=True, exist_ok=True)
@@ -371,7 +375,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
 def measure_baseline(cache: Path, runs: int) -> Measurement:
     """Wall time and peak RSS of a Python that only imports torch and pythia-tl (the price of
     starting, paid by every conversion)."""
-    code = "import torch, pythia_tl.cli, pythia_tl.convert"
+    code = "import torch, pythia_tl.cli, pythia_tl.engine"
     return median(
         [measure([sys.executable, "-c", code], cache / "baseline.log") for _ in range(runs)]
     )
@@ -582,62 +586,26 @@ def mark(ok: bool) -> str:
     return "✓" if ok else "✗"
 
 
-# --- the transformers + TransformerLens-style route (run in its own process) ------------------
+# --- the transformers + TransformerLens route (run in its own process) ------------------
 
 
 def run_hf_route(folder: Path, output: Path, dtype: str) -> None:
-    """What a user does without pythia-tl: load the model with transformers, rearrange its state
-    dict into TransformerLens' layout (the same einops patterns TransformerLens applies to
-    GPT-NeoX) and save it with safetensors."""
-    import einops
+    """What a user does without pythia-tl: load the model with transformers, convert it with
+    TransformerLens' own ``convert_neox_weights`` and save the state dict with safetensors."""
     import torch
     import transformers
     from safetensors.torch import save_file
+    from transformer_lens import loading_from_pretrained as loading
+    from transformer_lens.pretrained.weight_conversions.neox import convert_neox_weights
 
     torch_dtype = torch.float16 if dtype == "auto" else getattr(torch, dtype)
     dtype_arg = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
     model = transformers.GPTNeoXForCausalLM.from_pretrained(folder, **{dtype_arg: torch_dtype})
-    n_heads = model.config.num_attention_heads
-    hf = model.state_dict()
-    head = hf["embed_out.weight"] if "embed_out.weight" in hf else hf["lm_head.weight"]
-    tl: dict[str, torch.Tensor] = {"embed.W_E": hf["gpt_neox.embed_in.weight"]}
-    for layer in range(model.config.num_hidden_layers):
-        p, b = f"gpt_neox.layers.{layer}.", f"blocks.{layer}."
-        qkv = einops.rearrange(
-            hf[p + "attention.query_key_value.weight"],
-            "(head part d_head) d_model -> part head d_model d_head",
-            head=n_heads,
-            part=3,
-        )
-        qkv_bias = einops.rearrange(
-            hf[p + "attention.query_key_value.bias"],
-            "(head part d_head) -> part head d_head",
-            head=n_heads,
-            part=3,
-        )
-        for index, part in enumerate("QKV"):
-            tl[b + f"attn.W_{part}"] = qkv[index]
-            tl[b + f"attn.b_{part}"] = qkv_bias[index]
-        tl[b + "attn.W_O"] = einops.rearrange(
-            hf[p + "attention.dense.weight"],
-            "d_model (head d_head) -> head d_head d_model",
-            head=n_heads,
-        )
-        tl[b + "attn.b_O"] = hf[p + "attention.dense.bias"]
-        tl[b + "ln1.w"] = hf[p + "input_layernorm.weight"]
-        tl[b + "ln1.b"] = hf[p + "input_layernorm.bias"]
-        tl[b + "ln2.w"] = hf[p + "post_attention_layernorm.weight"]
-        tl[b + "ln2.b"] = hf[p + "post_attention_layernorm.bias"]
-        tl[b + "mlp.W_in"] = hf[p + "mlp.dense_h_to_4h.weight"].T
-        tl[b + "mlp.b_in"] = hf[p + "mlp.dense_h_to_4h.bias"]
-        tl[b + "mlp.W_out"] = hf[p + "mlp.dense_4h_to_h.weight"].T
-        tl[b + "mlp.b_out"] = hf[p + "mlp.dense_4h_to_h.bias"]
-    tl["ln_final.w"] = hf["gpt_neox.final_layer_norm.weight"]
-    tl["ln_final.b"] = hf["gpt_neox.final_layer_norm.bias"]
-    tl["unembed.W_U"] = head.T
-    tl["unembed.b_U"] = torch.zeros(head.shape[0], dtype=head.dtype)
-    # save_file refuses views that are not contiguous or that share storage.
-    save_file({k: v.contiguous() for k, v in tl.items()}, str(output))
+    cfg = loading.get_pretrained_model_config(str(folder), device="cpu", dtype=torch_dtype)
+    with torch.no_grad():
+        state = convert_neox_weights(model, cfg)
+        # save_file refuses views that are not contiguous or that share storage.
+        save_file({k: v.contiguous() for k, v in state.items()}, str(output))
 
 
 if __name__ == "__main__":

@@ -10,9 +10,12 @@ the same tensor names and shapes as a Pythia checkpoint on the Hub (only smaller
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from pythia_tl.synthetic import LAYOUTS, PYTHIA_SHAPES, PythiaShape, write_checkpoint
+# The random Pythia-shaped checkpoints come from the tests' fixture module.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from synthetic import LAYOUTS, PYTHIA_SHAPES, PythiaShape, write_checkpoint
 
 
 def main() -> None:

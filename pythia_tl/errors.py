@@ -1,10 +1,28 @@
 """The errors pythia-tl raises: each carries one line that says what is wrong and where.
 
-The CLI prints ``str(error)`` on stderr and exits with ``exit_code``; library callers can catch the
-base class.
+A message may name a parameter of the call that failed (``Param``): ``str(error)`` spells it as
+the Python parameter (``overwrite=True``), and the command line spells it as its flag
+(``--force``) through ``describe``. Library callers can catch the base class.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Param:
+    """A parameter named in a message, e.g. ``Param("dtype")`` or ``Param("overwrite", True)``."""
+
+    name: str
+    value: object = None
+
+    def __str__(self) -> str:
+        return self.name if self.value is None else f"{self.name}={self.value!r}"
+
+
+MessagePart = str | Param
 
 
 class PythiaTLError(Exception):
@@ -12,9 +30,17 @@ class PythiaTLError(Exception):
 
     exit_code = 1
 
+    def __init__(self, *parts: MessagePart) -> None:
+        self.parts = parts
+        super().__init__(self.describe(str))
+
+    def describe(self, spell: Callable[[Param], str]) -> str:
+        """The message with every parameter spelled by ``spell``."""
+        return "".join(part if isinstance(part, str) else spell(part) for part in self.parts)
+
 
 class UsageError(PythiaTLError):
-    """A flag or argument is wrong (exit code 2, like a command-line usage error)."""
+    """An argument is wrong (exit code 2, like a command-line usage error)."""
 
     exit_code = 2
 

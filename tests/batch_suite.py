@@ -13,8 +13,7 @@ from pathlib import Path
 
 from hub_server import StandInHub
 from safetensors import safe_open
-
-from pythia_tl.synthetic import Layout, PythiaShape, write_checkpoint
+from synthetic import Layout, PythiaShape, write_checkpoint
 
 SUITE_SHAPE = PythiaShape(n_layers=1, d_model=32, n_heads=2, d_vocab=96, n_ctx=32)
 SHARD_BYTES = 8 * 1024

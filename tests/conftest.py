@@ -28,9 +28,9 @@ import huggingface_hub.hf_api as hf_api
 import huggingface_hub.utils._http as hf_http
 import pytest
 from hub_server import StandInHub
+from synthetic import LAYOUTS, PythiaShape, write_checkpoint
 
 from pythia_tl.cli import main
-from pythia_tl.synthetic import LAYOUTS, PythiaShape, write_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

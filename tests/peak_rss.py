@@ -13,7 +13,7 @@ import subprocess
 import sys
 
 # Imported by every conversion: what a conversion's memory is compared against.
-BASELINE_ARGV = [sys.executable, "-c", "import torch, pythia_tl.cli, pythia_tl.convert"]
+BASELINE_ARGV = [sys.executable, "-c", "import torch, pythia_tl.cli, pythia_tl.engine"]
 
 _LAUNCHER = """
 import os, subprocess, sys

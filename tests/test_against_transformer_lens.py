@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
+from synthetic import PythiaShape, write_checkpoint
 from transformers import GPTNeoXForCausalLM
 
-from pythia_tl.convert import convert
+from pythia_tl.engine import convert
 from pythia_tl.source import resolve_source
-from pythia_tl.synthetic import PythiaShape, write_checkpoint
 
 transformer_lens = pytest.importorskip("transformer_lens")
 loading = pytest.importorskip("transformer_lens.loading_from_pretrained")

@@ -15,7 +15,7 @@ from batch_suite import N_TENSORS, STEPS_SPEC, Suite, publish_suite
 from conftest import REPO_ROOT
 from hub_server import StandInHub
 
-from pythia_tl.output_file import read_output
+from pythia_tl.output.metadata import read_output
 
 BROKEN = ("EleutherAI/pythia-70m", 1000)
 

@@ -15,13 +15,14 @@ from hub_server import StandInHub
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pythia_tl.batch.work import Shard, WorkItem, parse_shard, work_list
+from pythia_tl.batch.work import Shard, WorkItem, parse_shard, sorted_items
+from pythia_tl.cli.errors import in_flags
 from pythia_tl.errors import UsageError
 
 
 @given(st.integers(min_value=0, max_value=300), st.integers(min_value=1, max_value=40))
 def test_shards_one_to_n_cover_every_item_exactly_once(n_items: int, n_shards: int) -> None:
-    items = work_list({"EleutherAI/pythia-70m": range(n_items)})
+    items = sorted_items({"EleutherAI/pythia-70m": range(n_items)})
     taken = [item for k in range(1, n_shards + 1) for item in Shard(k, n_shards).take(items)]
     assert sorted(taken) == items
     assert len(taken) == len(set(taken))
@@ -38,8 +39,8 @@ def test_shards_one_to_n_cover_every_item_exactly_once(n_items: int, n_shards: i
 def test_the_work_list_does_not_depend_on_the_order_models_and_steps_are_given(
     selected: dict[str, set[int]],
 ) -> None:
-    forward = work_list({repo: sorted(steps) for repo, steps in selected.items()})
-    backward = work_list(
+    forward = sorted_items({repo: sorted(steps) for repo, steps in selected.items()})
+    backward = sorted_items(
         {repo: sorted(steps, reverse=True) for repo, steps in reversed(selected.items())}
     )
     assert forward == backward
@@ -50,8 +51,9 @@ def test_the_work_list_does_not_depend_on_the_order_models_and_steps_are_given(
 
 @pytest.mark.parametrize("text", ["0/3", "4/3", "1/0", "3", "a/b", "1/2/3", "-1/2"])
 def test_bad_shards_are_usage_errors(text: str) -> None:
-    with pytest.raises(UsageError, match=r"^--shard "):
+    with pytest.raises(UsageError, match=r"^shard ") as raised:
         parse_shard(text)
+    assert in_flags(raised.value).startswith(f"--shard {text!r}: ")
 
 
 def test_shard_parsing() -> None:

@@ -13,15 +13,15 @@ from batch_suite import SHARD_BYTES, SUITE_SHAPE
 from conftest import HfEnv, TinyCheckpoints
 from hub_server import StandInHub
 from safetensors.torch import save_file
+from synthetic import write_checkpoint
 
 from pythia_tl.batch.dedupe import link_output, weights_key
 from pythia_tl.batch.janitor import DownloadJanitor
 from pythia_tl.batch.resume import Requirements, judge_existing
-from pythia_tl.convert import ConvertOptions, convert
+from pythia_tl.engine import ConvertOptions, convert
 from pythia_tl.processing import Processing
 from pythia_tl.source import resolve_source
 from pythia_tl.source.hub import describe_revision, download_revision
-from pythia_tl.synthetic import write_checkpoint
 
 REPO = "EleutherAI/pythia-70m"
 
@@ -55,7 +55,7 @@ def test_what_makes_an_output_reusable(
     )
     wider = judge_existing(converted, requirements_for(folder, dtype="float32"), None)
     assert (wider.state, wider.reason) == ("stale", "dtype float16, asked for float32")
-    folded = replace(same, processing=Processing(fold_ln=True).steps)
+    folded = replace(same, processing=Processing(fold_ln=True).passes)
     assert judge_existing(converted, folded, None).state == "stale"
     elsewhere = replace(same, source="EleutherAI/pythia-160m")
     assert judge_existing(converted, elsewhere, None).state == "stale"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from pythia_tl.buffers import BufferPool
+from pythia_tl.engine.buffers import BufferPool
 
 MB = 1 << 20
 

@@ -1,8 +1,8 @@
 """The conversion's copies lay out any strided view exactly as ``contiguous()`` would.
 
 Transposes are copied in strips of source rows and axes that step through memory together are
-merged first (``pythia_tl.convert._copy``): both must give the same bytes for every shape,
-including sizes that do not divide into whole strips.
+merged first (``pythia_tl.engine.copy.strided_copy``): both must give the same bytes for
+every shape, including sizes that do not divide into whole strips.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pythia_tl.buffers import BufferPool
-from pythia_tl.convert import _copy
+from pythia_tl.engine.buffers import BufferPool
+from pythia_tl.engine.copy import strided_copy
 
 MB = 1 << 20
 
@@ -22,7 +22,7 @@ def test_a_transpose_is_copied_exactly(rows: int, dtype: torch.dtype) -> None:
     source = torch.randn(rows, 96).to(dtype)
     pool = BufferPool(largest=64 * MB, limit=128 * MB)
     for target_dtype in (dtype, torch.float32):
-        copy = _copy(source.t(), target_dtype, pool)
+        copy = strided_copy(source.t(), target_dtype, pool)
         assert copy.is_contiguous()
         assert torch.equal(copy, source.t().contiguous().to(target_dtype))
 
@@ -40,6 +40,6 @@ def test_a_permuted_view_is_copied_exactly(
     shape: tuple[int, ...], pattern: tuple[int, ...]
 ) -> None:
     view = torch.randn(shape).half().permute(pattern)
-    copy = _copy(view, view.dtype, BufferPool(largest=64 * MB, limit=128 * MB))
+    copy = strided_copy(view, view.dtype, BufferPool(largest=64 * MB, limit=128 * MB))
     assert copy.shape == view.shape and copy.is_contiguous()
     assert torch.equal(copy, view.contiguous())

@@ -10,12 +10,12 @@ import pytest
 import torch
 from conftest import TinyCheckpoints
 from safetensors import safe_open
+from synthetic import PythiaShape, write_checkpoint
 from tl_reference import tl_forward
 from transformers import GPTNeoXForCausalLM
 
-from pythia_tl.convert import ConvertOptions, convert
+from pythia_tl.engine import ConvertOptions, convert
 from pythia_tl.source import resolve_source
-from pythia_tl.synthetic import PythiaShape, write_checkpoint
 
 ATOL = 1e-4
 

@@ -19,11 +19,11 @@ import pytest
 from conftest import REPO_ROOT, HfEnv, Run, TinyCheckpoints
 from hub_server import StandInHub
 
-from pythia_tl.convert import ConvertOptions, convert
+from pythia_tl.engine import ConvertOptions, convert
+from pythia_tl.output.atomic import remove_stale_temporaries, temp_path_for
 from pythia_tl.source import resolve_source
-from pythia_tl.source.download_errors import broken_download
+from pythia_tl.source.hub_errors import broken_download
 from pythia_tl.verify import verify_file
-from pythia_tl.writer import remove_stale_temporaries, temp_path_for
 
 REPO = "EleutherAI/pythia-70m"
 

@@ -20,17 +20,17 @@ from conftest import TinyCheckpoints
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pythia_tl.convert import convert
+from pythia_tl.dtypes import BY_SAFETENSORS as DTYPES
+from pythia_tl.engine import convert
 from pythia_tl.errors import CheckpointError
-from pythia_tl.output_file import OutputInfo, read_output
-from pythia_tl.source import resolve_source
-from pythia_tl.source.checkpoint import Checkpoint, open_checkpoint
-from pythia_tl.source.safetensors_header import (
-    DTYPES,
+from pythia_tl.formats.safetensors import (
     LENGTH_BYTES,
     SafetensorsHeader,
     parse_header,
 )
+from pythia_tl.output.metadata import OutputFile, read_output
+from pythia_tl.source import resolve_source
+from pythia_tl.source.checkpoint import Checkpoint, open_checkpoint
 from pythia_tl.verify.metadata import check_metadata, expected_tensors
 
 FUZZ = settings(
@@ -306,7 +306,7 @@ def test_open_checkpoint_on_an_index_of_random_bytes(
 
 
 @pytest.fixture(scope="module")
-def sound_output(tiny_checkpoints: TinyCheckpoints, scratch: Path) -> OutputInfo:
+def sound_output(tiny_checkpoints: TinyCheckpoints, scratch: Path) -> OutputFile:
     out = scratch / "sound.safetensors"
     convert(resolve_source(str(tiny_checkpoints["safetensors"])), out)
     return read_output(out)
@@ -334,7 +334,7 @@ def metadata_variants(draw: st.DrawFn, sound: dict[str, str]) -> dict[str, str]:
 @FUZZ
 @given(data=st.data())
 def test_the_metadata_check_reports_instead_of_raising(
-    data: st.DataObject, sound_output: OutputInfo
+    data: st.DataObject, sound_output: OutputFile
 ) -> None:
     metadata = data.draw(metadata_variants(sound_output.metadata))
     info = replace(sound_output, metadata=metadata)

@@ -11,8 +11,7 @@ import pytest
 from conftest import HfEnv, TinyCheckpoints
 from hub_server import StandInHub
 from safetensors import safe_open
-
-from pythia_tl.synthetic import write_checkpoint
+from synthetic import write_checkpoint
 
 REPO = "EleutherAI/pythia-70m"
 

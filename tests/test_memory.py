@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 from peak_rss import BASELINE_ARGV, peak_rss
+from synthetic import PythiaShape, write_checkpoint
 
-from pythia_tl.plan import build_plan
+from pythia_tl.mapping.plan import plan_conversion
 from pythia_tl.source.checkpoint import open_checkpoint
-from pythia_tl.synthetic import PythiaShape, write_checkpoint
 
 pytestmark = pytest.mark.skipif(
     sys.platform != "linux", reason="ru_maxrss is in kilobytes and counts mapped pages on Linux"
@@ -51,7 +51,7 @@ def test_peak_memory_follows_the_largest_tensor(
     folder = checkpoints[layout]
     checkpoint = open_checkpoint(folder)
     size = sum(file.stat().st_size for file in checkpoint.files)
-    plan = build_plan(checkpoint, dtype)
+    plan = plan_conversion(checkpoint, dtype)
     largest = max(t.nbytes for t in plan.tensors)
     assert largest * 10 < size  # the premise: a checkpoint much larger than any one tensor
 

@@ -15,17 +15,18 @@ import pytest
 import torch
 from conftest import CliResult, Run, TinyCheckpoints
 from safetensors import safe_open
+from synthetic import PythiaShape, write_checkpoint
 from tl_reference import tl_forward
 from transformers import GPTNeoXForCausalLM
 
-from pythia_tl.convert import ConvertOptions, convert, convert_tensors
+from pythia_tl.engine import ConvertOptions, convert
+from pythia_tl.engine.pipeline import Converted, convert_tensors
 from pythia_tl.errors import PlanError
-from pythia_tl.plan import Plan, build_plan
-from pythia_tl.processing import TL_ORDER, Processing, plan_processing, process_stream, transforms
-from pythia_tl.processing.layout import CHANGES, DROPS
-from pythia_tl.processing.stream import Converted
+from pythia_tl.mapping.plan import ConversionPlan, plan_conversion
+from pythia_tl.processing import TL_ORDER, Processing, arithmetic, plan_processing, process_stream
+from pythia_tl.processing.plan import CHANGES, DROPS
 from pythia_tl.source import resolve_source
-from pythia_tl.synthetic import PythiaShape, write_checkpoint
+from pythia_tl.source.reader import TensorReader
 
 ATOL = 1e-4
 # Means of centred float32 tensors are zero up to rounding of sums of O(1) values.
@@ -164,9 +165,9 @@ def test_each_step_holds_its_invariants_and_changes_nothing_else(
         assert mean_abs("unembed.W_U", 0) < CENTRED < raw_mean_abs("unembed.W_U", 0)
     # Whatever no chosen step claims to change is written exactly as converted, and only the
     # dropped LayerNorms are missing.
-    changed = {n for step in processing.steps for names in CHANGES[step].values() for n in names}
+    changed = {n for name in processing.passes for names in CHANGES[name].values() for n in names}
     dropped = {
-        n for step in processing.steps for names in DROPS.get(step, {}).values() for n in names
+        n for name in processing.passes for names in DROPS.get(name, {}).values() for n in names
     }
     for key, tensor in raw.items():
         local = key.split(".", 2)[2] if key.startswith("blocks.") else key
@@ -190,7 +191,7 @@ def test_values_match_whole_state_dict_processing(
 ) -> None:
     name = "8 heads, d_mlp 96"
     if chunk_tokens is not None:  # the vocabulary is processed a chunk at a time
-        monkeypatch.setattr(transforms, "CHUNK_ELEMENTS", chunk_tokens * SHAPES[name].d_model)
+        monkeypatch.setattr(arithmetic, "CHUNK_ELEMENTS", chunk_tokens * SHAPES[name].d_model)
     out = tmp_path / "out.safetensors"
     convert_folder(float32_checkpoints[name], out, CHOICES[choice])
     sd, _ = load_output(out)
@@ -206,10 +207,10 @@ def test_the_vocabulary_is_rounded_once_to_the_output_dtype(
     """A bfloat16 stream for a float16 output: the embedding and unembedding must not be rounded
     to bfloat16 on the way (processed in place, they would be)."""
     checkpoint = resolve_source(str(tiny_checkpoints["safetensors"])).checkpoint
-    plan = plan_processing(build_plan(checkpoint, "float16"), Processing.all())
+    plan = plan_processing(plan_conversion(checkpoint, "float16"), Processing.all())
     generator = torch.Generator().manual_seed(5)
     source = [
-        (t, torch.randn(t.shape, generator=generator)) for t in build_plan(checkpoint).tensors
+        (t, torch.randn(t.shape, generator=generator)) for t in plan_conversion(checkpoint).tensors
     ]
     bfloat16 = [(t, x.to(torch.bfloat16)) for t, x in source]
     float32 = [(t, x.to(torch.float32)) for t, x in bfloat16]  # the same values, exactly
@@ -222,7 +223,7 @@ def test_the_vocabulary_is_rounded_once_to_the_output_dtype(
 def test_an_unembedding_sharing_memory_is_processed_in_a_copy(
     tiny_checkpoints: TinyCheckpoints,
 ) -> None:
-    plan = build_plan(resolve_source(str(tiny_checkpoints["safetensors"])).checkpoint)
+    plan = plan_conversion(resolve_source(str(tiny_checkpoints["safetensors"])).checkpoint)
     generator = torch.Generator().manual_seed(3)
     stream = [(t, torch.randn(t.shape, generator=generator)) for t in plan.tensors]
     (index,) = [i for i, (t, _) in enumerate(stream) if t.key == "unembed.W_U"]
@@ -276,7 +277,7 @@ def test_processing_is_done_in_float32_and_cast_at_the_end(
 ) -> None:
     shape = SHAPES["4 heads"]
     if chunk == "5 tokens":  # a vocabulary of 96: 19 chunks and a short one
-        monkeypatch.setattr(transforms, "CHUNK_ELEMENTS", 5 * shape.d_model)
+        monkeypatch.setattr(arithmetic, "CHUNK_ELEMENTS", 5 * shape.d_model)
     folder = tmp_path / "fp16"
     write_checkpoint(folder, shape, layout="safetensors", dtype=torch.float16, seed=5)
     convert_folder(folder, tmp_path / "raw.safetensors", Processing(), dtype="float32")
@@ -336,7 +337,7 @@ def test_parts_stream_one_at_a_time(tiny_checkpoints: TinyCheckpoints) -> None:
     pass tensor by tensor, in their source dtype. Processed tensors are float32, except the
     embedding and unembedding weights, processed in chunks in the dtype they came in."""
     source = resolve_source(str(tiny_checkpoints["safetensors-sharded"]))
-    plan = build_plan(source.checkpoint)
+    plan = plan_conversion(source.checkpoint)
     for processing in (Processing.all(), Processing(center_unembed=True)):
         written = plan_processing(plan, processing)
         pulled = 0
@@ -354,13 +355,13 @@ def test_parts_stream_one_at_a_time(tiny_checkpoints: TinyCheckpoints) -> None:
                 position[planned.key] = len(position) + 1
             part_end |= dict.fromkeys((t.key for t in group.outputs), len(position))
         keys = []
-        with source.checkpoint.open() as reader:
+        with TensorReader(source.checkpoint) as reader:
             for planned, tensor in process_stream(written, counted(convert_tensors(plan, reader))):
                 keys.append(planned.key)
                 if planned.key in ("embed.W_E", "unembed.W_U"):
                     assert tensor.dtype == torch.float16
                     assert pulled <= part_end[planned.key], planned.key
-                elif written.steps_for(planned.key):
+                elif written.passes_for(planned.key):
                     assert tensor.dtype == torch.float32
                     assert pulled <= part_end[planned.key], planned.key
                 elif planned.key.startswith("blocks."):
@@ -370,16 +371,20 @@ def test_parts_stream_one_at_a_time(tiny_checkpoints: TinyCheckpoints) -> None:
 
 
 def test_a_stream_out_of_plan_order_is_refused(tiny_checkpoints: TinyCheckpoints) -> None:
-    plan = build_plan(resolve_source(str(tiny_checkpoints["safetensors"])).checkpoint)
+    plan = plan_conversion(resolve_source(str(tiny_checkpoints["safetensors"])).checkpoint)
     stream = [(t, torch.zeros(t.shape)) for t in plan.tensors]
     stream[3], stream[4] = stream[4], stream[3]
     with pytest.raises(PlanError, match=f"expected {stream[4][0].key} next, got"):
         list(process_stream(plan_processing(plan, Processing(fold_ln=True)), stream))
 
 
-def without(plan: Plan, key: str) -> Plan:
+def without(plan: ConversionPlan, key: str) -> ConversionPlan:
     assert key in {t.key for t in plan.tensors}
-    return dataclasses.replace(plan, tensors=tuple(t for t in plan.tensors if t.key != key))
+    sources = tuple(
+        dataclasses.replace(s, outputs=tuple(t for t in s.outputs if t.key != key))
+        for s in plan.sources
+    )
+    return dataclasses.replace(plan, sources=tuple(s for s in sources if s.outputs))
 
 
 @pytest.mark.parametrize(
@@ -388,30 +393,32 @@ def without(plan: Plan, key: str) -> Plan:
         (
             Processing(fold_ln=True),
             "blocks.1.ln2.b",
-            "--fold-ln: the conversion has no blocks.1.ln2.b; folding LayerNorm needs",
+            "fold_ln: the conversion has no blocks.1.ln2.b; folding LayerNorm needs",
         ),
         (
             Processing(center_writing_weights=True),
             "ln_final.w",
-            "--center-writing-weights: the conversion has no ln_final.w; centring the writing "
+            "center_writing_weights: the conversion has no ln_final.w; centring the writing "
             "weights is exact only when LayerNorm reads the residual stream",
         ),
         (
             Processing(fold_value_biases=True),
             "blocks.0.attn.W_O",
-            "--fold-value-biases: the conversion has no blocks.0.attn.W_O",
+            "fold_value_biases: the conversion has no blocks.0.attn.W_O",
         ),
         (
             Processing(center_unembed=True),
             "unembed.b_U",
-            "--center-unembed: the conversion has no unembed.b_U",
+            "center_unembed: the conversion has no unembed.b_U",
         ),
     ],
 )
-def test_a_step_without_the_tensors_it_needs_is_refused_before_reading(
+def test_a_pass_without_the_tensors_it_needs_is_refused_before_reading(
     processing: Processing, missing: str, message: str, tiny_checkpoints: TinyCheckpoints
 ) -> None:
-    plan = without(build_plan(resolve_source(str(tiny_checkpoints["bin"])).checkpoint), missing)
+    plan = without(
+        plan_conversion(resolve_source(str(tiny_checkpoints["bin"])).checkpoint), missing
+    )
     with pytest.raises(PlanError) as error:
         plan_processing(plan, processing)
     assert str(error.value).startswith(message)

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 from peak_rss import BASELINE_ARGV, peak_rss
+from synthetic import PythiaShape, write_checkpoint
 
-from pythia_tl.plan import build_plan
+from pythia_tl.mapping.plan import plan_conversion
 from pythia_tl.processing import Processing, plan_processing
 from pythia_tl.source.checkpoint import open_checkpoint
-from pythia_tl.synthetic import PythiaShape, write_checkpoint
 
 pytestmark = pytest.mark.skipif(
     sys.platform != "linux", reason="ru_maxrss is in kilobytes and counts mapped pages on Linux"
@@ -50,7 +50,7 @@ def baseline() -> int:
 def test_processing_peak_memory_follows_the_largest_tensor(
     checkpoint: Path, baseline: int, dtype: str, tmp_path: Path
 ) -> None:
-    plan = build_plan(open_checkpoint(checkpoint), dtype)
+    plan = plan_conversion(open_checkpoint(checkpoint), dtype)
     written = plan_processing(plan, Processing.all())
     largest = max(written.tensors, key=lambda t: t.nbytes)
     float32_copy = 4 * math.prod(largest.shape)

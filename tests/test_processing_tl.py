@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
+from synthetic import PythiaShape, write_checkpoint
 from transformers import GPTNeoXForCausalLM
 
-from pythia_tl.convert import ConvertOptions, convert
+from pythia_tl.engine import ConvertOptions, convert
 from pythia_tl.processing import TL_ORDER, Processing
 from pythia_tl.source import resolve_source
-from pythia_tl.synthetic import PythiaShape, write_checkpoint
 
 transformer_lens = pytest.importorskip("transformer_lens")
 

@@ -9,14 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
+from synthetic import LAYOUTS
 
-from pythia_tl.convert import convert_tensors
+from pythia_tl.engine.pipeline import convert_tensors
 from pythia_tl.errors import CheckpointError
-from pythia_tl.plan import build_plan
+from pythia_tl.mapping.plan import plan_conversion
 from pythia_tl.source import checkpoint as checkpoint_module
 from pythia_tl.source.checkpoint import open_checkpoint
 from pythia_tl.source.mapped import MappedFile, Span, check_span, contiguous_stride
-from pythia_tl.synthetic import LAYOUTS
+from pythia_tl.source.reader import TensorReader
 
 
 def library_tensors(folder: Path) -> dict[str, torch.Tensor]:
@@ -36,7 +37,7 @@ def test_mapped_tensors_equal_what_the_libraries_read(tiny_checkpoints, layout: 
     checkpoint = open_checkpoint(tiny_checkpoints[layout])
     expected = library_tensors(tiny_checkpoints[layout])
     assert set(checkpoint.tensors) == set(expected)
-    with checkpoint.open() as reader:
+    with TensorReader(checkpoint) as reader:
         for name, info in checkpoint.tensors.items():
             assert info.span is not None, name
             got = reader.read(name)
@@ -60,9 +61,9 @@ def test_bin_views_with_strides_and_storage_offsets(tmp_path: Path) -> None:
     folder.mkdir()
     file = folder / "weights.bin"
     torch.save(state, file)
-    infos = {i.name: i for i in checkpoint_module._read_headers(file, "bin")}
+    infos = {i.name: i for i in checkpoint_module.read_headers(file, "bin")}
     checkpoint = checkpoint_module.Checkpoint(folder, None, "bin", (file,), infos)  # type: ignore[arg-type]
-    with checkpoint.open() as reader:
+    with TensorReader(checkpoint) as reader:
         for name, tensor in state.items():
             assert infos[name].span is not None
             got = reader.read(name)
@@ -74,10 +75,10 @@ def test_bin_without_storage_offsets_is_read_through_torch(
     tiny_checkpoints, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A big-endian archive (or a torch that reports no offsets) falls back to torch.load(mmap=True).
-    monkeypatch.setattr(checkpoint_module, "_is_little_endian", lambda file: False)
+    monkeypatch.setattr(checkpoint_module, "is_little_endian", lambda file: False)
     checkpoint = open_checkpoint(tiny_checkpoints["bin"])
     expected = library_tensors(tiny_checkpoints["bin"])
-    with checkpoint.open() as reader:
+    with TensorReader(checkpoint) as reader:
         for name, info in checkpoint.tensors.items():
             assert info.span is None
             assert torch.equal(reader.read(name), expected[name])
@@ -130,23 +131,35 @@ def test_truncated_bin_is_refused_by_name(tmp_path: Path) -> None:
     torch.save({"w": torch.ones(4)}, file)
     file.write_bytes(file.read_bytes()[:-100])
     with pytest.raises(CheckpointError, match=r"pytorch_model\.bin: not a readable PyTorch"):
-        list(checkpoint_module._read_headers(file, "bin"))
+        list(checkpoint_module.read_headers(file, "bin"))
 
 
+def mapped_ranges(files: set[str]) -> list[tuple[int, int, str]]:
+    """The address ranges where this process maps any of ``files`` (Linux's /proc/self/maps)."""
+    ranges = []
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5] in files:
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            ranges.append((start, end, Path(fields[5]).name))
+    return ranges
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux /proc")
 @pytest.mark.parametrize("layout", ["safetensors", "bin-sharded"])
 def test_converted_tensors_own_their_memory(tiny_checkpoints, layout: str) -> None:
     checkpoint = open_checkpoint(tiny_checkpoints[layout])
-    plan = build_plan(checkpoint)
-    with checkpoint.open() as reader:
+    files = {str(file.resolve()) for file in checkpoint.files}
+    plan = plan_conversion(checkpoint)
+    with TensorReader(checkpoint) as reader:
         seen = 0
         for planned, tensor in convert_tensors(plan, reader):
             assert tensor.is_contiguous(), planned.key
             assert tuple(tensor.shape) == planned.shape, planned.key
-            for source in list(reader._maps.values()):  # the worker thread may add one
-                assert source._map is not None
-                start = torch.frombuffer(source._map, dtype=torch.uint8, count=1).data_ptr()
-                inside = start <= tensor.data_ptr() < start + source.size
-                assert not inside, f"{planned.key} is a view of {source.path.name}"
+            ranges = mapped_ranges(files)
+            assert ranges or seen, "the reader maps the source files"
+            for start, end, name in ranges:
+                assert not start <= tensor.data_ptr() < end, f"{planned.key} is a view of {name}"
             seen += 1
     assert seen == len(plan.tensors)
 
@@ -158,7 +171,7 @@ def test_header_errors_name_the_file(tmp_path: Path) -> None:
     bad = folder / "model.safetensors"
     bad.write_bytes((2**40).to_bytes(8, "little") + b"{}")
     with pytest.raises(CheckpointError, match=r"model\.safetensors: not a valid safetensors file"):
-        list(checkpoint_module._read_headers(bad, "safetensors"))
+        list(checkpoint_module.read_headers(bad, "safetensors"))
 
 
 @pytest.mark.parametrize(
@@ -169,9 +182,9 @@ def test_converted_tensors_widen_losslessly_only(tiny_checkpoints, dtype, expect
     # float16 -> float32 loses nothing and is done while converting; a narrowing or sideways cast
     # (float16 -> bfloat16) is left to finish(), after any processing.
     checkpoint = open_checkpoint(tiny_checkpoints["safetensors"])
-    plan = build_plan(checkpoint, dtype)
+    plan = plan_conversion(checkpoint, dtype)
     sources = library_tensors(tiny_checkpoints["safetensors"])
-    with checkpoint.open() as reader:
+    with TensorReader(checkpoint) as reader:
         for planned, tensor in convert_tensors(plan, reader):
             # Tensors with no source (the zero unembedding bias) are made in the output dtype.
             assert tensor.dtype == (expected if planned.source else plan.dtype), planned.key

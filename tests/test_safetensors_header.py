@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from pythia_tl.errors import CheckpointError
-from pythia_tl.source.safetensors_header import MAX_HEADER_BYTES, header_length, parse_header
+from pythia_tl.formats.safetensors import MAX_HEADER_BYTES, header_length, parse_header
 
 WHERE = "model.safetensors"
 

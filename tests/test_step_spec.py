@@ -9,6 +9,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from pythia_tl.batch.step_spec import StepRange, StepSpec, parse_step_spec
+from pythia_tl.cli.errors import in_flags
 from pythia_tl.errors import UsageError
 from pythia_tl.source.names import training_steps
 
@@ -69,7 +70,7 @@ def test_selection_is_the_schedule_intersected_with_the_spec(
         p for p in spec_parts if isinstance(p, StepRange) and not expected_selection([p], schedule)
     ]
     if unknown or empty:
-        with pytest.raises(UsageError, match=r"^--steps: "):
+        with pytest.raises(UsageError, match=r"^steps: "):
             spec.select(schedule, "pythia-70m")
     else:
         assert spec.select(schedule, "pythia-70m") == expected_selection(spec_parts, schedule)
@@ -86,7 +87,8 @@ def test_any_text_parses_or_is_a_usage_error_naming_the_flag(text: str) -> None:
     try:
         spec = parse_step_spec(text)
     except UsageError as exc:
-        assert str(exc).startswith(f"--steps {text!r}: ")
+        assert str(exc).startswith(f"steps {text!r}: ")
+        assert in_flags(exc).startswith(f"--steps {text!r}: ")
         assert "\n" not in str(exc)
     else:
         assert parse_step_spec(str(spec)) == spec
@@ -105,7 +107,7 @@ def test_any_text_parses_or_is_a_usage_error_naming_the_flag(text: str) -> None:
     ],
 )
 def test_malformed_specs_are_named(text: str, message: str) -> None:
-    with pytest.raises(UsageError, match=re.escape(f"--steps {text!r}: ")) as raised:
+    with pytest.raises(UsageError, match=re.escape(f"steps {text!r}: ")) as raised:
         parse_step_spec(text)
     assert message in str(raised.value)
 

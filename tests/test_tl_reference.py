@@ -14,10 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
-from tl_reference import tl_forward
-from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
-
-from pythia_tl.synthetic import (
+from synthetic import (
     LAYOUTS,
     PYTHIA_SHAPES,
     ConfigStyle,
@@ -27,6 +24,8 @@ from pythia_tl.synthetic import (
     iter_tensors,
     write_checkpoint,
 )
+from tl_reference import tl_forward
+from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
 ATOL = 1e-4
 

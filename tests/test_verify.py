@@ -15,14 +15,14 @@ from conftest import HfEnv, Run, TinyCheckpoints
 from hub_server import StandInHub
 from safetensors import safe_open
 from safetensors.torch import save_file
+from synthetic import write_checkpoint
 from tl_reference import tl_forward
 
-from pythia_tl.convert import ConvertOptions, convert
+from pythia_tl.engine import ConvertOptions, convert
 from pythia_tl.processing import NO_PROCESSING, Processing
 from pythia_tl.source import resolve_source
-from pythia_tl.synthetic import write_checkpoint
-from pythia_tl.tl_forward import tl_logits
 from pythia_tl.verify import VerifyOptions, verify_file
+from pythia_tl.verify.tl_forward import tl_logits
 
 
 def converted(

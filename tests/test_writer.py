@@ -11,7 +11,8 @@ import torch
 from safetensors import safe_open
 
 from pythia_tl.errors import OutputError
-from pythia_tl.writer import TensorEntry, write_safetensors
+from pythia_tl.formats.safetensors import TensorEntry
+from pythia_tl.output.writer import write_safetensors
 
 TENSORS = {
     "a": torch.randn(3, 5),

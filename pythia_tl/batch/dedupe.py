@@ -11,7 +11,6 @@ has 86 such branches) for two strings of metadata.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import shutil
@@ -20,12 +19,12 @@ from pathlib import Path
 from typing import Literal
 
 from pythia_tl.errors import OutputError
-from pythia_tl.writer import fsync_folder, temp_path_for
+from pythia_tl.output.atomic import CANNOT_LINK, atomic_path
 
 # The repository and the sha256 of its weight files.
 WeightsKey = tuple[str, frozenset[str]]
 
-_CANNOT_LINK = (errno.EPERM, errno.EXDEV, errno.ENOTSUP, errno.EMLINK, errno.EACCES)
+_CANNOT_LINK = (*CANNOT_LINK, errno.EACCES)
 
 
 def weights_key(repo_id: str, sha256: Mapping[str, str]) -> WeightsKey | None:
@@ -35,21 +34,17 @@ def weights_key(repo_id: str, sha256: Mapping[str, str]) -> WeightsKey | None:
 
 def link_output(existing: Path, target: Path) -> Literal["hard link", "copy"]:
     """Publish ``existing`` also at ``target`` (replacing what is there), atomically."""
-    temp = temp_path_for(target)
+    how: Literal["hard link", "copy"] = "hard link"
     try:
-        try:
-            os.link(existing, temp)
-            how: Literal["hard link", "copy"] = "hard link"
-        except OSError as exc:
-            if exc.errno not in _CANNOT_LINK:
-                raise
-            _copy(existing, temp)
-            how = "copy"
-        os.replace(temp, target)
-        fsync_folder(target.parent)
+        with atomic_path(target, overwrite=True) as temp:
+            try:
+                os.link(existing, temp)
+            except OSError as exc:
+                if exc.errno not in _CANNOT_LINK:
+                    raise
+                _copy(existing, temp)
+                how = "copy"
     except OSError as exc:
-        with contextlib.suppress(FileNotFoundError):
-            temp.unlink()
         raise OutputError(f"{target}: cannot link or copy {existing} there ({exc})") from None
     return how
 

@@ -4,7 +4,7 @@ A suite does not fit on disk twice, so each revision's weight files leave the ca
 finished. Only files this run added to the cache are removed: a revision the cache held before
 stays, and so does any blob another snapshot links to. A blob is also kept while another
 revision of the run still needs it: revisions can share a shard (the Hub has branches that carry
-another branch's first shard), and with ``--jobs`` one may be downloading it while another
+another branch's first shard), and with several jobs one may be downloading it while another
 finishes.
 """
 

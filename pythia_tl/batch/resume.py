@@ -2,10 +2,10 @@
 
 An output is reused when it was written by pythia-tl from the same repository and commit with the
 same options. "Same options" means the recorded ``processing`` steps and the recorded ``dtype``:
-equal to an explicit ``--dtype``; any, with ``--dtype auto``. Auto keeps the source's dtype, which
+equal to an explicit ``dtype``; any, with ``dtype="auto"``. Auto keeps the source's dtype, which
 the commit fixes, but an output made with an explicit dtype cannot be told apart from an auto one
 without the source's dtype, i.e. without a download; so to go back from ``--dtype float32`` to
-the Hub's float16, ask for ``--dtype float16``. The converter version is not compared: a new
+the Hub's float16, ask for ``dtype="float16"``. The converter version is not compared: a new
 release does not make finished outputs wrong, and redoing a suite for every release would make
 reruns expensive. Files at other paths (the
 writer's ``.<name>.pythia-tl-<pid>-<hex>.tmp`` left by a killed run) are never looked at.
@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Literal
 
 from pythia_tl import CONVERTER_NAME
-from pythia_tl.convert import ConvertOptions
+from pythia_tl.engine import ConvertOptions
 from pythia_tl.errors import OutputFileError
-from pythia_tl.output_file import read_output
+from pythia_tl.output.metadata import read_output
 
 State = Literal["missing", "current", "other_commit", "unverified", "stale", "foreign"]
 
@@ -38,7 +38,7 @@ class Requirements:
 
     @classmethod
     def of(cls, repo_id: str, options: ConvertOptions) -> Requirements:
-        return cls(repo_id, options.dtype, tuple(options.processing.steps))
+        return cls(repo_id, options.dtype, tuple(options.processing.passes))
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,9 @@ from pythia_tl.batch.janitor import DownloadJanitor
 from pythia_tl.batch.resume import ExistingOutput
 from pythia_tl.batch.summary import RevisionResult
 from pythia_tl.batch.work import WorkItem
-from pythia_tl.convert import ConvertOptions, convert
+from pythia_tl.engine import ConvertOptions, convert
 from pythia_tl.errors import PythiaTLError
-from pythia_tl.output_file import read_output
+from pythia_tl.output.metadata import read_output
 from pythia_tl.source import open_hub_revision
 from pythia_tl.source.hub import (
     HubRevision,
@@ -25,9 +25,9 @@ from pythia_tl.source.hub import (
 )
 
 
-class Stopped(Exception):
-    """Raised inside a conversion to abandon it (``--fail-fast`` after a failure, or an interrupt);
-    the writer removes its temporary file."""
+class BatchCancelled(Exception):
+    """Raised inside a conversion to abandon it, because the batch is stopping (fail-fast after
+    a failure, or an interrupt); the writer removes its temporary file."""
 
 
 @dataclass(frozen=True)
@@ -63,10 +63,10 @@ def convert_revision(
         else:
             fetched = fetch_revision(item.repo_id, item.revision, cache_dir)
         if stopped():
-            raise Stopped
+            raise BatchCancelled
         source = open_hub_revision(item.model, fetched)
         replacing = pending.existing.state != "missing"
-        run_options = replace(options, force=replacing, hash_output=True)
+        run_options = replace(options, overwrite=replacing, hash_output=True)
         result = convert(source, target, run_options, on_bytes=on_bytes)
         written = read_output(target)
         return RevisionResult(
@@ -80,7 +80,7 @@ def convert_revision(
             seconds=time.perf_counter() - started,
             converter_version=__version__,
         )
-    except Stopped:
+    except BatchCancelled:
         return RevisionResult(item, "cancelled", reason="stopped before it finished")
     except PythiaTLError as exc:
         return _failed(item, str(exc), started, listing)

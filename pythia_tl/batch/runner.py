@@ -1,4 +1,4 @@
-"""Running a planned batch: resume, describe, group duplicates, convert with ``--jobs`` threads.
+"""Running a batch's work list: resume, describe, group duplicates, convert on ``jobs`` threads.
 
 1. Every output already on disk is judged from its metadata (no network): up to date ones are
    skipped.
@@ -25,11 +25,11 @@ from typing import Any, Protocol
 
 from pythia_tl.batch.dedupe import WeightsKey, weights_key
 from pythia_tl.batch.janitor import DownloadJanitor
-from pythia_tl.batch.plan import BatchPlan, BatchRequest
+from pythia_tl.batch.request import BatchRequest, WorkList
 from pythia_tl.batch.resume import ExistingOutput, Requirements, judge_existing
 from pythia_tl.batch.revision_job import (
+    BatchCancelled,
     PendingRevision,
-    Stopped,
     convert_revision,
     link_duplicate,
 )
@@ -74,30 +74,30 @@ class _Group:
 
 
 def run_batch(
-    request: BatchRequest, plan: BatchPlan, reporter: BatchReporter | None = None
+    request: BatchRequest, work: WorkList, reporter: BatchReporter | None = None
 ) -> BatchSummary:
     """Do the planned work; the returned summary (also written to disk) holds every result."""
-    return _BatchRun(request, plan, reporter or SilentReporter()).run()
+    return _BatchRun(request, work, reporter or SilentReporter()).run()
 
 
 class _BatchRun:
-    def __init__(self, request: BatchRequest, plan: BatchPlan, reporter: BatchReporter) -> None:
+    def __init__(self, request: BatchRequest, work: WorkList, reporter: BatchReporter) -> None:
         self.request = request
-        self.plan = plan
+        self.work = work
         self.reporter = reporter
         self.stop = threading.Event()
         self.janitor = DownloadJanitor(remove=not request.keep_downloads)
         path = summary_path(request.output_dir, request.shard)
         self.previous_sha256 = previous_output_sha256(path)
-        self.summary = BatchSummary(path, plan.items, _command(request), plan.work_list_size)
+        self.summary = BatchSummary(path, work.items, _command(request), work.work_list_size)
 
     def run(self) -> BatchSummary:
         request = self.request
         request.output_dir.mkdir(parents=True, exist_ok=True)
-        for model in dict.fromkeys(item.model for item in self.plan.items):
+        for model in dict.fromkeys(item.model for item in self.work.items):
             (request.output_dir / model.name).mkdir(exist_ok=True)
         self.summary.write()
-        self.reporter.started(len(self.plan.items))
+        self.reporter.started(len(self.work.items))
         pending, ready = self._resume()
         pool = ThreadPoolExecutor(max_workers=request.jobs, thread_name_prefix="pythia-tl-batch")
         try:
@@ -117,7 +117,7 @@ class _BatchRun:
             self.summary.write()
             raise
         pool.shutdown(wait=True)
-        self._cancel_the_rest("not started: --fail-fast stopped the batch after a failure")
+        self._cancel_the_rest("not started: fail-fast stopped the batch after a failure")
         self.summary.close()
         self.summary.write()
         return self.summary
@@ -128,14 +128,14 @@ class _BatchRun:
         """Skip what is up to date; return the rest, and the skipped outputs by weights."""
         pending: list[PendingRevision] = []
         ready: dict[WeightsKey, RevisionResult] = {}
-        for item in self.plan.items:
+        for item in self.work.items:
             requirements = Requirements.of(item.repo_id, self.request.options)
             target = self.request.output_dir / item.relative_output
             existing = judge_existing(target, requirements, self._branch_commit(item))
             if existing.state == "current":
                 self._skip(item, existing, existing.commit, "up to date", ready)
             elif existing.state == "unverified":
-                why = self.plan.unreachable.get(item.repo_id, "the Hub has no such branch")
+                why = self.work.unreachable.get(item.repo_id, "the Hub has no such branch")
                 reason = f"up to date, commit not checked ({why})"
                 self._skip(item, existing, None, reason, ready)
             elif existing.state == "foreign":
@@ -145,7 +145,7 @@ class _BatchRun:
         return pending, ready
 
     def _branch_commit(self, item: WorkItem) -> str | None:
-        branches = self.plan.branches.get(item.repo_id)
+        branches = self.work.branches.get(item.repo_id)
         if branches is not None:
             return branches.get(item.revision)
         return cached_commit(item.repo_id, item.revision, self.request.cache_dir)
@@ -212,7 +212,7 @@ class _BatchRun:
         return described
 
     def _listing(self, item: WorkItem) -> RevisionListing | None:
-        if self.plan.branches.get(item.repo_id) is None or self.stop.is_set():
+        if self.work.branches.get(item.repo_id) is None or self.stop.is_set():
             return None
         try:
             return describe_revision(item.repo_id, item.revision)
@@ -263,7 +263,7 @@ class _BatchRun:
 
     def _on_bytes(self, nbytes: int, total: int) -> None:
         if self.stop.is_set():
-            raise Stopped
+            raise BatchCancelled
         self.reporter.wrote(nbytes)
 
     def _finish(self, result: RevisionResult) -> None:
@@ -274,7 +274,7 @@ class _BatchRun:
             self.stop.set()
 
     def _cancel_the_rest(self, reason: str) -> None:
-        for item in self.plan.items:
+        for item in self.work.items:
             if self.summary.result(item) is None:
                 self._finish(RevisionResult(item, "cancelled", reason=reason))
 
@@ -284,7 +284,7 @@ def _command(request: BatchRequest) -> dict[str, Any]:
         "models": list(dict.fromkeys(model.repo_id for model in request.models)),
         "steps": str(request.steps),
         "dtype": request.options.dtype,
-        "processing": list(request.options.processing.steps),
+        "processing": list(request.options.processing.passes),
         "shard": str(request.shard) if request.shard is not None else None,
         "jobs": request.jobs,
         "keep_downloads": request.keep_downloads,

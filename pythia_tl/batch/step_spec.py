@@ -1,4 +1,4 @@
-"""``--steps SPEC``: which training steps a batch converts.
+"""Step specs (``steps``): which training steps a batch converts.
 
 SPEC is ``all``, or a comma list of step numbers and inclusive ranges ``A:B`` (every step of the
 schedule from A to B) or ``A:B:S`` (A, A+S, A+2S, ... up to B). A range selects the steps of a
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pythia_tl.errors import UsageError
+from pythia_tl.errors import Param, UsageError
 
 
 @dataclass(frozen=True)
@@ -56,14 +56,17 @@ class StepSpec:
             if isinstance(part, int):
                 if part not in available:
                     raise UsageError(
-                        f"--steps: {model_name} has no checkpoint at step {part} (see "
-                        f"'pythia-tl checkpoints {model_name}')"
+                        Param("steps"),
+                        f": {model_name} has no checkpoint at step {part} (see "
+                        f"'pythia-tl checkpoints {model_name}')",
                     )
                 chosen.add(part)
                 continue
             covered = {step for step in available if part.covers(step)}
             if not covered:
-                raise UsageError(f"--steps: range {part} covers no checkpoint of {model_name}")
+                raise UsageError(
+                    Param("steps"), f": range {part} covers no checkpoint of {model_name}"
+                )
             chosen |= covered
         return sorted(chosen)
 
@@ -76,10 +79,14 @@ def parse_step_spec(text: str) -> StepSpec:
     for raw in text.split(","):
         item = raw.strip()
         if not item:
-            raise UsageError(f"--steps {text!r}: empty item; expected 'all' or e.g. 0,1,1000:5000")
+            raise UsageError(
+                Param("steps"), f" {text!r}: empty item; expected 'all' or e.g. 0,1,1000:5000"
+            )
         fields = item.split(":")
         if len(fields) > 3:
-            raise UsageError(f"--steps {text!r}: {item!r} has more than three fields (A:B:S)")
+            raise UsageError(
+                Param("steps"), f" {text!r}: {item!r} has more than three fields (A:B:S)"
+            )
         numbers = [_step_number(field, item, text) for field in fields]
         if len(numbers) == 1:
             parts.append(numbers[0])
@@ -87,9 +94,9 @@ def parse_step_spec(text: str) -> StepSpec:
         start, stop, *rest = numbers
         stride = rest[0] if rest else 1
         if stop < start:
-            raise UsageError(f"--steps {text!r}: range {item!r} ends before it starts")
+            raise UsageError(Param("steps"), f" {text!r}: range {item!r} ends before it starts")
         if stride == 0:
-            raise UsageError(f"--steps {text!r}: range {item!r} has a stride of 0")
+            raise UsageError(Param("steps"), f" {text!r}: range {item!r} has a stride of 0")
         parts.append(StepRange(start, stop, stride))
     return StepSpec(tuple(parts))
 
@@ -98,6 +105,6 @@ def _step_number(field: str, item: str, text: str) -> int:
     digits = field.strip()
     if not (digits.isascii() and digits.isdigit()):
         raise UsageError(
-            f"--steps {text!r}: {item!r} is not a step number or a range A:B[:S] of them"
+            Param("steps"), f" {text!r}: {item!r} is not a step number or a range A:B[:S] of them"
         )
     return int(digits)

@@ -7,7 +7,6 @@ leaves a summary of what it finished, with the rest still ``pending``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import threading
@@ -20,7 +19,7 @@ from typing import Any, Literal
 from pythia_tl import __version__
 from pythia_tl.batch.work import Shard, WorkItem
 from pythia_tl.errors import OutputError
-from pythia_tl.writer import temp_path_for
+from pythia_tl.output.atomic import atomic_path
 
 Status = Literal["converted", "skipped", "duplicate", "failed", "cancelled", "pending"]
 STATUSES: tuple[Status, ...] = ("converted", "skipped", "duplicate", "failed", "cancelled")
@@ -149,16 +148,10 @@ class BatchSummary:
         """Replace the summary file atomically (temporary file, fsync, rename)."""
         with self._write_lock:  # one writer at a time, so a later state is never overwritten
             data = json.dumps(self.to_json(), indent=2).encode("utf-8") + b"\n"
-            temp = temp_path_for(self.path)
             try:
-                with open(temp, "xb") as handle:
+                with atomic_path(self.path, overwrite=True) as temp, open(temp, "xb") as handle:
                     handle.write(data)
                     handle.flush()
                     os.fsync(handle.fileno())
-                os.replace(temp, self.path)
-            except BaseException as exc:  # an interrupt must not leave the temporary file
-                with contextlib.suppress(FileNotFoundError):
-                    temp.unlink()
-                if isinstance(exc, OSError):
-                    raise OutputError(f"{self.path}: cannot write the summary ({exc})") from None
-                raise
+            except OSError as exc:
+                raise OutputError(f"{self.path}: cannot write the summary ({exc})") from None

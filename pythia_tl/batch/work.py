@@ -1,7 +1,7 @@
 """The batch's work list: one item per (model, step), where each output goes, and sharding.
 
 The list is sorted by repository id, then step, so every machine that runs the same command
-builds the same list; ``--shard K/N`` then takes items K-1, K-1+N, K-1+2N, ... (round-robin, so
+builds the same list; shard ``K/N`` then takes items K-1, K-1+N, K-1+2N, ... (round-robin, so
 each shard gets a similar mix of early and late steps and of model sizes), and shards 1..N
 together cover every item exactly once.
 """
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from pythia_tl.errors import UsageError
+from pythia_tl.errors import Param, UsageError
 from pythia_tl.source.names import ModelName
 
 T = TypeVar("T")
@@ -66,14 +66,14 @@ class Shard:
 def parse_shard(text: str) -> Shard:
     match = _SHARD.fullmatch(text)
     if match is None:
-        raise UsageError(f"--shard {text!r}: expected K/N, e.g. 1/4 (K counts from 1)")
+        raise UsageError(Param("shard"), f" {text!r}: expected K/N, e.g. 1/4 (K counts from 1)")
     index, count = int(match[1]), int(match[2])
     if count < 1 or not 1 <= index <= count:
-        raise UsageError(f"--shard {text!r}: K must be between 1 and N, and N at least 1")
+        raise UsageError(Param("shard"), f" {text!r}: K must be between 1 and N, and N at least 1")
     return Shard(index, count)
 
 
-def work_list(selected: Mapping[str, Iterable[int]]) -> list[WorkItem]:
+def sorted_items(selected: Mapping[str, Iterable[int]]) -> list[WorkItem]:
     """Every (repository, step) pair, sorted, from each repository's selected steps."""
     return sorted(WorkItem(repo_id, step) for repo_id, steps in selected.items() for step in steps)
 

@@ -14,7 +14,8 @@ import typer
 import typer.main
 
 from pythia_tl.cli import batch_cmd, checkpoints_cmd, convert_cmd, inspect_cmd, plan_cmd, verify_cmd
-from pythia_tl.cli.signals import Stopped, stop_signals_raise
+from pythia_tl.cli.errors import in_flags
+from pythia_tl.cli.signals import StopSignal, stop_signals_raise
 from pythia_tl.errors import PythiaTLError
 
 app = typer.Typer(
@@ -60,12 +61,12 @@ def main(argv: list[str] | None = None) -> None:
             status = command.main(args=args, prog_name="pythia-tl", standalone_mode=False)
     except (typer.Abort, KeyboardInterrupt):
         _fail("interrupted", 130)
-    except Stopped as exc:
+    except StopSignal as exc:
         _fail(exc.message, exc.exit_code)
     except PythiaTLError as exc:
         if debug:
             raise
-        _fail(str(exc), exc.exit_code)
+        _fail(in_flags(exc), exc.exit_code)
     except Exception as exc:
         if _is_command_line_error(exc):
             ctx = getattr(exc, "ctx", None)

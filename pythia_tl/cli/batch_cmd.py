@@ -12,36 +12,31 @@ import typer
 from huggingface_hub.utils import disable_progress_bars
 from rich.console import Console
 from rich.filesize import decimal
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from pythia_tl.batch import (
     BatchRequest,
     BatchSummary,
     RevisionResult,
+    list_work,
     parse_shard,
     parse_step_spec,
-    plan_batch,
     run_batch,
 )
-from pythia_tl.cli.options import (
-    CacheDir,
-    CenterUnembed,
-    CenterWritingWeights,
-    DType,
-    FoldLN,
-    FoldValueBiases,
-    Json,
-    Process,
-    Quiet,
-    RefactorFactoredAttnMatrices,
-)
-from pythia_tl.convert import ConvertOptions
+from pythia_tl.cli.options import CacheDir, Json, OutputChoice, Quiet, with_output_options
+from pythia_tl.engine import ConvertOptions
 from pythia_tl.errors import PythiaTLError
-from pythia_tl.plan import check_dtype_option
-from pythia_tl.processing import Processing
 from pythia_tl.source.names import resolve_model_name
 
 
+@with_output_options
 def batch(
     models: Annotated[
         list[str],
@@ -83,47 +78,33 @@ def batch(
     fail_fast: Annotated[
         bool, typer.Option("--fail-fast", help="Stop at the first failed revision.")
     ] = False,
-    dtype: DType = "auto",
     cache_dir: CacheDir = None,
     quiet: Quiet = False,
     json_output: Json = False,
-    fold_ln: FoldLN = False,
-    center_writing_weights: CenterWritingWeights = False,
-    center_unembed: CenterUnembed = False,
-    fold_value_biases: FoldValueBiases = False,
-    process: Process = False,
-    refactor_factored_attn_matrices: RefactorFactoredAttnMatrices = False,
+    *,
+    choice: OutputChoice,
 ) -> None:
     """Convert many models and training steps; rerunning skips every output already done."""
-    check_dtype_option(dtype)
-    processing = Processing.from_flags(
-        process=process,
-        fold_ln=fold_ln,
-        center_writing_weights=center_writing_weights,
-        center_unembed=center_unembed,
-        fold_value_biases=fold_value_biases,
-        refactor_factored_attn_matrices=refactor_factored_attn_matrices,
-    )
     request = BatchRequest(
         models=tuple(resolve_model_name(model) for model in models),
         steps=parse_step_spec(steps),
         output_dir=output,
-        options=ConvertOptions(dtype=dtype, processing=processing),
+        options=ConvertOptions(dtype=choice.dtype, processing=choice.processing),
         jobs=jobs,
         shard=parse_shard(shard) if shard is not None else None,
         keep_downloads=keep_downloads,
         fail_fast=fail_fast,
         cache_dir=cache_dir,
     )
-    plan = plan_batch(request)
+    work = list_work(request)
     # Per-file download bars from several threads would garble the batch's own output.
     disable_progress_bars()
     with _LineReporter(quiet or json_output) as reporter:
-        summary = run_batch(request, plan, reporter)
+        summary = run_batch(request, work, reporter)
     if json_output:
         print(json.dumps(summary.to_json()))
     elif not quiet:
-        print(_totals(summary, plan.work_list_size), file=sys.stderr)
+        print(_totals(summary, work.work_list_size), file=sys.stderr)
     failed = summary.failed
     if failed:
         first = failed[0]
@@ -162,7 +143,7 @@ class _LineReporter:
         self._lock = threading.Lock()
         self._written = 0
         self._progress: Progress | None = None
-        self._task = None
+        self._task: TaskID | None = None
 
     def __enter__(self) -> _LineReporter:
         if not self._silent and self._console.is_terminal:

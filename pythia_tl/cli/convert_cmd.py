@@ -11,35 +11,21 @@ import typer
 
 from pythia_tl.cli.options import (
     CacheDir,
-    CenterUnembed,
-    CenterWritingWeights,
-    DType,
-    FoldLN,
-    FoldValueBiases,
+    CheckpointIndex,
     Json,
-    Process,
+    OutputChoice,
     Quiet,
-    RefactorFactoredAttnMatrices,
     Revision,
     Step,
+    with_output_options,
 )
 from pythia_tl.cli.progress import byte_progress
-from pythia_tl.convert import ConvertOptions, default_output_name
-from pythia_tl.convert import convert as run_conversion
-from pythia_tl.plan import check_dtype_option
-from pythia_tl.processing import Processing
+from pythia_tl.engine import ConvertOptions, default_output_name
+from pythia_tl.engine import convert as run_conversion
 from pythia_tl.source import resolve_source
 
-CheckpointIndex = Annotated[
-    Optional[int],  # noqa: UP045
-    typer.Option(
-        "--checkpoint-index",
-        help="Index into the model's checkpoints, as TransformerLens' checkpoint_index "
-        "(-1 the last; see 'pythia-tl checkpoints MODEL').",
-    ),
-]
 
-
+@with_output_options
 def convert(
     source: Annotated[
         str,
@@ -58,28 +44,14 @@ def convert(
     revision: Revision = None,
     step: Step = None,
     checkpoint_index: CheckpointIndex = None,
-    dtype: DType = "auto",
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output.")] = False,
     cache_dir: CacheDir = None,
     quiet: Quiet = False,
     json_output: Json = False,
-    fold_ln: FoldLN = False,
-    center_writing_weights: CenterWritingWeights = False,
-    center_unembed: CenterUnembed = False,
-    fold_value_biases: FoldValueBiases = False,
-    process: Process = False,
-    refactor_factored_attn_matrices: RefactorFactoredAttnMatrices = False,
+    *,
+    choice: OutputChoice,
 ) -> None:
     """Convert one checkpoint into a TransformerLens safetensors file."""
-    check_dtype_option(dtype)
-    processing = Processing.from_flags(
-        process=process,
-        fold_ln=fold_ln,
-        center_writing_weights=center_writing_weights,
-        center_unembed=center_unembed,
-        fold_value_biases=fold_value_biases,
-        refactor_factored_attn_matrices=refactor_factored_attn_matrices,
-    )
     resolved = resolve_source(
         source, revision=revision, step=step, cache_dir=cache_dir, checkpoint_index=checkpoint_index
     )
@@ -89,7 +61,7 @@ def convert(
         )
     )
     options = ConvertOptions(
-        dtype=dtype, force=force, hash_output=json_output, processing=processing
+        dtype=choice.dtype, overwrite=force, hash_output=json_output, processing=choice.processing
     )
     with byte_progress(f"converting {resolved.provenance.model_name}", quiet or json_output) as bar:
         result = run_conversion(resolved, target, options, on_bytes=bar)
@@ -103,5 +75,5 @@ def convert(
         )
 
 
-def _processed(steps: tuple[str, ...]) -> str:
-    return f", processed: {', '.join(steps)}" if steps else ""
+def _processed(passes: tuple[str, ...]) -> str:
+    return f", processed: {', '.join(passes)}" if passes else ""

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pythia_tl.cli.options import Json
-from pythia_tl.output_file import read_output
+from pythia_tl.output.metadata import read_output
 
 
 def inspect(

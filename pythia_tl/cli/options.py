@@ -1,13 +1,26 @@
-"""Options shared by several commands, declared once."""
+"""Options shared by several commands, declared once.
+
+The output options (``--dtype`` and the weight-processing flags) are added to a command by
+``with_output_options``, which hands the command one ``OutputChoice`` instead of seven values:
+Typer has no parameter groups, so the decorator extends the command's signature.
+"""
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 
-from pythia_tl.plan import DTYPES
+from pythia_tl.dtypes import OUTPUT_DTYPE_NAMES
+from pythia_tl.mapping.plan import check_dtype
+from pythia_tl.processing import Processing
+
+Command = TypeVar("Command", bound=Callable[..., Any])
 
 # typer needs Optional[...] spelled this way on Python 3.10 for options that may be absent.
 Revision = Annotated[
@@ -24,7 +37,7 @@ DType = Annotated[
     str,
     typer.Option(
         "--dtype",
-        help=f"Output dtype: auto (the source's float dtype), {', '.join(DTYPES)}.",
+        help=f"Output dtype: auto (the source's float dtype), {', '.join(OUTPUT_DTYPE_NAMES)}.",
     ),
 ]
 CacheDir = Annotated[
@@ -33,6 +46,15 @@ CacheDir = Annotated[
 ]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+
+CheckpointIndex = Annotated[
+    Optional[int],  # noqa: UP045
+    typer.Option(
+        "--checkpoint-index",
+        help="Index into the model's checkpoints, as TransformerLens' checkpoint_index "
+        "(-1 the last; see 'pythia-tl checkpoints MODEL').",
+    ),
+]
 
 # Weight processing: shared by every command that writes or plans an output.
 _PROCESSING_PANEL = "Weight processing (as TransformerLens' from_pretrained)"
@@ -82,3 +104,47 @@ RefactorFactoredAttnMatrices = Annotated[
     bool,
     typer.Option("--refactor-factored-attn-matrices", hidden=True),
 ]
+
+
+@dataclass(frozen=True)
+class OutputChoice:
+    """What the output options asked for: the dtype name (or "auto") and the processing."""
+
+    dtype: str
+    processing: Processing
+
+
+_OUTPUT_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
+    ("dtype", DType, "auto"),
+    ("fold_ln", FoldLN, False),
+    ("center_writing_weights", CenterWritingWeights, False),
+    ("center_unembed", CenterUnembed, False),
+    ("fold_value_biases", FoldValueBiases, False),
+    ("process", Process, False),
+    ("refactor_factored_attn_matrices", RefactorFactoredAttnMatrices, False),
+)
+
+
+def with_output_options(command: Command) -> Command:
+    """Add the output options to ``command``, which takes them as ``choice: OutputChoice``."""
+    signature = inspect.signature(command, eval_str=True)
+    kept = [p for p in signature.parameters.values() if p.name != "choice"]
+    added = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind)
+        for name, kind, default in _OUTPUT_OPTIONS
+    ]
+
+    @functools.wraps(command)
+    def with_choice(**values: Any) -> Any:
+        chosen = {name: values.pop(name) for name, _, _ in _OUTPUT_OPTIONS}
+        dtype = chosen.pop("dtype")
+        check_dtype(dtype)
+        return command(**values, choice=OutputChoice(dtype, Processing.choose(**chosen)))
+
+    parameters = [
+        *(p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in kept),
+        *added,
+    ]
+    with_choice.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+    with_choice.__annotations__ = {p.name: p.annotation for p in parameters}
+    return with_choice  # type: ignore[return-value]

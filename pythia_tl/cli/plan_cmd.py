@@ -11,49 +11,33 @@ from rich.table import Table
 
 from pythia_tl.cli.options import (
     CacheDir,
-    CenterUnembed,
-    CenterWritingWeights,
-    DType,
-    FoldLN,
-    FoldValueBiases,
     Json,
-    Process,
-    RefactorFactoredAttnMatrices,
+    OutputChoice,
     Revision,
     Step,
+    with_output_options,
 )
-from pythia_tl.plan import build_plan, check_dtype_option, dtype_name
-from pythia_tl.processing import Processing, plan_processing
+from pythia_tl.dtypes import dtype_name
+from pythia_tl.mapping.plan import plan_conversion
+from pythia_tl.processing import plan_processing
 from pythia_tl.source import resolve_source
 
 
+@with_output_options
 def plan(
     source: Annotated[str, typer.Argument(help="A local folder, a Hub repo id or a short name.")],
     revision: Revision = None,
     step: Step = None,
-    dtype: DType = "auto",
     cache_dir: CacheDir = None,
     json_output: Json = False,
-    fold_ln: FoldLN = False,
-    center_writing_weights: CenterWritingWeights = False,
-    center_unembed: CenterUnembed = False,
-    fold_value_biases: FoldValueBiases = False,
-    process: Process = False,
-    refactor_factored_attn_matrices: RefactorFactoredAttnMatrices = False,
+    *,
+    choice: OutputChoice,
 ) -> None:
-    """Show every output tensor: its source key, the steps, shapes and dtypes (reads no tensor
+    """Show every output tensor: its source key, the ops, shapes and dtypes (reads no tensor
     data; a Hub revision is downloaded to the cache first)."""
-    check_dtype_option(dtype)
-    processing = Processing.from_flags(
-        process=process,
-        fold_ln=fold_ln,
-        center_writing_weights=center_writing_weights,
-        center_unembed=center_unembed,
-        fold_value_biases=fold_value_biases,
-        refactor_factored_attn_matrices=refactor_factored_attn_matrices,
-    )
+    processing = choice.processing
     resolved = resolve_source(source, revision=revision, step=step, cache_dir=cache_dir)
-    planned = build_plan(resolved.checkpoint, dtype)
+    planned = plan_conversion(resolved.checkpoint, choice.dtype)
     written = plan_processing(planned, processing)
     rows = [
         {
@@ -61,10 +45,10 @@ def plan(
             "source": t.source,
             "source_shape": list(t.source_shape) if t.source else None,
             "source_dtype": dtype_name(t.source_dtype) if t.source_dtype else None,
-            "steps": [step.describe() for step in t.steps],
+            "ops": list(t.ops),
             "shape": list(t.shape),
             "dtype": dtype_name(t.dtype),
-            "processing": list(written.steps_for(t.key)),
+            "processing": list(written.passes_for(t.key)),
         }
         for t in written.tensors
     ]
@@ -75,18 +59,18 @@ def plan(
                     "tensors": rows,
                     "ignored": list(planned.ignored),
                     "bytes": written.nbytes,
-                    "processing": list(processing.steps),
+                    "processing": list(processing.passes),
                     "not_written": list(written.dropped),
                     "normalization_type": processing.normalization_type,
                 }
             )
         )
         return
-    steps = processing.steps
+    passes = processing.passes
     title = f"{resolved.provenance.source}: {len(rows)} tensors, {written.nbytes / 1e6:.1f} MB"
-    table = Table(title=title + (f", processing: {', '.join(steps)}" if steps else ""))
-    columns = ["output key", "shape", "dtype", "source key", "source shape", "steps"]
-    for column in columns + (["processing"] if steps else []):
+    table = Table(title=title + (f", processing: {', '.join(passes)}" if passes else ""))
+    columns = ["output key", "shape", "dtype", "source key", "source shape", "ops"]
+    for column in columns + (["processing"] if passes else []):
         table.add_column(column)
     for row in rows:
         cells = [
@@ -95,9 +79,9 @@ def plan(
             row["dtype"],
             row["source"] or "-",
             str(row["source_shape"] or "-"),
-            " -> ".join(row["steps"]) or "as is",
+            " -> ".join(row["ops"]) or "as is",
         ]
-        table.add_row(*cells, *([", ".join(row["processing"]) or "-"] if steps else []))
+        table.add_row(*cells, *([", ".join(row["processing"]) or "-"] if passes else []))
     console = Console()
     console.print(table)
     if written.dropped:

@@ -2,10 +2,10 @@
 
 Python turns SIGINT into KeyboardInterrupt, but Typer converts that into a silent exit status
 130; SIGTERM's default action kills the process on the spot, leaving the writer's temporary file
-behind. Within ``stop_signals_raise`` both raise a ``Stopped`` exception instead: every
+behind. Within ``stop_signals_raise`` both raise a ``StopSignal`` exception instead: every
 ``except``/``finally`` on the way up runs (the writer removes its temporary file, readers close
 their files), and the CLI reports it. SIGKILL cannot be caught; the next run removes the
-temporary file it leaves (``pythia_tl.writer.remove_stale_temporaries``).
+temporary file it leaves (``pythia_tl.output.atomic.remove_stale_temporaries``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from types import FrameType
 
 
-class Stopped(BaseException):
+class StopSignal(BaseException):
     """A signal asked the process to stop. A BaseException, like KeyboardInterrupt, so that
     ``except Exception`` does not swallow it."""
 
@@ -25,17 +25,17 @@ class Stopped(BaseException):
     message = "stopped"
 
 
-class Interrupted(Stopped):
+class Interrupted(StopSignal):
     exit_code = 130  # 128 + SIGINT, the shells' convention
     message = "interrupted"
 
 
-class Terminated(Stopped):
+class Terminated(StopSignal):
     exit_code = 143  # 128 + SIGTERM
     message = "terminated"
 
 
-_RAISES: dict[int, type[Stopped]] = {signal.SIGINT: Interrupted, signal.SIGTERM: Terminated}
+_RAISES: dict[int, type[StopSignal]] = {signal.SIGINT: Interrupted, signal.SIGTERM: Terminated}
 
 
 @contextmanager

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from pythia_tl.cli.errors import flag
 from pythia_tl.cli.options import CacheDir, Json, Quiet, Revision, Step
 from pythia_tl.cli.progress import byte_progress
 from pythia_tl.verify import VerifyOptions, VerifyReport, verify_file
@@ -55,7 +56,7 @@ def verify(
     with byte_progress(f"verifying {file.name}", quiet or json_output) as bar:
         report = verify_file(file, options, on_bytes=bar)
     if json_output:
-        print(json.dumps(report.to_json()))
+        print(json.dumps(report.to_json(flag)))
     elif not quiet:
         _print(report)
     report.raise_if_failed()
@@ -64,6 +65,6 @@ def verify(
 def _print(report: VerifyReport) -> None:
     width = max(len(check.name) for check in report.checks)
     for check in report.checks:
-        print(f"{_MARKS[check.status]:<4}  {check.name:<{width}}  {check.detail}")
+        print(f"{_MARKS[check.status]:<4}  {check.name:<{width}}  {check.describe(flag)}")
     if report.ok:
         print(f"verified {report.file}")

@@ -5,16 +5,16 @@ unembedding, fold the value biases), applied while converting, part by part.
 ``process_stream`` processes the converted tensors as they stream past.
 """
 
-from pythia_tl.processing.choice import NO_PROCESSING, TL_ORDER, Processing, ProcessingStep
-from pythia_tl.processing.layout import ProcessingPlan, plan_processing
+from pythia_tl.processing.passes import NO_PROCESSING, TL_ORDER, Processing, ProcessingPass
+from pythia_tl.processing.plan import ProcessingPlan, plan_processing
 from pythia_tl.processing.stream import process_stream
 
 __all__ = [
     "NO_PROCESSING",
     "TL_ORDER",
     "Processing",
+    "ProcessingPass",
     "ProcessingPlan",
-    "ProcessingStep",
     "plan_processing",
     "process_stream",
 ]

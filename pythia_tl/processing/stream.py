@@ -1,10 +1,10 @@
 """Processing the stream of converted tensors, one part of the model at a time.
 
-The conversion yields ``(planned, tensor)`` in plan order. A part that a chosen step changes is
+The conversion yields ``(planned, tensor)`` in plan order. A part that a chosen pass changes is
 gathered (the embedding, one block, or the head), processed in float32 and handed on without its
 folded LayerNorms; any other part passes straight through. A block is processed as a float32
 copy; the embedding and unembedding weights are processed in place, a chunk of the vocabulary
-at a time (``transforms.CHUNKED``). Memory therefore stays at about one block in float32 plus
+at a time (``arithmetic.CHUNKED``). Memory therefore stays at about one block in float32 plus
 the largest single tensor (the embedding or the unembedding) as converted, plus one chunk.
 """
 
@@ -14,12 +14,11 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
+from pythia_tl.engine.pipeline import Converted
 from pythia_tl.errors import PlanError
-from pythia_tl.plan import PlannedTensor
-from pythia_tl.processing.layout import Group, ProcessingPlan
-from pythia_tl.processing.transforms import CHUNKED, process_part
-
-Converted = tuple[PlannedTensor, torch.Tensor]
+from pythia_tl.mapping.plan import PlannedTensor
+from pythia_tl.processing.arithmetic import CHUNKED, process_part
+from pythia_tl.processing.plan import Group, ProcessingPlan
 
 
 def process_stream(plan: ProcessingPlan, converted: Iterable[Converted]) -> Iterator[Converted]:
@@ -27,16 +26,16 @@ def process_stream(plan: ProcessingPlan, converted: Iterable[Converted]) -> Iter
 
     Processed tensors are float32 (the output dtype is applied afterwards), except the embedding
     and unembedding weights when they come in the output dtype: their float32 results are
-    written over them, so ``converted`` must own its tensors (as ``convert_tensors``'s do).
+    written over them, so ``converted`` must own its tensors (as the pipeline's do).
     Passed-through tensors are yielded as they came.
     """
-    if not plan.processing.steps:
+    if not plan.processing.passes:
         # Raw weights: the conversion's own stream, whatever its order.
         yield from converted
         return
     stream = iter(converted)
     for group in plan.groups:
-        if not group.steps:
+        if not group.passes:
             for planned in group.inputs:
                 yield _next(stream, planned)
             continue
@@ -44,7 +43,7 @@ def process_stream(plan: ProcessingPlan, converted: Iterable[Converted]) -> Iter
         for planned in group.inputs:
             _, tensor = _next(stream, planned)
             name = group.local(planned.key)
-            # The steps work in place, and a converted tensor may share storage with others
+            # The passes work in place, and a converted tensor may share storage with others
             # (Q, K and V with each other): a float32 copy of our own even when already float32,
             # except for the chunked weights, used as they are unless they could share it. Their
             # results are rounded to the dtype they come in, so only when that is the output's
@@ -59,7 +58,7 @@ def process_stream(plan: ProcessingPlan, converted: Iterable[Converted]) -> Iter
             else:
                 tensors[name] = tensor.to(torch.float32, copy=True)
             del tensor
-        process_part(group.part, tensors, group.steps)
+        process_part(group.part, tensors, group.passes)
         yield from _emit(group, tensors)
     extra = next(stream, None)
     if extra is not None:

@@ -5,27 +5,25 @@ Four layouts are read: ``model.safetensors``, sharded safetensors with
 ``pytorch_model.bin.index.json``. Safetensors is preferred when both are present. Only headers are
 read here (for ``.bin``, the pickle, loaded onto the meta device); tensor data is read later, one
 tensor at a time, through ``TensorReader``, as views of memory-mapped files whose pages are given
-back once used (``pythia_tl.source.mapped``).
+back once used (``pythia_tl.source.reader``).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import pickle
-import sys
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 
 from pythia_tl.errors import CheckpointError
+from pythia_tl.formats.safetensors import LENGTH_BYTES, header_length, parse_header
+from pythia_tl.formats.torch_bin import is_little_endian, load_bin
 from pythia_tl.source.config import NeoXConfig, read_config
-from pythia_tl.source.mapped import MappedFile, Span, check_span, contiguous_stride
-from pythia_tl.source.safetensors_header import LENGTH_BYTES, header_length, parse_header
+from pythia_tl.source.mapped import Span, check_span, contiguous_stride
 
 Format = Literal["safetensors", "bin"]
 
@@ -61,9 +59,6 @@ class Checkpoint:
     files: tuple[Path, ...]
     tensors: dict[str, TensorInfo]
 
-    def open(self) -> TensorReader:
-        return TensorReader(self)
-
 
 def weight_files_for(filenames: set[str]) -> tuple[Format, list[str]] | None:
     """Which files of a listing hold the weights (without their shards): the preferred layout's
@@ -97,7 +92,7 @@ def open_checkpoint(folder: Path, allowed_root: Path | None = None) -> Checkpoin
     files = [_inside(folder / name, root, path) for name in shard_names or [first]]
     tensors: dict[str, TensorInfo] = {}
     for file in files:
-        for info in _read_headers(file, fmt):
+        for info in read_headers(file, fmt):
             if info.name in tensors:
                 raise CheckpointError(
                     f"{file}: tensor {info.name} also stored in {tensors[info.name].file.name}"
@@ -110,7 +105,7 @@ def open_checkpoint(folder: Path, allowed_root: Path | None = None) -> Checkpoin
 
 def _read_index(path: Path, folder: Path) -> list[str]:
     """The shard file names of an index file, in first-use order."""
-    weight_map = _load_weight_map(path)
+    weight_map = load_weight_map(path)
     shards: list[str] = []
     for shard in weight_map.values():
         if shard not in shards:
@@ -121,7 +116,7 @@ def _read_index(path: Path, folder: Path) -> list[str]:
     return shards
 
 
-def _load_weight_map(path: Path) -> dict[str, str]:
+def load_weight_map(path: Path) -> dict[str, str]:
     if not path.is_file():  # a FIFO would block and a device such as /dev/zero never end
         raise CheckpointError(f"{path}: not a regular file")
     try:
@@ -152,7 +147,7 @@ def _inside(path: Path, root: Path, named_by: Path) -> Path:
 
 
 def _check_index_matches(path: Path, folder: Path, tensors: dict[str, TensorInfo]) -> None:
-    for name, shard in _load_weight_map(path).items():
+    for name, shard in load_weight_map(path).items():
         info = tensors.get(name)
         if info is None:
             raise CheckpointError(f"{path}: {name} is mapped to {shard}, which does not hold it")
@@ -162,7 +157,7 @@ def _check_index_matches(path: Path, folder: Path, tensors: dict[str, TensorInfo
             )
 
 
-def _read_headers(file: Path, fmt: Format) -> Iterator[TensorInfo]:
+def read_headers(file: Path, fmt: Format) -> Iterator[TensorInfo]:
     if fmt == "safetensors":
         yield from _safetensors_headers(file)
     else:
@@ -193,7 +188,7 @@ def _bin_headers(file: Path) -> Iterator[TensorInfo]:
     storage reports the offset of its record in the (uncompressed) zip archive."""
     state = load_bin(file, map_location="meta")
     size = file.stat().st_size
-    little = _is_little_endian(file)
+    little = is_little_endian(file)
     for name, tensor in state.items():
         offset = getattr(tensor.untyped_storage(), "_checkpoint_offset", None)
         shape, dtype = tuple(tensor.shape), tensor.dtype
@@ -208,100 +203,3 @@ def _bin_headers(file: Path) -> Iterator[TensorInfo]:
         if problem is not None:
             raise CheckpointError(f"{file}: tensor {name}: {problem}")
         yield TensorInfo(name, shape, dtype, file, span)
-
-
-def _is_little_endian(file: Path) -> bool:
-    """Whether a torch zip archive stores little-endian values (archives without a ``byteorder``
-    record predate big-endian support and are little-endian)."""
-    try:
-        with zipfile.ZipFile(file) as archive:
-            record = next(
-                (i for i in archive.infolist() if i.filename.endswith("/byteorder")), None
-            )
-            if record is not None and record.file_size > 16:
-                raise CheckpointError(
-                    f"{file}: its byteorder record holds {record.file_size} bytes"
-                )
-            order = archive.read(record).decode("ascii", "replace") if record else "little"
-    except (OSError, zipfile.BadZipFile) as exc:
-        raise CheckpointError(f"{file}: not a readable PyTorch checkpoint ({exc})") from None
-    return order.strip() == "little" == sys.byteorder
-
-
-def load_bin(file: Path, map_location: str = "cpu") -> dict[str, torch.Tensor]:
-    """A ``.bin`` state dict, memory-mapped (or on the meta device: shapes only); only tensors
-    are accepted and no code ever runs."""
-    try:
-        # weights_only: the unpickler accepts tensors and plain containers, never arbitrary objects.
-        state: Any = torch.load(
-            file, map_location=map_location, weights_only=True, mmap=map_location == "cpu"
-        )
-    except pickle.UnpicklingError as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe pickle"
-        raise CheckpointError(f"{file}: refused, it holds more than tensors ({reason})") from None
-    except Exception as exc:  # torch raises RuntimeError, EOFError, ValueError... for bad files
-        raise CheckpointError(
-            f"{file}: not a readable PyTorch checkpoint ({_first_line(exc)})"
-        ) from None
-    if not isinstance(state, dict) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
-    ):
-        raise CheckpointError(f"{file}: expected a mapping of tensor names to tensors")
-    return state
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-class TensorReader:
-    """Reads tensors by name as views of memory-mapped files, each file mapped while in use.
-
-    A tensor returned by ``read`` is read-only data shared with the page cache: convert it into
-    new tensors, never in place. ``release`` gives its pages back once it has been used; reading
-    it again afterwards still works (the pages are faulted in again).
-    """
-
-    def __init__(self, checkpoint: Checkpoint) -> None:
-        self.checkpoint = checkpoint
-        self._maps: dict[Path, MappedFile] = {}
-        self._bins: dict[Path, dict[str, torch.Tensor]] = {}
-        self._closed = False
-
-    def __enter__(self) -> TensorReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._closed = True
-        for mapped in self._maps.values():
-            mapped.close()
-        self._maps.clear()
-        self._bins.clear()
-
-    def read(self, name: str) -> torch.Tensor:
-        info = self.checkpoint.tensors[name]
-        if self._closed:
-            raise CheckpointError(f"{info.file}: {name} read after the reader was closed")
-        if info.span is None:
-            state = self._bins.get(info.file)
-            if state is None:
-                state = self._bins[info.file] = load_bin(info.file)
-            return state[name]
-        return self._mapped(info.file).tensor(info.span, info.shape, info.dtype)
-
-    def release(self, name: str) -> None:
-        """Give back the pages of ``name``'s data (a no-op for files torch maps itself)."""
-        info = self.checkpoint.tensors[name]
-        mapped = self._maps.get(info.file)
-        if info.span is not None and mapped is not None:
-            mapped.release(info.span.offset, info.span.offset + info.span.nbytes)
-
-    def _mapped(self, file: Path) -> MappedFile:
-        mapped = self._maps.get(file)
-        if mapped is None:
-            mapped = self._maps[file] = MappedFile(file)
-        return mapped

@@ -33,8 +33,8 @@ from huggingface_hub.errors import (
 from huggingface_hub.utils import WeakFileLock
 
 from pythia_tl.errors import CheckpointError, SourceError
-from pythia_tl.source.checkpoint import Format, _load_weight_map, weight_files_for
-from pythia_tl.source.download_errors import broken_download
+from pythia_tl.source.checkpoint import Format, load_weight_map, weight_files_for
+from pythia_tl.source.hub_errors import broken_download
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 # How long a cache clean-up waits for huggingface_hub's lock on a blob before keeping the blob.
@@ -166,7 +166,7 @@ def download_revision(listing: RevisionListing, cache_dir: Path | None = None) -
         names = [weights_entry]
         if weights_entry.endswith(".index.json"):
             index_path = download(weights_entry)
-            shards = dict.fromkeys(_load_weight_map(index_path).values())
+            shards = dict.fromkeys(load_weight_map(index_path).values())
             missing = [shard for shard in shards if shard not in listing.files]
             if missing:
                 raise CheckpointError(

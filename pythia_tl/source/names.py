@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from pythia_tl.errors import UsageError
+from pythia_tl.errors import Param, UsageError
 
 ORGANISATION = "EleutherAI"
 SIZES = ("14m", "31m", "70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b")
@@ -93,11 +93,12 @@ def step_revision(step: int, model: ModelName | None) -> str:
         schedule = model.steps()
         if step not in schedule:
             raise UsageError(
-                f"--step {step}: {model.name} has no checkpoint at that step; steps are "
-                f"{_describe(schedule)}"
+                Param("step"),
+                f" {step}: {model.name} has no checkpoint at that step; steps are "
+                f"{_describe(schedule)}",
             )
     elif step < 0:
-        raise UsageError(f"--step {step}: expected a non-negative step number")
+        raise UsageError(Param("step"), f" {step}: expected a non-negative step number")
     return f"step{step}"
 
 

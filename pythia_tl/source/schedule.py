@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from pythia_tl.errors import SourceError, UsageError
+from pythia_tl.errors import Param, SourceError, UsageError
 from pythia_tl.source.hub import HubUnreachable, list_branches
 from pythia_tl.source.names import ModelName, tokens_seen
 
@@ -56,8 +56,9 @@ class CheckpointList:
         count = len(self.checkpoints)
         if not -count <= index < count:
             raise UsageError(
-                f"--checkpoint-index {index}: {self.model.name} has {count} checkpoints, so the "
-                f"index must be in {-count}..{count - 1}"
+                Param("checkpoint_index"),
+                f" {index}: {self.model.name} has {count} checkpoints, so the index must be in "
+                f"{-count}..{count - 1}",
             )
         return self.checkpoints[index]
 

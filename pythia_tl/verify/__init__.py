@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pythia_tl.errors import OutputFileError, PythiaTLError, UsageError
+from pythia_tl.errors import MessagePart, OutputFileError, Param, PythiaTLError, UsageError
 from pythia_tl.source import ResolvedSource
 from pythia_tl.verify.against_source import SourceRequest, check_against_source, locate_source
 from pythia_tl.verify.integrity import check_integrity
@@ -69,19 +69,19 @@ def verify_file(
     if recorded is None:
         return _finish(path, checks, "needs complete, consistent metadata")
     if not options.check_source:
-        checks.append(Check.skipped("source", "not asked for (--no-source)"))
-        return _finish(path, checks, "not asked for (--logits)")
+        checks.append(Check.skipped("source", "not asked for (", Param("check_source", False), ")"))
+        return _finish(path, checks, "not asked for (", Param("logits", True), ")")
     source: ResolvedSource | None = None
     try:
         source = locate_source(recorded, _request(options))
     except UsageError:
         raise
     except PythiaTLError as exc:
-        checks.append(Check.failed("source", f"cannot open the source: {exc}"))
+        checks.append(Check.failed("source", "cannot open the source: ", *exc.parts))
     else:
         checks.append(check_against_source(path, info, recorded, source, advance))
     if not options.logits:
-        checks.append(Check.skipped("logits", "not asked for (--logits)"))
+        checks.append(Check.skipped("logits", "not asked for (", Param("logits", True), ")"))
     elif source is None:
         checks.append(Check.skipped("logits", "needs the source"))
     else:
@@ -92,13 +92,26 @@ def verify_file(
 def _check_options(options: VerifyOptions) -> None:
     if options.source is None and (options.revision is not None or options.step is not None):
         raise UsageError(
-            "--revision and --step select a revision of SOURCE; without SOURCE the commit "
-            "recorded in the file is used"
+            Param("revision"),
+            " and ",
+            Param("step"),
+            " select a revision of ",
+            Param("source"),
+            "; without it the commit recorded in the file is used",
         )
     if not options.check_source and options.source is not None:
-        raise UsageError("--no-source contradicts SOURCE: give one or the other")
+        raise UsageError(
+            Param("check_source", False),
+            " contradicts ",
+            Param("source"),
+            ": give one or the other",
+        )
     if not options.check_source and options.logits:
-        raise UsageError("--logits runs the source model: it cannot be combined with --no-source")
+        raise UsageError(
+            Param("logits", True),
+            " runs the source model: it cannot be combined with ",
+            Param("check_source", False),
+        )
     if options.logits:
         require_transformers()
 
@@ -107,11 +120,11 @@ def _request(options: VerifyOptions) -> SourceRequest:
     return SourceRequest(options.source, options.revision, options.step, options.cache_dir)
 
 
-def _finish(path: Path, checks: list[Check], why: str) -> VerifyReport:
+def _finish(path: Path, checks: list[Check], *why: MessagePart) -> VerifyReport:
     done = {check.name for check in checks}
     for name in CHECK_NAMES:
         if name not in done:
-            checks.append(Check.skipped(name, why))
+            checks.append(Check.skipped(name, *why))
     return VerifyReport(path, tuple(checks))
 
 

@@ -11,23 +11,22 @@ sha256 the metadata records.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from pythia_tl.convert import convert_tensors, file_sha256, finish
-from pythia_tl.converters.tl_config import tl_config
-from pythia_tl.errors import PythiaTLError, SourceError, UsageError
-from pythia_tl.output_file import OutputInfo
-from pythia_tl.plan import PlannedTensor, build_plan, dtype_name
+from pythia_tl.dtypes import dtype_name
+from pythia_tl.engine.hashing import SourceHashes
+from pythia_tl.engine.pipeline import Converted, convert_tensors, finish
+from pythia_tl.errors import Param, PythiaTLError, SourceError, UsageError
+from pythia_tl.mapping.plan import PlannedTensor, plan_conversion
+from pythia_tl.mapping.tl_config import tl_config
+from pythia_tl.output.metadata import ConversionRecord, OutputFile
 from pythia_tl.processing import ProcessingPlan, plan_processing, process_stream
 from pythia_tl.source import ResolvedSource, resolve_model_name, resolve_source
 from pythia_tl.source.config import NeoXConfig
+from pythia_tl.source.reader import TensorReader
 from pythia_tl.verify.compare import FLOAT32_SLACK, Mismatch, bitwise_mismatch, tolerance_mismatch
 from pythia_tl.verify.file_tensors import read_tensor
-from pythia_tl.verify.metadata import Recorded
 from pythia_tl.verify.report import Check
 
 # Fields of tl_config that name the model rather than follow from config.json.
@@ -46,14 +45,18 @@ class SourceRequest:
     cache_dir: Path | None = None
 
 
-def locate_source(recorded: Recorded, request: SourceRequest) -> ResolvedSource:
+def locate_source(recorded: ConversionRecord, request: SourceRequest) -> ResolvedSource:
     """Open the source to compare with; SourceError (or a subclass) when it cannot be had."""
     if request.source is None:
         if recorded.from_folder:
             if not Path(recorded.source).is_dir():
                 raise SourceError(
                     f"{recorded.source}: the source folder recorded in the metadata is gone; "
-                    "pass the source as SOURCE (or --no-source)"
+                    "pass the source as ",
+                    Param("source"),
+                    " (or ",
+                    Param("check_source", False),
+                    ")",
                 )
             return resolve_source(recorded.source)
         return resolve_source(
@@ -69,15 +72,15 @@ def locate_source(recorded: Recorded, request: SourceRequest) -> ResolvedSource:
 
 def check_against_source(
     path: Path,
-    info: OutputInfo,
-    recorded: Recorded,
+    info: OutputFile,
+    recorded: ConversionRecord,
     source: ResolvedSource,
     advance: Callable[[int], None] = lambda n: None,
 ) -> Check:
     where = _describe(source)
     checkpoint = source.checkpoint
     try:
-        plan = build_plan(checkpoint, dtype_name(recorded.dtype))
+        plan = plan_conversion(checkpoint, dtype_name(recorded.dtype))
         written = plan_processing(plan, recorded.processing)
     except PythiaTLError as exc:
         return Check.failed("source", f"{where}: {exc}")
@@ -89,12 +92,10 @@ def check_against_source(
     if problem is not None:
         return Check.failed("source", f"{where}: {problem}")
     try:
-        with ThreadPoolExecutor(max_workers=1) as pool, checkpoint.open() as reader:
-            # The source files are hashed on the second core while the first compares.
-            hashes = {file.name: pool.submit(file_sha256, file) for file in checkpoint.files}
+        with SourceHashes(checkpoint.files) as hashes, TensorReader(checkpoint) as reader:
             stream = _expected_stream(written, convert_tensors(plan, reader))
             mismatches = list(_compare(path, written, stream, advance))
-            digests = {name: future.result() for name, future in hashes.items()}
+            digests = hashes.digests()
     except PythiaTLError as exc:  # a source that fails while being read
         return Check.failed("source", f"{where}: {exc}")
     changed = [
@@ -124,20 +125,20 @@ def check_against_source(
 
 
 def _expected_stream(
-    written: ProcessingPlan, converted: Iterator[tuple[PlannedTensor, torch.Tensor]]
-) -> Iterable[tuple[PlannedTensor, torch.Tensor]]:
-    return process_stream(written, converted) if written.processing.steps else converted
+    written: ProcessingPlan, converted: Iterator[Converted]
+) -> Iterable[Converted]:
+    return process_stream(written, converted) if written.processing.passes else converted
 
 
 def _compare(
     path: Path,
     written: ProcessingPlan,
-    stream: Iterable[tuple[PlannedTensor, torch.Tensor]],
+    stream: Iterable[Converted],
     advance: Callable[[int], None],
 ) -> Iterator[Mismatch]:
     for planned, tensor in stream:
         actual = read_tensor(path, planned.key)
-        if written.steps_for(planned.key):
+        if written.passes_for(planned.key):
             mismatch = tolerance_mismatch(planned.key, actual, tensor)
         else:
             mismatch = bitwise_mismatch(planned.key, actual, finish(tensor, planned))
@@ -147,7 +148,7 @@ def _compare(
             yield mismatch
 
 
-def _config_problem(recorded: Recorded, config: NeoXConfig) -> str | None:
+def _config_problem(recorded: ConversionRecord, config: NeoXConfig) -> str | None:
     expected = tl_config(config, "", None, recorded.processing.normalization_type)
     for key, value in expected.items():
         if key not in _NAMING_FIELDS and recorded.tl_config.get(key) != value:
@@ -158,7 +159,7 @@ def _config_problem(recorded: Recorded, config: NeoXConfig) -> str | None:
     return None
 
 
-def _layout_problem(info: OutputInfo, written: ProcessingPlan) -> str | None:
+def _layout_problem(info: OutputFile, written: ProcessingPlan) -> str | None:
     planned = {t.key: t.shape for t in written.tensors}
     for key in sorted(planned.keys() | info.tensors.keys()):
         if key not in info.tensors:
@@ -173,7 +174,7 @@ def _layout_problem(info: OutputInfo, written: ProcessingPlan) -> str | None:
     return None
 
 
-def _files_problem(recorded: Recorded, files: tuple[Path, ...]) -> str | None:
+def _files_problem(recorded: ConversionRecord, files: tuple[Path, ...]) -> str | None:
     names = {file.name for file in files}
     if names != set(recorded.source_files):
         return (
@@ -191,7 +192,7 @@ def _rule(written: ProcessingPlan, planned: tuple[PlannedTensor, ...]) -> str:
         cast = f"{target}, as in the source"
     else:
         cast = f"{', '.join(sources)} cast to {target}, rounded to nearest even"
-    processed = sum(1 for t in written.tensors if written.steps_for(t.key))
+    processed = sum(1 for t in written.tensors if written.passes_for(t.key))
     if not processed:
         return f"bitwise equal to a fresh conversion ({cast})"
     others = len(written.tensors) - processed

@@ -14,19 +14,20 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
+from pythia_tl.dtypes import OUTPUT_DTYPES
 from pythia_tl.errors import OutputFileError
-from pythia_tl.output_file import OutputInfo, read_output
+from pythia_tl.output.metadata import OutputFile, read_output
 from pythia_tl.verify.compare import chunks
 from pythia_tl.verify.file_tensors import read_tensor
 from pythia_tl.verify.report import Check
 
-FLOAT_DTYPE_NAMES = frozenset({"F32", "F16", "BF16"})
+FLOAT_DTYPE_CODES = frozenset(dtype.safetensors for dtype in OUTPUT_DTYPES)
 _MAX_LISTED = 10
 
 
 def check_integrity(
     path: Path, advance: Callable[[int], None] = lambda n: None
-) -> tuple[Check, OutputInfo | None]:
+) -> tuple[Check, OutputFile | None]:
     """The check's result, and the file's header when it could be read."""
     try:
         info = read_output(path)
@@ -35,7 +36,7 @@ def check_integrity(
     problems: list[str] = []
     try:
         for name, (dtype, _) in info.tensors.items():
-            if dtype not in FLOAT_DTYPE_NAMES:
+            if dtype not in FLOAT_DTYPE_CODES:
                 problems.append(f"{name} has dtype {dtype}, expected F32, F16 or BF16")
                 continue
             tensor = read_tensor(path, name)

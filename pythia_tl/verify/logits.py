@@ -1,7 +1,7 @@
 """Do the file and the source compute the same log-probabilities?
 
 The source runs through transformers' ``GPTNeoXForCausalLM`` (eager attention), the file through
-pythia-tl's TransformerLens forward pass (``pythia_tl.tl_forward``), both in float32 on a few
+pythia-tl's TransformerLens forward pass (``pythia_tl.verify.tl_forward``), both in float32 on a few
 fixed random token sequences, and the largest difference of their log-probabilities must stay
 within a stated tolerance. For an unprocessed file transformers gets the source's weights rounded
 to the file's dtype, so both sides hold the same numbers and only float32 summation order
@@ -17,11 +17,11 @@ from typing import Any
 
 import torch
 
-from pythia_tl.errors import UsageError
-from pythia_tl.tl_forward import tl_logits
+from pythia_tl.errors import Param, UsageError
+from pythia_tl.output.metadata import ConversionRecord
 from pythia_tl.verify.file_tensors import FileTensors
-from pythia_tl.verify.metadata import Recorded
 from pythia_tl.verify.report import Check
+from pythia_tl.verify.tl_forward import tl_logits
 
 N_SEQUENCES = 4
 SEQUENCE_LENGTH = 64
@@ -31,21 +31,23 @@ PROCESSED_TOLERANCE = {torch.float32: 1e-3, torch.float16: 2e-2, torch.bfloat16:
 
 
 def require_transformers() -> None:
-    """Refuse ``--logits`` up front when transformers is not installed."""
+    """Refuse the logits check up front when transformers is not installed."""
     try:
         import transformers  # noqa: F401
     except ImportError:
-        raise UsageError("--logits needs transformers: pip install 'pythia-tl[verify]'") from None
+        raise UsageError(
+            Param("logits", True), " needs transformers: pip install 'pythia-tl[verify]'"
+        ) from None
 
 
-def tolerance_for(recorded: Recorded) -> float:
-    if recorded.processing.steps:
+def tolerance_for(recorded: ConversionRecord) -> float:
+    if recorded.processing.passes:
         return PROCESSED_TOLERANCE[recorded.dtype]
     return UNPROCESSED_TOLERANCE
 
 
 def check_logits(
-    path: Path, recorded: Recorded, recorded_keys: Iterable[str], source_folder: Path
+    path: Path, recorded: ConversionRecord, recorded_keys: Iterable[str], source_folder: Path
 ) -> Check:
     tokens = fixed_tokens(recorded.config.d_vocab, recorded.config.n_ctx)
     expected = torch.log_softmax(_source_logits(source_folder, recorded, tokens), dim=-1)
@@ -77,7 +79,7 @@ def fixed_tokens(d_vocab: int, n_ctx: int) -> torch.Tensor:
     return torch.randint(0, d_vocab, (N_SEQUENCES, length), generator=generator)
 
 
-def _source_logits(folder: Path, recorded: Recorded, tokens: torch.Tensor) -> torch.Tensor:
+def _source_logits(folder: Path, recorded: ConversionRecord, tokens: torch.Tensor) -> torch.Tensor:
     from transformers import GPTNeoXForCausalLM
     from transformers.utils import logging as transformers_logging
 
@@ -95,7 +97,7 @@ def _source_logits(folder: Path, recorded: Recorded, tokens: torch.Tensor) -> to
         if bar_shown:
             transformers_logging.enable_progress_bar()
     with torch.inference_mode():
-        if not recorded.processing.steps:
+        if not recorded.processing.passes:
             # The file holds the source's weights rounded to its dtype: give transformers the
             # same. Parameters only: its buffers (the rotary frequencies) stay float32.
             for parameter in model.parameters():

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pythia_tl.errors import PythiaTLError
+from pythia_tl.errors import MessagePart, Param, PythiaTLError
 
 Status = Literal["ok", "failed", "skipped"]
 CHECK_NAMES = ("integrity", "metadata", "source", "logits")
@@ -18,27 +19,40 @@ class VerificationFailed(PythiaTLError):
 
 @dataclass(frozen=True)
 class Check:
-    """The outcome of one check: a status, one line saying why, and details for ``--json``."""
+    """The outcome of one check: a status, one line saying why (which may name a parameter, as
+    errors do), and details for a JSON report."""
 
     name: str
     status: Status
-    detail: str
+    parts: tuple[MessagePart, ...]
     data: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def ok(cls, name: str, detail: str, **data: Any) -> Check:
-        return cls(name, "ok", detail, data)
+        return cls(name, "ok", (detail,), data)
 
     @classmethod
-    def failed(cls, name: str, detail: str, **data: Any) -> Check:
-        return cls(name, "failed", detail, data)
+    def failed(cls, name: str, *parts: MessagePart, **data: Any) -> Check:
+        return cls(name, "failed", parts, data)
 
     @classmethod
-    def skipped(cls, name: str, detail: str) -> Check:
-        return cls(name, "skipped", detail)
+    def skipped(cls, name: str, *parts: MessagePart) -> Check:
+        return cls(name, "skipped", parts)
 
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "status": self.status, "detail": self.detail, **self.data}
+    @property
+    def detail(self) -> str:
+        return self.describe(str)
+
+    def describe(self, spell: Callable[[Param], str]) -> str:
+        return "".join(part if isinstance(part, str) else spell(part) for part in self.parts)
+
+    def to_json(self, spell: Callable[[Param], str] = str) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "status": self.status,
+            "detail": self.describe(spell),
+            **self.data,
+        }
 
 
 @dataclass(frozen=True)
@@ -64,12 +78,12 @@ class VerifyReport:
             f" (and {len(self.failures) - 1} more failed checks)" if len(self.failures) > 1 else ""
         )
         raise VerificationFailed(
-            f"{self.file}: verification failed: {first.name}: {first.detail}{more}"
+            f"{self.file}: verification failed: {first.name}: ", *first.parts, more
         )
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, spell: Callable[[Param], str] = str) -> dict[str, Any]:
         return {
             "file": str(self.file),
             "ok": self.ok,
-            "checks": [check.to_json() for check in self.checks],
+            "checks": [check.to_json(spell) for check in self.checks],
         }

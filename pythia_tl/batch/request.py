@@ -1,4 +1,4 @@
-"""A batch request and its plan: the work list of this shard, checked before any work starts."""
+"""A batch request and its work list: this shard's revisions, checked before any work starts."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pythia_tl.batch.step_spec import StepSpec
-from pythia_tl.batch.work import Shard, WorkItem, check_distinct_folders, work_list
-from pythia_tl.convert import ConvertOptions
-from pythia_tl.errors import SourceError, UsageError
+from pythia_tl.batch.work import Shard, WorkItem, check_distinct_folders, sorted_items
+from pythia_tl.engine import ConvertOptions
+from pythia_tl.errors import Param, SourceError, UsageError
 from pythia_tl.source.hub import HubUnreachable, list_branches
 from pythia_tl.source.names import ModelName
 from pythia_tl.source.schedule import from_branches, from_schedule
@@ -18,7 +18,7 @@ from pythia_tl.source.schedule import from_branches, from_schedule
 class BatchRequest:
     """Everything ``pythia-tl batch`` was asked to do.
 
-    ``options`` are the conversion options of every revision (``force`` and ``hash_output`` are
+    ``options`` are the conversion options of every revision (``overwrite`` and ``hash_output`` are
     set per revision by the runner).
     """
 
@@ -34,13 +34,13 @@ class BatchRequest:
 
     def __post_init__(self) -> None:
         if self.jobs < 1:
-            raise UsageError(f"--jobs {self.jobs}: expected at least 1")
+            raise UsageError(Param("jobs"), f" {self.jobs}: expected at least 1")
         if not self.models:
-            raise UsageError("batch: name at least one model")
+            raise UsageError(Param("models"), ": name at least one model")
 
 
 @dataclass(frozen=True)
-class BatchPlan:
+class WorkList:
     """This shard's items, and what the Hub said of each repository's branches."""
 
     items: tuple[WorkItem, ...]
@@ -51,7 +51,7 @@ class BatchPlan:
     unreachable: dict[str, str]
 
 
-def plan_batch(request: BatchRequest) -> BatchPlan:
+def list_work(request: BatchRequest) -> WorkList:
     """Build the sorted (model, step) work list and take this shard's part of it.
 
     Steps of Pythia repositories are checked against the known schedule first, with no network;
@@ -83,6 +83,6 @@ def plan_batch(request: BatchRequest) -> BatchPlan:
             )
         schedule = from_branches(model, found)
         selected[model.repo_id] = request.steps.select(schedule.steps, model.name)
-    items = work_list(selected)
+    items = sorted_items(selected)
     mine = request.shard.take(items) if request.shard is not None else items
-    return BatchPlan(tuple(mine), len(items), branches, unreachable)
+    return WorkList(tuple(mine), len(items), branches, unreachable)

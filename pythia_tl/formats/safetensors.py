@@ -1,4 +1,4 @@
-"""The header of a safetensors file, parsed without trusting it.
+"""The safetensors header: parsed without trusting it, and encoded from planned shapes.
 
 safetensors' own reader (``safe_open``) keeps the whole file memory-mapped while it is open, so
 every page it has touched counts in the process's resident memory until the handle closes, and
@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 
+from pythia_tl.dtypes import BY_SAFETENSORS, safetensors_code
 from pythia_tl.errors import CheckpointError
 
 LENGTH_BYTES = 8
@@ -30,19 +32,6 @@ MAX_HEADER_BYTES = 16 * 2**20
 METADATA_KEY = "__metadata__"
 # Far more dimensions than any weight has; bounds the work of checking a shape's byte size.
 MAX_DIMS = 64
-
-DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
 
 
 @dataclass(frozen=True)
@@ -61,6 +50,43 @@ class SafetensorsHeader:
     data_start: int
     tensors: tuple[HeaderTensor, ...]
     metadata: dict[str, str]
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """A tensor to be written: its name, dtype and shape."""
+
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        n = self.dtype.itemsize
+        for size in self.shape:
+            n *= size
+        return n
+
+
+def encode_header(
+    entries: Sequence[TensorEntry], metadata: Mapping[str, str], size: int = 0
+) -> bytes:
+    """The JSON header of ``entries`` stored back to back, padded with spaces to ``size`` (at
+    least to a multiple of 8)."""
+    header: dict[str, object] = {METADATA_KEY: dict(metadata)}
+    offset = 0
+    for entry in entries:
+        header[entry.name] = {
+            "dtype": safetensors_code(entry.dtype),
+            "shape": list(entry.shape),
+            "data_offsets": [offset, offset + entry.nbytes],
+        }
+        offset += entry.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    padded = max(size, -(-len(raw) // 8) * 8)
+    if len(raw) > padded:
+        raise ValueError(f"header of {len(raw)} bytes does not fit the {size} reserved")
+    return raw + b" " * (padded - len(raw))
 
 
 def header_length(prefix: bytes, file_size: int, where: str) -> int:
@@ -146,12 +172,14 @@ def _tensor(name: str, entry: object, where: str) -> HeaderTensor:
     if missing:
         raise _invalid(where, f"{name_at}: missing {', '.join(missing)}")
     dtype_name, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-    dtype = DTYPES.get(dtype_name) if isinstance(dtype_name, str) else None
-    if dtype is None:
+    known = BY_SAFETENSORS.get(dtype_name) if isinstance(dtype_name, str) else None
+    if known is None:
         raise _invalid(
             where,
-            f"{name_at}: unsupported dtype {dtype_name!r}; expected one of {', '.join(DTYPES)}",
+            f"{name_at}: unsupported dtype {dtype_name!r}; expected one of "
+            f"{', '.join(BY_SAFETENSORS)}",
         )
+    dtype = known.torch
     if not isinstance(shape, list) or not all(_is_count(size) for size in shape):
         raise _invalid(where, f"{name_at}: shape {shape!r} is not a list of non-negative integers")
     if len(shape) > MAX_DIMS:  # bounds the size computation below, whatever the sizes

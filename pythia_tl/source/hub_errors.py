@@ -14,7 +14,7 @@ import errno
 
 from huggingface_hub.errors import HfHubHTTPError
 
-from pythia_tl.errors import SourceError
+from pythia_tl.errors import Param, SourceError
 
 # The HTTP stacks huggingface_hub has used; their exceptions share no common base class.
 _TRANSPORT_MODULES = frozenset({"httpx", "httpx2", "httpcore", "requests", "urllib3", "http"})
@@ -27,7 +27,9 @@ def broken_download(exc: Exception, where: str, filename: str) -> SourceError | 
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return SourceError(
             f"{where}: no space left on device while downloading {filename} into the Hugging "
-            "Face cache (free some space or choose another --cache-dir)"
+            "Face cache (free some space or choose another ",
+            Param("cache_dir"),
+            ")",
         )
     if isinstance(exc, OSError) and exc.errno is not None:
         return SourceError(

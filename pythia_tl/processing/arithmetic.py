@@ -1,4 +1,4 @@
-"""The processing steps' arithmetic, on one part of the model at a time (TransformerLens layout).
+"""The processing passes' arithmetic, on one part of the model at a time (TransformerLens layout).
 
 Each function takes a part's tensors by their name within the part, owned by the caller, and
 changes them in place (rather than building new ones). The formulas are TransformerLens'
@@ -18,8 +18,8 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from pythia_tl.processing.choice import ProcessingStep
-from pythia_tl.processing.layout import Part
+from pythia_tl.processing.passes import ProcessingPass
+from pythia_tl.processing.plan import Part
 
 Tensors = dict[str, torch.Tensor]
 
@@ -39,27 +39,27 @@ BLOCK_LAYER_NORMS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
 BLOCK_WRITERS = (("attn.W_O", "attn.b_O"), ("mlp.W_out", "mlp.b_out"))
 
 
-def process_part(part: Part, tensors: Tensors, steps: Sequence[ProcessingStep]) -> None:
-    """Apply ``steps`` (in TransformerLens' order) to one part's tensors, in place.
+def process_part(part: Part, tensors: Tensors, passes: Sequence[ProcessingPass]) -> None:
+    """Apply ``passes`` (in TransformerLens' order) to one part's tensors, in place.
 
     A folded LayerNorm's tensors are removed from ``tensors``.
     """
     if part == "embed":
-        if "center_writing_weights" in steps:
+        if "center_writing_weights" in passes:
             center_embedding(tensors["embed.W_E"])
     elif part == "head":
-        process_head(tensors, fold_ln="fold_ln" in steps, center="center_unembed" in steps)
+        process_head(tensors, fold_ln="fold_ln" in passes, center="center_unembed" in passes)
     else:
-        for step in steps:
-            if step == "fold_ln":
+        for name in passes:
+            if name == "fold_ln":
                 for ln, readers in BLOCK_LAYER_NORMS:
                     fold_layer_norm(tensors, ln, readers)
-            elif step == "center_writing_weights":
+            elif name == "center_writing_weights":
                 for weight, bias in BLOCK_WRITERS:
                     _center_last_axis(tensors[weight])
                     _center_last_axis(tensors[bias])
-            elif step == "fold_value_biases":
-                fold_value_biases(tensors, recentre="center_writing_weights" in steps)
+            elif name == "fold_value_biases":
+                fold_value_biases(tensors, recentre="center_writing_weights" in passes)
 
 
 def center_embedding(w_e: torch.Tensor) -> None:

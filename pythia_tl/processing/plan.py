@@ -1,7 +1,7 @@
-"""Which output tensors each processing step changes, drops and needs, planned from keys alone.
+"""The processing plan: which output tensors each pass changes, drops and needs, from keys alone.
 
 Processing works on three parts of the model, each small enough to hold at once: the embedding,
-one block at a time, and the head (``ln_final`` and the unembedding). Every step changes tensors
+one block at a time, and the head (``ln_final`` and the unembedding). Every pass changes tensors
 inside one part only, so processing part by part, in plan order, gives the same result as
 TransformerLens processing the whole state dict.
 """
@@ -13,15 +13,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from pythia_tl.errors import PlanError
-from pythia_tl.plan import Plan, PlannedTensor
-from pythia_tl.processing.choice import FLAGS, Processing, ProcessingStep
+from pythia_tl.errors import Param, PlanError
+from pythia_tl.mapping.plan import ConversionPlan, PlannedTensor
+from pythia_tl.processing.passes import Processing, ProcessingPass
 
 Part = Literal["embed", "block", "head"]
-StepTable = Mapping[ProcessingStep, Mapping[Part, tuple[str, ...]]]
+PassTable = Mapping[ProcessingPass, Mapping[Part, tuple[str, ...]]]
 
 # Tensor names within their part: a block's keys without their ``blocks.{l}.`` prefix.
-CHANGES: StepTable = {
+CHANGES: PassTable = {
     "fold_ln": {
         "block": (
             "attn.W_Q",
@@ -43,22 +43,22 @@ CHANGES: StepTable = {
     "fold_value_biases": {"block": ("attn.b_V", "attn.b_O")},
 }
 
-DROPS: StepTable = {
+DROPS: PassTable = {
     "fold_ln": {
         "block": ("ln1.w", "ln1.b", "ln2.w", "ln2.b"),
         "head": ("ln_final.w", "ln_final.b"),
     },
 }
 
-# Needed beyond what a step changes or drops. Centring what writes to the residual stream leaves
+# Needed beyond what a pass changes or drops. Centring what writes to the residual stream leaves
 # the model unchanged only because every reader of the stream is a LayerNorm, which removes the
 # mean (folded or not: LNPre still does).
-NEEDS: StepTable = {
+NEEDS: PassTable = {
     "center_writing_weights": {"block": ("ln1.w", "ln2.w"), "head": ("ln_final.w",)},
     "fold_value_biases": {"block": ("attn.W_O",)},
 }
 
-_WHY: dict[ProcessingStep, str] = {
+_WHY: dict[ProcessingPass, str] = {
     "fold_ln": "folding LayerNorm needs every LayerNorm and the weights that read it",
     "center_writing_weights": (
         "centring the writing weights is exact only when LayerNorm reads the residual stream"
@@ -77,7 +77,7 @@ class Group:
     part: Part
     prefix: str
     inputs: tuple[PlannedTensor, ...]
-    steps: tuple[ProcessingStep, ...]
+    passes: tuple[ProcessingPass, ...]
     outputs: tuple[PlannedTensor, ...]
 
     def local(self, key: str) -> str:
@@ -105,11 +105,11 @@ class ProcessingPlan:
     def nbytes(self) -> int:
         return sum(t.nbytes for t in self.tensors)
 
-    def steps_for(self, key: str) -> tuple[ProcessingStep, ...]:
-        """The chosen steps that change the output tensor ``key``."""
+    def passes_for(self, key: str) -> tuple[ProcessingPass, ...]:
+        """The chosen passes that change the output tensor ``key``."""
         part, prefix = part_of(key)
         name = key.removeprefix(prefix)
-        return tuple(step for step in self.processing.steps if name in CHANGES[step].get(part, ()))
+        return tuple(p for p in self.processing.passes if name in CHANGES[p].get(part, ()))
 
 
 def part_of(key: str) -> tuple[Part, str]:
@@ -124,19 +124,19 @@ def part_of(key: str) -> tuple[Part, str]:
     raise PlanError(f"processing: output key {key} belongs to no known part of the model")
 
 
-def plan_processing(plan: Plan, processing: Processing) -> ProcessingPlan:
-    """Group ``plan``'s tensors by part and work out what each chosen step does to them.
+def plan_processing(plan: ConversionPlan, processing: Processing) -> ProcessingPlan:
+    """Group ``plan``'s tensors by part and work out what each chosen pass does to them.
 
-    Raises PlanError, naming the flag, when a chosen step lacks a tensor it needs.
+    Raises PlanError, naming the pass, when a chosen pass lacks a tensor it needs.
     """
-    steps = processing.steps
+    passes = processing.passes
     runs = _consecutive_parts(plan.tensors)
     present = {part for _, part, _ in runs}
-    for step in steps:
-        for part in CHANGES[step]:
+    for name in passes:
+        for part in CHANGES[name]:
             if part not in present:
                 raise PlanError(
-                    f"{FLAGS[step]}: the conversion has no {part} tensors; {_WHY[step]}"
+                    Param(name), f": the conversion has no {part} tensors; {_WHY[name]}"
                 )
     groups = []
     seen: set[tuple[str, Part]] = set()
@@ -145,20 +145,21 @@ def plan_processing(plan: Plan, processing: Processing) -> ProcessingPlan:
             raise PlanError(f"processing: the tensors of {prefix or part} are not consecutive")
         seen.add((prefix, part))
         names = {t.key.removeprefix(prefix) for t in inputs}
-        for step in steps:
+        for name in passes:
             for table in (CHANGES, DROPS, NEEDS):
-                for name in table.get(step, {}).get(part, ()):
-                    if name not in names:
+                for needed in table.get(name, {}).get(part, ()):
+                    if needed not in names:
                         raise PlanError(
-                            f"{FLAGS[step]}: the conversion has no {prefix}{name}; {_WHY[step]}"
+                            Param(name),
+                            f": the conversion has no {prefix}{needed}; {_WHY[name]}",
                         )
-        dropped = {n for step in steps for n in DROPS.get(step, {}).get(part, ())}
+        dropped = {n for p in passes for n in DROPS.get(p, {}).get(part, ())}
         groups.append(
             Group(
                 part=part,
                 prefix=prefix,
                 inputs=inputs,
-                steps=tuple(s for s in steps if CHANGES[s].get(part)),
+                passes=tuple(p for p in passes if CHANGES[p].get(part)),
                 outputs=tuple(t for t in inputs if t.key.removeprefix(prefix) not in dropped),
             )
         )

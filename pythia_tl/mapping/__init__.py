@@ -1,0 +1,1 @@
+"""The conversion table (one rule per source tensor), its rules, and planning from headers."""

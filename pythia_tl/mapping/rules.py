@@ -1,0 +1,181 @@
+"""Conversion rules: one source tensor, one einops pattern, one or several named outputs.
+
+A rule reads ``source`` (or the first of its ``aliases`` a checkpoint has), rearranges it with
+``pattern`` and yields its outputs, as llama.cpp's ``modify_tensors`` yields ``(name, tensor)``
+pairs. The pattern's axis names are the model's dimensions (``n_heads``, ``d_model``, ...), whose
+sizes come from config.json, so einops itself checks a source's shape against the config. A rule
+with several outputs has ``part`` as the first axis of its result: output ``i`` is index ``i``
+of it. A pattern with nothing on its left (``-> d_vocab``) reads no source: its output is zeros.
+
+Keys are templates while they contain ``{l}`` (the layer); ``expand`` writes them out per layer.
+Running a rule backwards (``invert``) gives back the source tensor bit for bit.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+import einops
+import torch
+
+Shape = tuple[int, ...]
+PART = "part"
+_AXIS = re.compile(r"[A-Za-z_][A-Za-z_0-9]*")
+
+
+class RuleError(ValueError):
+    """A rule does not fit a shape, or its pattern is not well formed."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    """``source --pattern--> outputs``."""
+
+    source: str | None
+    pattern: str
+    outputs: tuple[str, ...]
+    aliases: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        left, _, right = self.pattern.partition("->")
+        if "->" not in self.pattern or (self.source is None) != (not left.strip()):
+            raise RuleError(f"rule for {self.outputs}: pattern {self.pattern!r} does not fit")
+        if len(self.outputs) > 1 and right.split()[:1] != [PART]:
+            raise RuleError(f"rule for {self.outputs}: several outputs need '{PART}' first")
+
+    @property
+    def per_layer(self) -> bool:
+        return any("{l}" in key for key in (*self.outputs, self.source or ""))
+
+    @property
+    def source_names(self) -> tuple[str, ...]:
+        """Every spelling of the source key, the canonical one first."""
+        return () if self.source is None else (self.source, *self.aliases)
+
+    @property
+    def source_axes(self) -> str:
+        return self.pattern.partition("->")[0].strip()
+
+    @property
+    def output_axes(self) -> tuple[str, ...]:
+        """The axes of each output (without ``part``)."""
+        axes = self.pattern.partition("->")[2].split()
+        return tuple(axes[1:] if len(self.outputs) > 1 else axes)
+
+    @property
+    def is_identity(self) -> bool:
+        return self.source_axes == self.pattern.partition("->")[2].strip()
+
+    def at_layer(self, layer: int) -> Rule:
+        def fill(key: str) -> str:
+            return key.replace("{l}", str(layer))
+
+        return replace(
+            self,
+            source=None if self.source is None else fill(self.source),
+            outputs=tuple(fill(key) for key in self.outputs),
+            aliases=tuple(fill(alias) for alias in self.aliases),
+        )
+
+    def sizes(self, dims: Mapping[str, int]) -> dict[str, int]:
+        """The size of every axis the pattern names (``part``: the number of outputs)."""
+        known = {**dims, PART: len(self.outputs)}
+        names = dict.fromkeys(_AXIS.findall(self.pattern))
+        missing = [name for name in names if name not in known]
+        if missing:
+            raise RuleError(f"pattern {self.pattern!r} names unknown dimension {missing[0]!r}")
+        return {name: known[name] for name in names}
+
+    def output_shape(self, dims: Mapping[str, int]) -> Shape:
+        """The shape of each output."""
+        sizes = self.sizes(dims)
+        return tuple(sizes[axis] for axis in self.output_axes)
+
+    def source_shape(self, dims: Mapping[str, int]) -> Shape:
+        """The shape ``dims`` give the source, found by running the pattern backwards."""
+        if self.source is None:
+            return ()
+        return tuple(self._inverse(_meta(self._result_shape(dims)), dims).shape)
+
+    def check(self, dims: Mapping[str, int]) -> None:
+        """Check that the pattern turns the source's shape into the outputs' shapes."""
+        got = tuple(self._forward(_meta(self.source_shape(dims)), dims).shape)
+        if self.source is not None and got != self._result_shape(dims):
+            raise RuleError(
+                f"rule for {', '.join(self.outputs)}: {self.pattern!r} gives {list(got)}, "
+                f"expected {list(self._result_shape(dims))}"
+            )
+
+    def apply(self, tensor: torch.Tensor, dims: Mapping[str, int]) -> tuple[torch.Tensor, ...]:
+        """The outputs of ``tensor`` (views of it where einops can make them)."""
+        result = self._forward(tensor, dims)
+        return tuple(result.unbind(0)) if len(self.outputs) > 1 else (result,)
+
+    def zeros(self, dims: Mapping[str, int], dtype: torch.dtype) -> torch.Tensor:
+        """The output of a rule with no source."""
+        return torch.zeros(self.output_shape(dims), dtype=dtype)
+
+    def invert(self, outputs: Sequence[torch.Tensor], dims: Mapping[str, int]) -> torch.Tensor:
+        """The source tensor these outputs came from (a rule with no source: refused unless the
+        outputs are the zeros it makes)."""
+        joined = torch.stack(list(outputs)) if len(self.outputs) > 1 else outputs[0]
+        if self.source is None:
+            if bool(joined.count_nonzero()):
+                raise RuleError(
+                    f"{self.outputs[0]} holds non-zero values, which the source layout cannot hold"
+                )
+            return joined
+        return self._inverse(joined, dims).contiguous()
+
+    def _result_shape(self, dims: Mapping[str, int]) -> Shape:
+        part = (len(self.outputs),) if len(self.outputs) > 1 else ()
+        return part + self.output_shape(dims)
+
+    def _forward(self, tensor: torch.Tensor, dims: Mapping[str, int]) -> torch.Tensor:
+        if self.source is None:
+            return tensor
+        return _rearrange(tensor, self.pattern, self.sizes(dims))
+
+    def _inverse(self, tensor: torch.Tensor, dims: Mapping[str, int]) -> torch.Tensor:
+        left, _, right = self.pattern.partition("->")
+        return _rearrange(tensor, f"{right.strip()} -> {left.strip()}", self.sizes(dims))
+
+
+def expand(table: Sequence[Rule], n_layers: int) -> list[Rule]:
+    """Concrete rules in table order, the per-layer rules repeated layer by layer where the first
+    of them stands."""
+    layer_rules = [rule for rule in table if rule.per_layer]
+    concrete: list[Rule] = []
+    for rule in table:
+        if not rule.per_layer:
+            concrete.append(rule)
+        elif rule is layer_rules[0]:
+            concrete.extend(r.at_layer(i) for i in range(n_layers) for r in layer_rules)
+    return concrete
+
+
+def invert(
+    rules: Iterable[Rule], tensors: Mapping[str, torch.Tensor], dims: Mapping[str, int]
+) -> dict[str, torch.Tensor]:
+    """The source tensors of converted ``tensors``, by canonical source name: every rule run
+    backwards. Rules with no source give nothing back (their outputs must be zeros)."""
+    sources: dict[str, torch.Tensor] = {}
+    for rule in rules:
+        source = rule.invert([tensors[key] for key in rule.outputs], dims)
+        if rule.source is not None:
+            sources[rule.source] = source
+    return sources
+
+
+def _meta(shape: Shape) -> torch.Tensor:
+    # einops works on meta tensors: shapes are computed and checked without any data.
+    return torch.empty(shape, device="meta")
+
+
+def _rearrange(tensor: torch.Tensor, pattern: str, sizes: Mapping[str, int]) -> torch.Tensor:
+    try:
+        return einops.rearrange(tensor, pattern, **sizes)
+    except einops.EinopsError as exc:
+        raise RuleError(f"{pattern!r} does not fit shape {list(tensor.shape)}") from exc

@@ -1,0 +1,1 @@
+"""What pythia-tl writes: atomic files, the streaming safetensors writer, the metadata schema."""

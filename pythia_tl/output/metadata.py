@@ -1,0 +1,285 @@
+"""The metadata schema of a pythia-tl file, in one place: built, read, parsed and validated.
+
+safetensors metadata maps strings to strings; structured values (``tl_config``,
+``source_files``, ``processing``) are JSON inside those strings. ``build_metadata`` writes the
+schema, ``read_output`` reads a file's header (no tensor data), ``OutputFile`` gives the raw
+fields, and ``parse_metadata`` checks every field and gives a ``ConversionRecord``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from pythia_tl import CONVERTER_NAME, __version__
+from pythia_tl.dtypes import BY_NAME, OUTPUT_DTYPE_NAMES, dtype_name
+from pythia_tl.errors import OutputFileError
+from pythia_tl.mapping.tl_config import tl_config
+from pythia_tl.processing.passes import NO_PROCESSING, TL_ORDER, Processing
+from pythia_tl.source.config import NeoXConfig
+from pythia_tl.source.resolve import Provenance
+
+REQUIRED_KEYS = (
+    "format",
+    "tl_config",
+    "source",
+    "revision",
+    "commit",
+    "source_files",
+    "converter",
+    "converter_version",
+    "dtype",
+    "processing",
+)
+JSON_KEYS = ("tl_config", "source_files", "processing")
+_POSITIVE_INTS = ("d_model", "d_head", "n_heads", "d_mlp", "n_layers", "n_ctx", "d_vocab")
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def build_metadata(
+    config: NeoXConfig,
+    dtype: torch.dtype,
+    provenance: Provenance,
+    source_sha256: Mapping[str, str],
+    processing: Processing = NO_PROCESSING,
+) -> dict[str, str]:
+    """The ``__metadata__`` of an output file."""
+    cfg = tl_config(
+        config, provenance.model_name, provenance.repo_id, processing.normalization_type
+    )
+    return {
+        "format": "pt",
+        "tl_config": json.dumps(cfg),
+        "source": provenance.source,
+        "revision": provenance.revision or "",
+        "commit": provenance.commit or "",
+        "source_files": json.dumps(dict(sorted(source_sha256.items()))),
+        "converter": CONVERTER_NAME,
+        "converter_version": __version__,
+        "dtype": dtype_name(dtype),
+        "processing": json.dumps(list(processing.passes)),
+    }
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    """A safetensors file's header: its metadata as stored, and its tensors' dtypes and shapes."""
+
+    path: Path
+    size: int
+    metadata: dict[str, str]
+    tensors: dict[str, tuple[str, list[int]]]
+
+    @property
+    def tl_config(self) -> dict[str, Any]:
+        return self._json_field("tl_config", dict)
+
+    @property
+    def source_files(self) -> dict[str, str]:
+        return self._json_field("source_files", dict)
+
+    @property
+    def processing(self) -> list[str]:
+        return self._json_field("processing", list)
+
+    def _json_field(self, key: str, kind: type) -> Any:
+        raw = self.metadata.get(key)
+        if raw is None:
+            raise OutputFileError(
+                f"{self.path}: metadata has no {key!r}; not written by pythia-tl?"
+            )
+        try:
+            value = json.loads(raw)
+        except (json.JSONDecodeError, RecursionError):
+            raise OutputFileError(f"{self.path}: metadata {key!r} is not valid JSON") from None
+        if not isinstance(value, kind):
+            raise OutputFileError(f"{self.path}: metadata {key!r} is not a JSON {kind.__name__}")
+        return value
+
+    def to_json(self) -> dict[str, Any]:
+        metadata: dict[str, Any] = dict(self.metadata)
+        for key in JSON_KEYS:
+            if key in metadata:
+                metadata[key] = self._json_field(key, object)
+        return {
+            "path": str(self.path),
+            "bytes": self.size,
+            "metadata": metadata,
+            "tensors": {name: {"dtype": d, "shape": s} for name, (d, s) in self.tensors.items()},
+        }
+
+
+def read_output(path: Path) -> OutputFile:
+    """The header of a safetensors file (no tensor data is read)."""
+    if not path.is_file():
+        raise OutputFileError(f"{path}: no such file")
+    try:
+        with safe_open(path, framework="pt") as handle:
+            metadata = dict(handle.metadata() or {})
+            tensors = {}
+            for name in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                piece = handle.get_slice(name)
+                tensors[name] = (piece.get_dtype(), list(piece.get_shape()))
+    except SafetensorError as exc:
+        raise OutputFileError(f"{path}: not a valid safetensors file ({exc})") from None
+    return OutputFile(path, path.stat().st_size, metadata, tensors)
+
+
+@dataclass(frozen=True)
+class ConversionRecord:
+    """A file's metadata, parsed and checked: what it was converted from, and how."""
+
+    tl_config: dict[str, Any]
+    config: NeoXConfig
+    dtype: torch.dtype
+    source: str
+    revision: str
+    commit: str
+    source_files: dict[str, str]
+    processing: Processing
+
+    @property
+    def from_folder(self) -> bool:
+        """Whether the source was a local folder (recorded as an absolute path)."""
+        return Path(self.source).is_absolute()
+
+
+def parse_metadata(info: OutputFile) -> ConversionRecord:
+    """The metadata, checked key by key; OutputFileError names the first key at fault."""
+    meta = info.metadata
+    missing = [key for key in REQUIRED_KEYS if key not in meta]
+    if missing:
+        raise OutputFileError(f"metadata lacks {', '.join(repr(k) for k in missing)}")
+    _expect(meta["format"] == "pt", "format", meta["format"], "'pt'")
+    _expect(meta["converter"] == CONVERTER_NAME, "converter", meta["converter"], CONVERTER_NAME)
+    _expect(bool(meta["converter_version"]), "converter_version", "", "a version")
+    dtype = meta["dtype"]
+    _expect(dtype in OUTPUT_DTYPE_NAMES, "dtype", dtype, f"one of {', '.join(OUTPUT_DTYPE_NAMES)}")
+    source, revision, commit = meta["source"], meta["revision"], meta["commit"]
+    _expect(bool(source), "source", source, "a Hub repo id or a folder")
+    if Path(source).is_absolute():
+        _expect(commit == "" and revision == "", "commit", commit, "empty for a folder source")
+    else:
+        _expect(bool(_COMMIT.fullmatch(commit)), "commit", commit, "40 hex digits")
+        _expect(bool(revision), "revision", revision, "the revision converted")
+    processing = _processing(info.processing)
+    cfg = info.tl_config
+    config = _config_from_tl(cfg)
+    model_name, tokenizer = cfg.get("model_name"), cfg.get("tokenizer_name")
+    _expect(isinstance(model_name, str), "tl_config model_name", model_name, "text")
+    _expect(
+        tokenizer is None or isinstance(tokenizer, str),
+        "tl_config tokenizer_name",
+        tokenizer,
+        "text or null",
+    )
+    rederived = tl_config(config, model_name, tokenizer, processing.normalization_type)
+    for key in sorted(rederived.keys() | cfg.keys()):
+        if key not in cfg:
+            raise OutputFileError(f"metadata tl_config lacks {key!r}")
+        if key not in rederived:
+            raise OutputFileError(f"metadata tl_config has an unexpected field {key!r}")
+        _expect(cfg[key] == rederived[key], f"tl_config {key}", cfg[key], repr(rederived[key]))
+    return ConversionRecord(
+        tl_config=cfg,
+        config=config,
+        dtype=BY_NAME[dtype].torch,
+        source=source,
+        revision=revision,
+        commit=commit,
+        source_files=_source_files(info.source_files),
+        processing=processing,
+    )
+
+
+def _config_from_tl(cfg: dict[str, Any]) -> NeoXConfig:
+    """The model's sizes as pythia-tl's config type, from a recorded ``tl_config``."""
+    for key in _POSITIVE_INTS:
+        value = cfg.get(key)
+        _expect(_is_int(value) and value >= 1, f"tl_config {key}", value, "a positive integer")
+    d_model, n_heads, d_head = cfg["d_model"], cfg["n_heads"], cfg["d_head"]
+    _expect(d_head * n_heads == d_model, "tl_config d_head", d_head, "d_model / n_heads")
+    rotary_dim = cfg.get("rotary_dim")
+    _expect(
+        _is_int(rotary_dim) and 0 <= rotary_dim <= d_head and rotary_dim % 2 == 0,
+        "tl_config rotary_dim",
+        rotary_dim,
+        "an even integer in [0, d_head]",
+    )
+    for key in ("eps", "rotary_base"):
+        value = cfg.get(key)
+        _expect(_positive_float(value), f"tl_config {key}", value, "a positive finite number")
+    parallel = cfg.get("parallel_attn_mlp")
+    _expect(isinstance(parallel, bool), "tl_config parallel_attn_mlp", parallel, "true or false")
+    _expect(cfg.get("act_fn") == "gelu", "tl_config act_fn", cfg.get("act_fn"), "'gelu'")
+    return NeoXConfig(
+        n_layers=cfg["n_layers"],
+        d_model=d_model,
+        n_heads=n_heads,
+        d_mlp=cfg["d_mlp"],
+        d_vocab=cfg["d_vocab"],
+        n_ctx=cfg["n_ctx"],
+        eps=cfg["eps"],
+        rotary_pct=rotary_dim / d_head,
+        rotary_base=cfg["rotary_base"],
+        parallel_residual=bool(parallel),
+        act_fn="gelu",
+        dtype=None,
+    )
+
+
+def _processing(passes: list[Any]) -> Processing:
+    for name in passes:
+        _expect(name in TL_ORDER, "processing", name, f"steps among {', '.join(TL_ORDER)}")
+    processing = Processing(**dict.fromkeys(passes, True))
+    _expect(
+        list(processing.passes) == passes, "processing", passes, "each step once, in TL's order"
+    )
+    return processing
+
+
+def _source_files(files: dict[str, Any]) -> dict[str, str]:
+    _expect(bool(files), "source_files", files, "at least one weight file")
+    for name, digest in files.items():
+        plain = name not in ("", ".", "..") and Path(name).name == name
+        _expect(plain, "source_files", name, "plain file names")
+        _expect(
+            isinstance(digest, str) and bool(_SHA256.fullmatch(digest)),
+            f"source_files[{name!r}]",
+            digest,
+            "a sha256 (64 hex digits)",
+        )
+    return files
+
+
+def _expect(condition: bool, key: str, value: object, expected: str) -> None:
+    if not condition:
+        raise OutputFileError(f"metadata {key} is {_short(value)}, expected {expected}")
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _positive_float(value: object) -> bool:
+    """A JSON number that is positive and finite as a float (an integer with 400 digits is not)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(float(value)) and value > 0
+    except OverflowError:
+        return False

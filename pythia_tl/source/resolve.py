@@ -1,0 +1,77 @@
+"""Resolving what the user named (a folder, a repo id, a short name, a step) to an opened
+checkpoint and the provenance the output records."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pythia_tl.errors import Param, UsageError
+from pythia_tl.source.checkpoint import Checkpoint, open_checkpoint
+from pythia_tl.source.hub import HubRevision, fetch_revision
+from pythia_tl.source.names import ModelName, resolve_model_name, step_revision
+from pythia_tl.source.schedule import checkpoint_schedule
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What a conversion was made from, as recorded in the output's metadata."""
+
+    source: str
+    model_name: str
+    repo_id: str | None
+    revision: str | None
+    commit: str | None
+    # The sha256 the Hub announced for each weight file; downloads are checked against it.
+    expected_sha256: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ResolvedSource:
+    checkpoint: Checkpoint
+    provenance: Provenance
+
+
+def resolve_source(
+    source: str,
+    revision: str | None = None,
+    step: int | None = None,
+    cache_dir: Path | None = None,
+    checkpoint_index: int | None = None,
+) -> ResolvedSource:
+    """Open ``source``: a folder, a Hub repo id, or a short name such as ``pythia-70m``.
+
+    ``checkpoint_index`` is TransformerLens' ``checkpoint_index``: an index into the model's
+    checkpoint schedule (-1 the last).
+    """
+    given = {"revision": revision, "step": step, "checkpoint_index": checkpoint_index}
+    chosen = [Param(name) for name, value in given.items() if value is not None]
+    if len(chosen) > 1:
+        raise UsageError(chosen[0], " and ", chosen[1], " are alternatives: give one of them")
+    folder = Path(source).expanduser()
+    if folder.is_dir():
+        if chosen:
+            raise UsageError(f"{source} is a local folder: ", chosen[0], " applies to Hub sources")
+        folder = folder.resolve()
+        provenance = Provenance(str(folder), folder.name, None, None, None)
+        return ResolvedSource(open_checkpoint(folder), provenance)
+    if source.startswith((".", "/", "~")) or folder.exists():
+        raise UsageError(f"{source}: no such folder")
+    model = resolve_model_name(source)
+    if checkpoint_index is not None:
+        step = checkpoint_schedule(model).at_index(checkpoint_index).step
+    rev = step_revision(step, model) if step is not None else (revision or "main")
+    return open_hub_revision(model, fetch_revision(model.repo_id, rev, cache_dir))
+
+
+def open_hub_revision(model: ModelName, fetched: HubRevision) -> ResolvedSource:
+    """Open a revision fetched into the cache, recording where it came from."""
+    provenance = Provenance(
+        source=model.repo_id,
+        model_name=model.name,
+        repo_id=model.repo_id,
+        revision=fetched.revision,
+        commit=fetched.commit,
+        expected_sha256=fetched.sha256,
+    )
+    return ResolvedSource(open_checkpoint(fetched.folder, fetched.cache_root), provenance)
