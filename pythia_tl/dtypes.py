@@ -9,7 +9,7 @@ import torch
 
 @dataclass(frozen=True)
 class DType:
-    """One dtype: its name (as ``--dtype`` and the metadata spell it), torch's dtype, the
+    """One dtype: its name (as the ``dtype`` option and the metadata spell it), torch's dtype, the
     safetensors header's code and the bytes of one element."""
 
     name: str

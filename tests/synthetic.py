@@ -1,9 +1,9 @@
 """Random Pythia-shaped checkpoints in the Hub's file layouts, for tests, examples and benchmarks.
 
-Only torch and json are needed. Tensors are generated a few at a time (on two threads);
-safetensors files are streamed tensor by tensor and ``.bin`` files are written one shard at a
-time, so at most one shard is held in memory: a pythia-12b-sized checkpoint can be written on a
-machine smaller than it.
+A test fixture, not part of the package: examples/ and benchmarks/ import it by path. Tensors
+are generated a few at a time (on two threads); safetensors files are streamed tensor by tensor
+and ``.bin`` files are written one shard at a time, so at most one shard is held in memory: a
+pythia-12b-sized checkpoint can be written on a machine smaller than it.
 
 Every tensor draws from its own ``torch.Generator`` seeded from ``seed`` and the tensor's name, so
 the same seed gives the same values whatever the layout, the head name or the shard size.
@@ -23,6 +23,8 @@ from typing import Literal
 
 import torch
 
+from pythia_tl.dtypes import BY_TORCH
+
 Layout = Literal["safetensors", "safetensors-sharded", "bin", "bin-sharded"]
 ConfigStyle = Literal["hub", "v5"]
 HeadName = Literal["embed_out", "lm_head"]
@@ -30,14 +32,6 @@ HeadName = Literal["embed_out", "lm_head"]
 LAYOUTS: tuple[Layout, ...] = ("safetensors", "safetensors-sharded", "bin", "bin-sharded")
 DEFAULT_SHARD_BYTES = 2 * 1024**3
 ROTARY_BASE = 10000
-
-_DTYPE_NAMES = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32"}
-_SAFETENSORS_DTYPES = {
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.float32: "F32",
-    torch.uint8: "U8",
-}
 
 
 @dataclass(frozen=True)
@@ -98,7 +92,7 @@ class PythiaShape:
             "hidden_dropout": 0.0,
             "use_cache": True,
         }
-        dtype_name = _DTYPE_NAMES[dtype]
+        dtype_name = BY_TORCH[dtype].name
         if style == "hub":
             config["rotary_pct"] = self.rotary_pct
             config["rotary_emb_base"] = ROTARY_BASE
@@ -269,7 +263,7 @@ def _write_safetensors(path: Path, specs: list[_Spec], shape: PythiaShape, seed:
     for spec in specs:
         end = offset + spec.nbytes
         header[spec.name] = {
-            "dtype": _SAFETENSORS_DTYPES[spec.dtype],
+            "dtype": BY_TORCH[spec.dtype].safetensors,
             "shape": list(spec.shape),
             "data_offsets": [offset, end],
         }

@@ -4,7 +4,7 @@ An output is reused when it was written by pythia-tl from the same repository an
 same options. "Same options" means the recorded ``processing`` steps and the recorded ``dtype``:
 equal to an explicit ``dtype``; any, with ``dtype="auto"``. Auto keeps the source's dtype, which
 the commit fixes, but an output made with an explicit dtype cannot be told apart from an auto one
-without the source's dtype, i.e. without a download; so to go back from ``--dtype float32`` to
+without the source's dtype, i.e. without a download; so to go back from ``dtype="float32"`` to
 the Hub's float16, ask for ``dtype="float16"``. The converter version is not compared: a new
 release does not make finished outputs wrong, and redoing a suite for every release would make
 reruns expensive. Files at other paths (the

@@ -72,16 +72,16 @@ def plan(
     columns = ["output key", "shape", "dtype", "source key", "source shape", "ops"]
     for column in columns + (["processing"] if passes else []):
         table.add_column(column)
-    for row in rows:
+    for t in written.tensors:
         cells = [
-            row["key"],
-            str(row["shape"]),
-            row["dtype"],
-            row["source"] or "-",
-            str(row["source_shape"] or "-"),
-            " -> ".join(row["ops"]) or "as is",
+            t.key,
+            str(list(t.shape)),
+            dtype_name(t.dtype),
+            t.source or "-",
+            str(list(t.source_shape)) if t.source else "-",
+            " -> ".join(t.ops) or "as is",
         ]
-        table.add_row(*cells, *([", ".join(row["processing"]) or "-"] if passes else []))
+        table.add_row(*cells, *([", ".join(written.passes_for(t.key)) or "-"] if passes else []))
     console = Console()
     console.print(table)
     if written.dropped:

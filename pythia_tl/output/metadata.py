@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -81,15 +81,18 @@ class OutputFile:
 
     @property
     def tl_config(self) -> dict[str, Any]:
-        return self._json_field("tl_config", dict)
+        value: dict[str, Any] = self._json_field("tl_config", dict)
+        return value
 
     @property
-    def source_files(self) -> dict[str, str]:
-        return self._json_field("source_files", dict)
+    def source_files(self) -> dict[str, Any]:
+        value: dict[str, Any] = self._json_field("source_files", dict)
+        return value
 
     @property
-    def processing(self) -> list[str]:
-        return self._json_field("processing", list)
+    def processing(self) -> list[Any]:
+        value: list[Any] = self._json_field("processing", list)
+        return value
 
     def _json_field(self, key: str, kind: type) -> Any:
         raw = self.metadata.get(key)
@@ -175,13 +178,10 @@ def parse_metadata(info: OutputFile) -> ConversionRecord:
     cfg = info.tl_config
     config = _config_from_tl(cfg)
     model_name, tokenizer = cfg.get("model_name"), cfg.get("tokenizer_name")
-    _expect(isinstance(model_name, str), "tl_config model_name", model_name, "text")
-    _expect(
-        tokenizer is None or isinstance(tokenizer, str),
-        "tl_config tokenizer_name",
-        tokenizer,
-        "text or null",
-    )
+    if not isinstance(model_name, str):
+        raise _unexpected("tl_config model_name", model_name, "text")
+    if tokenizer is not None and not isinstance(tokenizer, str):
+        raise _unexpected("tl_config tokenizer_name", tokenizer, "text or null")
     rederived = tl_config(config, model_name, tokenizer, processing.normalization_type)
     for key in sorted(rederived.keys() | cfg.keys()):
         if key not in cfg:
@@ -209,12 +209,8 @@ def _config_from_tl(cfg: dict[str, Any]) -> NeoXConfig:
     d_model, n_heads, d_head = cfg["d_model"], cfg["n_heads"], cfg["d_head"]
     _expect(d_head * n_heads == d_model, "tl_config d_head", d_head, "d_model / n_heads")
     rotary_dim = cfg.get("rotary_dim")
-    _expect(
-        _is_int(rotary_dim) and 0 <= rotary_dim <= d_head and rotary_dim % 2 == 0,
-        "tl_config rotary_dim",
-        rotary_dim,
-        "an even integer in [0, d_head]",
-    )
+    if not (_is_int(rotary_dim) and 0 <= rotary_dim <= d_head and rotary_dim % 2 == 0):
+        raise _unexpected("tl_config rotary_dim", rotary_dim, "an even integer in [0, d_head]")
     for key in ("eps", "rotary_base"):
         value = cfg.get(key)
         _expect(_positive_float(value), f"tl_config {key}", value, "a positive finite number")
@@ -263,7 +259,11 @@ def _source_files(files: dict[str, Any]) -> dict[str, str]:
 
 def _expect(condition: bool, key: str, value: object, expected: str) -> None:
     if not condition:
-        raise OutputFileError(f"metadata {key} is {_short(value)}, expected {expected}")
+        raise _unexpected(key, value, expected)
+
+
+def _unexpected(key: str, value: object, expected: str) -> OutputFileError:
+    return OutputFileError(f"metadata {key} is {_short(value)}, expected {expected}")
 
 
 def _short(value: object) -> str:
@@ -271,7 +271,7 @@ def _short(value: object) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 

@@ -197,7 +197,10 @@ def _bin_headers(file: Path) -> Iterator[TensorInfo]:
             yield TensorInfo(name, shape, dtype, file)
             continue
         span = Span(
-            offset, tensor.untyped_storage().nbytes(), tensor.stride(), tensor.storage_offset()
+            offset,
+            tensor.untyped_storage().nbytes(),
+            tensor.stride(),
+            int(tensor.storage_offset()),
         )
         problem = check_span(span, shape, dtype, size)
         if problem is not None:

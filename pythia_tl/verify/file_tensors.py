@@ -17,7 +17,8 @@ from safetensors import safe_open
 
 def read_tensor(path: Path, key: str) -> torch.Tensor:
     with safe_open(path, framework="pt") as handle:
-        return handle.get_tensor(key)
+        tensor: torch.Tensor = handle.get_tensor(key)
+    return tensor
 
 
 class FileTensors(Mapping[str, torch.Tensor]):

@@ -102,4 +102,5 @@ def _source_logits(folder: Path, recorded: ConversionRecord, tokens: torch.Tenso
             # same. Parameters only: its buffers (the rotary frequencies) stay float32.
             for parameter in model.parameters():
                 parameter.copy_(parameter.to(recorded.dtype))
-        return model.eval()(input_ids=tokens).logits.to(torch.float32)
+        logits: torch.Tensor = model.eval()(input_ids=tokens).logits
+    return logits.to(torch.float32)

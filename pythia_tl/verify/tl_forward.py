@@ -1,8 +1,8 @@
 """TransformerLens' forward pass for the GPT-NeoX models pythia-tl writes, over a TL state dict.
 
-``verify --logits`` runs a converted file through it and compares the result with transformers'
-own model of the source. It follows TransformerLens' ``HookedTransformer`` for this one
-architecture: LayerNorm ("LN", or "LNPre" once folded), rotary attention that rotates the two
+The logits check of ``verify`` runs a converted file through it and compares the result with
+transformers' own model of the source. It follows TransformerLens' ``HookedTransformer`` for this
+one architecture: LayerNorm ("LN", or "LNPre" once folded), rotary attention that rotates the two
 halves of the first ``rotary_dim`` dimensions of each head (GPT-NeoX's convention), exact GELU, and
 attention and MLP reading the same residual when ``parallel_attn_mlp`` is set.
 
