@@ -5,7 +5,8 @@ It answers what huggingface_hub (checked against 2.4.0) asks of the Hub when dow
 - ``HEAD``/``GET /{repo}/resolve/{rev}/{path}``: small files directly, with ``ETag`` (git blob
   sha1), ``X-Repo-Commit`` and ``Content-Length``; ``.safetensors``, ``.bin`` and files over
   10 MiB are LFS files and get a 302 with ``X-Linked-Etag`` (sha256), ``X-Linked-Size`` and a
-  ``Location`` on a second port of this server, the "CDN". A different origin matters:
+  ``Location`` on a second server, the "CDN", under another host name (``localhost`` where the
+  Hub is ``127.0.0.1``), as the real Hub sends them to its storage. A different origin matters:
   huggingface_hub follows a HEAD's redirect when it stays on the Hub's origin, and reads the file's
   metadata from the 302 only when it leaves it, as it does on the real Hub.
 - ``GET /api/models/{repo}`` and ``.../revision/{rev}`` (``?blobs=true`` adds size, blobId, lfs),
@@ -26,6 +27,7 @@ import hashlib
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -171,10 +173,16 @@ def _parse_range(header: str | None, size: int) -> tuple[int, int] | Literal["ba
 
 
 class StandInHub:
-    """The stand-in Hub: ``.url`` for HF_ENDPOINT, repos added with ``add_revision``."""
+    """The stand-in Hub: ``.url`` for HF_ENDPOINT, repos added with ``add_revision``.
 
-    def __init__(self) -> None:
+    ``bytes_per_second`` limits how fast file bodies are sent, all connections together (a link
+    of that speed, for benchmarks); None: as fast as the machine goes.
+    """
+
+    def __init__(self, bytes_per_second: float | None = None) -> None:
         self._lock = threading.Lock()
+        self._link = _Link(bytes_per_second)
+        self._served: dict[str, int] = {}
         self._repos: dict[str, _Repo] = {}
         self._blobs: dict[str, HubFile] = {}
         self._faults: list[Fault] = []
@@ -199,8 +207,8 @@ class StandInHub:
 
     @property
     def cdn_url(self) -> str:
-        """Where LFS files are redirected to."""
-        return self._cdn.base_url
+        """Where LFS files are redirected to: the same machine under another host name."""
+        return self._cdn.base_url.replace("127.0.0.1", "localhost")
 
     # --- repos -----------------------------------------------------------------------------
 
@@ -304,10 +312,18 @@ class StandInHub:
     def downloaded_paths(self) -> set[str]:
         return {path for _, _, path in self.downloads}
 
+    def served_bytes(self, path: str | None = None) -> int:
+        """Body bytes sent of file ``path`` (every file when None) since the last clear."""
+        with self._lock:
+            if path is None:
+                return sum(self._served.values())
+            return self._served.get(path, 0)
+
     def clear_requests(self) -> None:
         with self._lock:
             self._records.clear()
             self._downloads.clear()
+            self._served.clear()
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -339,6 +355,10 @@ class StandInHub:
     def _record_download(self, repo_id: str, commit: str, path: str) -> None:
         with self._lock:
             self._downloads.append((repo_id, commit, path))
+
+    def _count(self, path: str, size: int) -> None:
+        with self._lock:
+            self._served[path] = self._served.get(path, 0) + size
 
     def _lookup(self, repo_id: str, revision: str) -> tuple[_Repo | None, Revision | None]:
         with self._lock:
@@ -377,6 +397,24 @@ class StandInHub:
                 fault.fired += 1
                 return fault
         return None
+
+
+class _Link:
+    """A shared link of ``rate`` bytes per second (None: unlimited), as a token bucket."""
+
+    def __init__(self, rate: float | None) -> None:
+        self.rate = rate
+        self._lock = threading.Lock()
+        self._free_at = time.monotonic()
+
+    def wait(self, size: int) -> None:
+        if self.rate is None:
+            return
+        with self._lock:
+            start = max(self._free_at, time.monotonic())
+            self._free_at = start + size / self.rate
+            done = self._free_at
+        time.sleep(max(0.0, done - time.monotonic()))
 
 
 class _Server(ThreadingHTTPServer):
@@ -681,7 +719,9 @@ class _Handler(BaseHTTPRequestHandler):
                     at = fault.offset - position
                     if 0 <= at < len(chunk):
                         chunk[at] ^= 0xFF
+                self.server.hub._link.wait(len(chunk))
                 self.wfile.write(chunk)
+                self.server.hub._count(f.path, len(chunk))
                 position += len(chunk)
         if stop < end:
             self.wfile.flush()

@@ -370,12 +370,34 @@ def test_parts_stream_one_at_a_time(tiny_checkpoints: TinyCheckpoints) -> None:
         assert keys == [t.key for t in written.tensors]
 
 
-def test_a_stream_out_of_plan_order_is_refused(tiny_checkpoints: TinyCheckpoints) -> None:
+def test_a_stream_in_any_order_gives_the_same_tensors(tiny_checkpoints: TinyCheckpoints) -> None:
+    """The Hub is streamed in the order its files store the tensors, not in plan order."""
     plan = plan_conversion(resolve_source(str(tiny_checkpoints["safetensors"])).checkpoint)
+    written = plan_processing(plan, Processing.all())
+    generator = torch.Generator().manual_seed(0)
+    stream = [(t, torch.randn(t.shape, generator=generator)) for t in plan.tensors]
+
+    def processed(items: list[Converted]) -> dict[str, torch.Tensor]:
+        copies = [(t, tensor.clone()) for t, tensor in items]
+        return {t.key: tensor for t, tensor in process_stream(written, copies)}
+
+    in_order = processed(stream)
+    shuffled = processed(stream[::-1])
+    assert in_order.keys() == shuffled.keys() == {t.key for t in written.tensors}
+    for key, tensor in in_order.items():
+        assert torch.equal(tensor, shuffled[key]), key
+
+
+def test_a_stream_with_a_tensor_missing_twice_or_unplanned_is_refused(
+    tiny_checkpoints: TinyCheckpoints,
+) -> None:
+    plan = plan_conversion(resolve_source(str(tiny_checkpoints["safetensors"])).checkpoint)
+    written = plan_processing(plan, Processing(fold_ln=True))
     stream = [(t, torch.zeros(t.shape)) for t in plan.tensors]
-    stream[3], stream[4] = stream[4], stream[3]
-    with pytest.raises(PlanError, match=f"expected {stream[4][0].key} next, got"):
-        list(process_stream(plan_processing(plan, Processing(fold_ln=True)), stream))
+    with pytest.raises(PlanError, match=f"{stream[3][0].key} was planned but not converted"):
+        list(process_stream(written, stream[:3] + stream[4:]))
+    with pytest.raises(PlanError, match=f"{stream[3][0].key} was converted but not planned"):
+        list(process_stream(written, [*stream[:4], stream[3], *stream[4:]]))
 
 
 def without(plan: ConversionPlan, key: str) -> ConversionPlan:

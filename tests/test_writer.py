@@ -23,12 +23,15 @@ TENSORS = {
 ENTRIES = [TensorEntry(name, t.dtype, tuple(t.shape)) for name, t in TENSORS.items()]
 
 
-def write(target: Path, tensors: Iterator[torch.Tensor] | None = None, **kwargs) -> int:
+Named = tuple[str, torch.Tensor]
+
+
+def write(target: Path, tensors: Iterator[Named] | None = None, **kwargs) -> int:
     meta = {"format": "pt", "note": "x" * 10}
     return write_safetensors(
         target,
         ENTRIES,
-        tensors if tensors is not None else iter(TENSORS.values()),
+        tensors if tensors is not None else iter(TENSORS.items()),
         metadata=lambda: meta,
         reserve_metadata=meta,
         **kwargs,
@@ -56,7 +59,7 @@ def test_final_metadata_may_differ_from_the_reservation(tmp_path: Path) -> None:
     write_safetensors(
         target,
         ENTRIES,
-        iter(TENSORS.values()),
+        iter(TENSORS.items()),
         metadata=lambda: {"sha": "f" * 64},
         reserve_metadata={"sha": "0" * 64},
     )
@@ -81,8 +84,8 @@ def test_mode_follows_the_umask(tmp_path: Path) -> None:
 
 
 def test_failure_mid_way_leaves_nothing_behind(tmp_path: Path) -> None:
-    def failing() -> Iterator[torch.Tensor]:
-        yield TENSORS["a"]
+    def failing() -> Iterator[Named]:
+        yield "a", TENSORS["a"]
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
@@ -105,10 +108,10 @@ def test_an_existing_output_is_kept_unless_forced(tmp_path: Path) -> None:
 def test_an_output_appearing_during_the_write_is_not_clobbered(tmp_path: Path) -> None:
     target = tmp_path / "out.safetensors"
 
-    def racing() -> Iterator[torch.Tensor]:
-        yield from list(TENSORS.values())[:2]
+    def racing() -> Iterator[Named]:
+        yield from list(TENSORS.items())[:2]
         target.write_bytes(b"written by someone else")
-        yield from list(TENSORS.values())[2:]
+        yield from list(TENSORS.items())[2:]
 
     with pytest.raises(OutputError, match="already exists"):
         write(target, racing())
@@ -122,7 +125,30 @@ def test_a_missing_folder_is_one_clear_error(tmp_path: Path) -> None:
 
 
 def test_a_tensor_that_disagrees_with_the_plan_is_refused(tmp_path: Path) -> None:
-    wrong = iter([TENSORS["a"], torch.randn(8), TENSORS["c"], TENSORS["scalar"]])
+    wrong = iter([("a", TENSORS["a"]), ("b", torch.randn(8)), ("c", TENSORS["c"])])
     with pytest.raises(ValueError, match="planned"):
         write(tmp_path / "out.safetensors", wrong)
     assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "named",
+    [
+        [("a", TENSORS["a"]), ("b", TENSORS["b"]), ("c", TENSORS["c"])],
+        [*TENSORS.items(), ("a", TENSORS["a"])],
+        [("a", TENSORS["a"]), ("x", TENSORS["b"])],
+    ],
+    ids=["one missing", "one twice", "one unplanned"],
+)
+def test_every_planned_tensor_is_written_exactly_once(tmp_path: Path, named: list[Named]) -> None:
+    with pytest.raises(ValueError, match="planned|twice"):
+        write(tmp_path / "out.safetensors", iter(named))
+    assert leftovers(tmp_path) == []
+
+
+def test_tensors_in_any_order_land_in_their_planned_places(tmp_path: Path) -> None:
+    write(tmp_path / "in-order.safetensors")
+    write(tmp_path / "reversed.safetensors", iter(reversed(TENSORS.items())))
+    assert (tmp_path / "in-order.safetensors").read_bytes() == (
+        tmp_path / "reversed.safetensors"
+    ).read_bytes()

@@ -23,6 +23,7 @@ from typing import Literal
 from pythia_tl import CONVERTER_NAME
 from pythia_tl.engine import ConvertOptions
 from pythia_tl.errors import OutputFileError
+from pythia_tl.mapping.selection import EVERY_TENSOR, Selection
 from pythia_tl.output.metadata import read_output
 
 State = Literal["missing", "current", "other_commit", "unverified", "stale", "foreign"]
@@ -35,10 +36,11 @@ class Requirements:
     source: str
     dtype: str
     processing: tuple[str, ...]
+    selection: Selection = EVERY_TENSOR
 
     @classmethod
     def of(cls, repo_id: str, options: ConvertOptions) -> Requirements:
-        return cls(repo_id, options.dtype, tuple(options.processing.passes))
+        return cls(repo_id, options.dtype, tuple(options.processing.passes), options.selection)
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,7 @@ def judge_existing(path: Path, requirements: Requirements, commit: str | None) -
         info = read_output(path)
         source_sha256 = info.source_files
         processing = tuple(info.processing)
+        selection = info.selection
     except OutputFileError as exc:
         return ExistingOutput("foreign", f"{exc}; move it away to convert this revision")
     metadata = info.metadata
@@ -94,6 +97,12 @@ def judge_existing(path: Path, requirements: Requirements, commit: str | None) -
             recorded,
             state="stale",
             reason=f"processing {list(processing)}, asked for {list(requirements.processing)}",
+        )
+    if selection.to_json() != requirements.selection.to_json():
+        return replace(
+            recorded,
+            state="stale",
+            reason=f"selection {selection.to_json()}, asked for {requirements.selection.to_json()}",
         )
     if commit is None:
         return replace(recorded, state="unverified", reason="the branch's commit is unknown")

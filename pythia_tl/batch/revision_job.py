@@ -48,9 +48,10 @@ def convert_revision(
     cache_dir: Path | None,
     on_bytes: Callable[[int, int], None],
     stopped: Callable[[], bool],
+    download: bool = False,
 ) -> RevisionResult:
-    """Download (or find in the cache) and convert one revision; never raises for a revision's
-    own failure, which the result records."""
+    """Stream (or ``download``, or find in the cache) and convert one revision; never raises
+    for a revision's own failure, which the result records."""
     item, listing = pending.item, pending.listing
     started = time.perf_counter()
     sha256 = list(listing.weight_sha256.values()) if listing is not None else []
@@ -59,9 +60,9 @@ def convert_revision(
     fetched: HubRevision | None = None
     try:
         if listing is not None:
-            fetched = download_revision(listing, cache_dir)
+            fetched = download_revision(listing, cache_dir, weights=download)
         else:
-            fetched = fetch_revision(item.repo_id, item.revision, cache_dir)
+            fetched = fetch_revision(item.repo_id, item.revision, cache_dir, weights=download)
         if stopped():
             raise BatchCancelled
         source = open_hub_revision(item.model, fetched)

@@ -256,6 +256,7 @@ class _BatchRun:
                     self.request.cache_dir,
                     self._on_bytes,
                     self.stop.is_set,
+                    download=self.request.keep_downloads,
                 )
                 if result.status == "converted":
                     first = result
@@ -285,6 +286,7 @@ def _command(request: BatchRequest) -> dict[str, Any]:
         "steps": str(request.steps),
         "dtype": request.options.dtype,
         "processing": list(request.options.processing.passes),
+        "selection": request.options.selection.to_json(),
         "shard": str(request.shard) if request.shard is not None else None,
         "jobs": request.jobs,
         "keep_downloads": request.keep_downloads,

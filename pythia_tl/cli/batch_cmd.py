@@ -72,7 +72,8 @@ def batch(
         bool,
         typer.Option(
             "--keep-downloads",
-            help="Keep downloaded weights in the cache (default: removed once converted).",
+            help="Download the weights into the huggingface_hub cache and keep them (default: "
+            "streamed, nothing of them stored).",
         ),
     ] = False,
     fail_fast: Annotated[
@@ -89,7 +90,9 @@ def batch(
         models=tuple(resolve_model_name(model) for model in models),
         steps=parse_step_spec(steps),
         output_dir=output,
-        options=ConvertOptions(dtype=choice.dtype, processing=choice.processing),
+        options=ConvertOptions(
+            dtype=choice.dtype, processing=choice.processing, selection=choice.selection
+        ),
         jobs=jobs,
         shard=parse_shard(shard) if shard is not None else None,
         keep_downloads=keep_downloads,

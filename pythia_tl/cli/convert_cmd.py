@@ -13,6 +13,7 @@ from pythia_tl.cli.options import (
     CacheDir,
     CheckpointIndex,
     Json,
+    KeepDownloads,
     OutputChoice,
     Quiet,
     Revision,
@@ -46,14 +47,23 @@ def convert(
     checkpoint_index: CheckpointIndex = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output.")] = False,
     cache_dir: CacheDir = None,
+    keep_downloads: KeepDownloads = False,
     quiet: Quiet = False,
     json_output: Json = False,
     *,
     choice: OutputChoice,
 ) -> None:
-    """Convert one checkpoint into a TransformerLens safetensors file."""
+    """Convert one checkpoint into a TransformerLens safetensors file.
+
+    A Hub revision not in the cache is streamed: converted while its bytes arrive, and not
+    stored (unless --keep-downloads)."""
     resolved = resolve_source(
-        source, revision=revision, step=step, cache_dir=cache_dir, checkpoint_index=checkpoint_index
+        source,
+        revision=revision,
+        step=step,
+        cache_dir=cache_dir,
+        checkpoint_index=checkpoint_index,
+        download=keep_downloads,
     )
     target = output or Path(
         default_output_name(
@@ -61,7 +71,11 @@ def convert(
         )
     )
     options = ConvertOptions(
-        dtype=choice.dtype, overwrite=force, hash_output=json_output, processing=choice.processing
+        dtype=choice.dtype,
+        overwrite=force,
+        hash_output=json_output,
+        processing=choice.processing,
+        selection=choice.selection,
     )
     with byte_progress(f"converting {resolved.provenance.model_name}", quiet or json_output) as bar:
         result = run_conversion(resolved, target, options, on_bytes=bar)

@@ -18,6 +18,7 @@ import typer
 
 from pythia_tl.dtypes import OUTPUT_DTYPE_NAMES
 from pythia_tl.mapping.plan import check_dtype
+from pythia_tl.mapping.selection import Selection, parse_selection
 from pythia_tl.processing import Processing
 
 Command = TypeVar("Command", bound=Callable[..., Any])
@@ -106,12 +107,41 @@ RefactorFactoredAttnMatrices = Annotated[
 ]
 
 
+Tensors = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        "--tensors",
+        help="Write only these TransformerLens keys: comma-separated globs (embed.W_E, "
+        "'blocks.*.attn.W_Q', 'unembed.*'); only the bytes they need are read.",
+        rich_help_panel="Selection",
+    ),
+]
+Layers = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        "--layers",
+        help="Write only the blocks of these layers: e.g. 0-3,10 (with --tensors, both apply).",
+        rich_help_panel="Selection",
+    ),
+]
+KeepDownloads = Annotated[
+    bool,
+    typer.Option(
+        "--keep-downloads",
+        help="Download the weights into the huggingface_hub cache, as `hf download` would, "
+        "instead of streaming them (default: streamed, nothing of them stored).",
+    ),
+]
+
+
 @dataclass(frozen=True)
 class OutputChoice:
-    """What the output options asked for: the dtype name (or "auto") and the processing."""
+    """What the output options asked for: the dtype name (or "auto"), the processing and the
+    selection of tensors."""
 
     dtype: str
     processing: Processing
+    selection: Selection
 
 
 _OUTPUT_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
@@ -122,11 +152,14 @@ _OUTPUT_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
     ("fold_value_biases", FoldValueBiases, False),
     ("process", Process, False),
     ("refactor_factored_attn_matrices", RefactorFactoredAttnMatrices, False),
+    ("tensors", Tensors, None),
+    ("layers", Layers, None),
 )
 
 
 def with_output_options(command: Command) -> Command:
-    """Add the output options to ``command``, which takes them as ``choice: OutputChoice``."""
+    """Add the output options (dtype, processing, selection) to ``command``, which takes them as
+    ``choice: OutputChoice``."""
     signature = inspect.signature(command, eval_str=True)
     kept = [p for p in signature.parameters.values() if p.name != "choice"]
     added = [
@@ -139,7 +172,9 @@ def with_output_options(command: Command) -> Command:
         chosen = {name: values.pop(name) for name, _, _ in _OUTPUT_OPTIONS}
         dtype = chosen.pop("dtype")
         check_dtype(dtype)
-        return command(**values, choice=OutputChoice(dtype, Processing.choose(**chosen)))
+        selection = parse_selection(chosen.pop("tensors"), chosen.pop("layers"))
+        processing = Processing.choose(**chosen)
+        return command(**values, choice=OutputChoice(dtype, processing, selection))
 
     parameters = [
         *(p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in kept),

@@ -18,9 +18,10 @@ from pythia_tl.cli.options import (
     with_output_options,
 )
 from pythia_tl.dtypes import dtype_name
+from pythia_tl.engine.output_plan import OutputPlan, plan_output
 from pythia_tl.mapping.plan import plan_conversion
-from pythia_tl.processing import plan_processing
 from pythia_tl.source import resolve_source
+from pythia_tl.source.checkpoint import Checkpoint
 
 
 @with_output_options
@@ -34,11 +35,12 @@ def plan(
     choice: OutputChoice,
 ) -> None:
     """Show every output tensor: its source key, the ops, shapes and dtypes (reads no tensor
-    data; a Hub revision is downloaded to the cache first)."""
+    data: of a Hub revision, only the files' headers are fetched)."""
     processing = choice.processing
     resolved = resolve_source(source, revision=revision, step=step, cache_dir=cache_dir)
     planned = plan_conversion(resolved.checkpoint, choice.dtype)
-    written = plan_processing(planned, processing)
+    out = plan_output(planned, processing, choice.selection)
+    written = out.processing
     rows = [
         {
             "key": t.key,
@@ -50,7 +52,7 @@ def plan(
             "dtype": dtype_name(t.dtype),
             "processing": list(written.passes_for(t.key)),
         }
-        for t in written.tensors
+        for t in out.tensors
     ]
     if json_output:
         print(
@@ -58,7 +60,9 @@ def plan(
                 {
                     "tensors": rows,
                     "ignored": list(planned.ignored),
-                    "bytes": written.nbytes,
+                    "bytes": out.nbytes,
+                    "read_bytes": _read_bytes(resolved.checkpoint, out),
+                    "selection": choice.selection.to_json(),
                     "processing": list(processing.passes),
                     "not_written": list(written.dropped),
                     "normalization_type": processing.normalization_type,
@@ -67,12 +71,12 @@ def plan(
         )
         return
     passes = processing.passes
-    title = f"{resolved.provenance.source}: {len(rows)} tensors, {written.nbytes / 1e6:.1f} MB"
+    title = f"{resolved.provenance.source}: {len(rows)} tensors, {out.nbytes / 1e6:.1f} MB"
     table = Table(title=title + (f", processing: {', '.join(passes)}" if passes else ""))
     columns = ["output key", "shape", "dtype", "source key", "source shape", "ops"]
     for column in columns + (["processing"] if passes else []):
         table.add_column(column)
-    for t in written.tensors:
+    for t in out.tensors:
         cells = [
             t.key,
             str(list(t.shape)),
@@ -93,3 +97,12 @@ def plan(
         console.print(
             f"skipped {len(planned.ignored)} non-weight buffers (attention masks, inv_freq)"
         )
+
+
+def _read_bytes(checkpoint: Checkpoint, out: OutputPlan) -> int:
+    """The source bytes the conversion reads (its tensors' byte ranges)."""
+    return sum(
+        checkpoint.tensors[source.name].span_bytes
+        for source in out.conversion.sources
+        if source.name is not None
+    )

@@ -4,33 +4,37 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from pythia_tl.dtypes import dtype_name
-from pythia_tl.engine.hashing import SourceHashes, file_sha256
+from pythia_tl.engine.hashing import file_sha256
+from pythia_tl.engine.output_plan import plan_output
 from pythia_tl.engine.pipeline import convert_tensors, finish
+from pythia_tl.engine.reading import open_source
 from pythia_tl.formats.safetensors import TensorEntry
 from pythia_tl.mapping.plan import plan_conversion
+from pythia_tl.mapping.selection import EVERY_TENSOR, Selection
 from pythia_tl.output.metadata import build_metadata
 from pythia_tl.output.writer import write_safetensors
-from pythia_tl.processing import NO_PROCESSING, Processing, plan_processing, process_stream
-from pythia_tl.source.reader import TensorReader
+from pythia_tl.processing import NO_PROCESSING, Processing, process_stream
 from pythia_tl.source.resolve import Provenance, ResolvedSource
 
 
 @dataclass(frozen=True)
 class ConvertOptions:
     """``dtype``: the output dtype name, or "auto" (the source's); ``overwrite``: replace an
-    existing output; ``hash_output``: also hash the written file (for the result)."""
+    existing output; ``hash_output``: also hash the written file (for the result);
+    ``selection``: write only these tensors (and read only what they need)."""
 
     dtype: str = "auto"
     overwrite: bool = False
     hash_output: bool = False
     processing: Processing = NO_PROCESSING
+    selection: Selection = EVERY_TENSOR
 
 
 @dataclass(frozen=True)
@@ -75,30 +79,33 @@ def convert(
 ) -> ConversionResult:
     """Convert an opened source into a TransformerLens safetensors file at ``output``."""
     started = time.perf_counter()
-    plan = plan_conversion(source.checkpoint, options.dtype)
-    processing = options.processing
-    written = plan_processing(plan, processing)
-    provenance = source.provenance
-    checkpoint = source.checkpoint
-    entries = [TensorEntry(t.key, t.dtype, t.shape) for t in written.tensors]
+    checkpoint, provenance, processing = source.checkpoint, source.provenance, options.processing
+    full = plan_conversion(checkpoint, options.dtype)
+    out = plan_output(full, processing, options.selection)
+    plan = out.conversion
+    entries = [TensorEntry(t.key, t.dtype, t.shape) for t in out.tensors]
 
     def metadata(sha256: dict[str, str]) -> dict[str, str]:
-        return build_metadata(plan.config, plan.dtype, provenance, sha256, processing)
+        return build_metadata(
+            full.config, full.dtype, provenance, sha256, processing, options.selection
+        )
 
-    with (
-        _one_torch_thread() if not processing.passes else nullcontext(),
-        SourceHashes(checkpoint.files) as hashes,
-        TensorReader(checkpoint) as reader,
-    ):
+    names = [file.name for file in checkpoint.files]
+    with ExitStack() as stack:
+        if not processing.passes:
+            stack.enter_context(_one_torch_thread())
+        reader, order, digests = open_source(
+            stack, checkpoint, plan, provenance.expected_sha256, whole=not out.is_partial
+        )
+        converted = out.written(
+            process_stream(out.processing, convert_tensors(plan, reader, order))
+        )
         size = write_safetensors(
             output,
             entries,
-            (
-                finish(tensor, planned)
-                for planned, tensor in process_stream(written, convert_tensors(plan, reader))
-            ),
-            metadata=lambda: metadata(hashes.checked(provenance.expected_sha256)),
-            reserve_metadata=metadata(dict.fromkeys(hashes.names, "0" * 64)),
+            ((planned.key, finish(tensor, planned)) for planned, tensor in converted),
+            metadata=lambda: metadata(digests()),
+            reserve_metadata=metadata(dict.fromkeys(names, "0" * 64)),
             overwrite=options.overwrite,
             on_bytes=on_bytes,
         )
@@ -112,7 +119,7 @@ def convert(
         source=provenance.source,
         revision=provenance.revision,
         commit=provenance.commit,
-        dtype=dtype_name(plan.dtype),
+        dtype=dtype_name(full.dtype),
         processing=processing.passes,
     )
 

@@ -60,14 +60,25 @@ class SourceHashes:
         return {name: future.result() for name, future in self._futures.items()}
 
     def checked(self, expected: Mapping[str, str]) -> dict[str, str]:
-        """``digests()``, each checked against the sha256 ``expected`` for it (what the Hub
-        announced: huggingface_hub does not check a download itself)."""
-        digests = self.digests()
-        for name, digest in digests.items():
-            announced = expected.get(name)
-            if announced is not None and digest != announced:
-                raise SourceError(
-                    f"{name}: sha256 {digest} differs from the {announced} the Hub announced; the "
-                    "cached download is corrupt (delete it from the cache and retry)"
-                )
-        return digests
+        """``digests()``, each checked against the sha256 ``expected`` for it."""
+        return check_sha256(
+            self.digests(),
+            expected,
+            "the cached download is corrupt (delete it from the cache and retry)",
+        )
+
+
+def check_sha256(
+    digests: dict[str, str],
+    expected: Mapping[str, str],
+    why: str = "the bytes changed on the way; run the command again",
+) -> dict[str, str]:
+    """``digests``, each checked against what the Hub announced for the file (huggingface_hub
+    does not check what it serves)."""
+    for name, digest in digests.items():
+        announced = expected.get(name)
+        if announced is not None and digest != announced:
+            raise SourceError(
+                f"{name}: sha256 {digest} differs from the {announced} the Hub announced; {why}"
+            )
+    return digests

@@ -7,25 +7,37 @@ torch's copies and the kernel's writes release the GIL, so the two overlap on tw
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Protocol
 
 import torch
 
 from pythia_tl.engine.buffers import BufferPool
 from pythia_tl.engine.copy import cast, owned
 from pythia_tl.mapping.plan import ConversionPlan, PlannedSource, PlannedTensor
-from pythia_tl.source.reader import TensorReader
 
 Converted = tuple[PlannedTensor, torch.Tensor]
+
+
+class Reader(Protocol):
+    """Where source tensors come from: a local ``TensorReader`` or a remote ``StreamReader``."""
+
+    def read(self, name: str) -> torch.Tensor: ...
+
+    def release(self, name: str) -> None: ...
+
 
 # How far (in converted bytes) the worker may run ahead of the caller: enough to keep it busy
 # while a large tensor is written, small next to the memory bound (2 x the largest tensor).
 AHEAD_BYTES = 64 << 20
 
 
-def convert_tensors(plan: ConversionPlan, reader: TensorReader) -> Iterator[Converted]:
-    """The planned tensors, converted in plan order, each contiguous and in memory of its own
+def convert_tensors(
+    plan: ConversionPlan, reader: Reader, order: Sequence[PlannedSource] | None = None
+) -> Iterator[Converted]:
+    """The planned tensors, converted source by source in plan order (or ``order``: the order a
+    stream delivers them), each contiguous and in memory of its own
     (never a view of the mapped source). They keep the source dtype, except that a lossless
     widening to the output dtype (float16 -> float32) is done here already; ``finish`` casts.
 
@@ -33,7 +45,7 @@ def convert_tensors(plan: ConversionPlan, reader: TensorReader) -> Iterator[Conv
     been copied. Copies go to memory that is reused once the caller has let go of the tensors in
     it (``BufferPool``), except for the embeddings.
     """
-    sources = plan.sources
+    sources = plan.sources if order is None else order
     # Memory reused for every tensor up to half the largest (all but the embeddings).
     half = max((planned.nbytes for planned in plan.tensors), default=0) // 2
     pool = BufferPool(largest=half, limit=half + 2 * AHEAD_BYTES)
@@ -61,7 +73,7 @@ def convert_tensors(plan: ConversionPlan, reader: TensorReader) -> Iterator[Conv
                 future.cancel()
 
 
-def _convert(source: PlannedSource, reader: TensorReader, pool: BufferPool) -> list[Converted]:
+def _convert(source: PlannedSource, reader: Reader, pool: BufferPool) -> list[Converted]:
     if source.name is None:
         return [(source.outputs[0], source.made())]
     tensor = reader.read(source.name)

@@ -7,8 +7,8 @@ is read or any output file is created.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -34,6 +34,8 @@ class PlannedTensor:
     source_dtype: torch.dtype | None
     # How the source becomes this tensor, in words (empty: as it is).
     ops: tuple[str, ...]
+    # Which of its rule's outputs this is.
+    index: int = 0
 
     @property
     def nbytes(self) -> int:
@@ -57,8 +59,9 @@ class PlannedSource:
         return self.outputs[0].source
 
     def convert(self, tensor: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The outputs of the source ``tensor``, views of it where the pattern allows."""
-        return self.rule.apply(tensor, dict(self.dims))
+        """The planned outputs of the source ``tensor``, views of it where the pattern allows."""
+        every = self.rule.apply(tensor, dict(self.dims))
+        return tuple(every[planned.index] for planned in self.outputs)
 
     def made(self) -> torch.Tensor:
         """The output of a rule that reads no source."""
@@ -80,6 +83,15 @@ class ConversionPlan:
     @property
     def nbytes(self) -> int:
         return sum(t.nbytes for t in self.tensors)
+
+    def restricted(self, keys: Collection[str]) -> ConversionPlan:
+        """This plan with only the outputs ``keys`` (a source none of whose outputs is kept is
+        not read)."""
+        sources = (
+            replace(source, outputs=tuple(t for t in source.outputs if t.key in keys))
+            for source in self.sources
+        )
+        return replace(self, sources=tuple(source for source in sources if source.outputs))
 
 
 def check_dtype(requested: str) -> None:
@@ -170,6 +182,7 @@ def _planned(
             source_shape=source_shape,
             source_dtype=source_dtype,
             ops=ops + ((f"part {index} of {len(rule.outputs)}",) if many else ()),
+            index=index,
         )
         for index, key in enumerate(rule.outputs)
     )

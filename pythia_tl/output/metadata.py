@@ -21,7 +21,8 @@ from safetensors import SafetensorError, safe_open
 
 from pythia_tl import CONVERTER_NAME, __version__
 from pythia_tl.dtypes import BY_NAME, OUTPUT_DTYPE_NAMES, dtype_name
-from pythia_tl.errors import OutputFileError
+from pythia_tl.errors import OutputFileError, UsageError
+from pythia_tl.mapping.selection import EVERY_TENSOR, Selection, parse_selection
 from pythia_tl.mapping.tl_config import tl_config
 from pythia_tl.processing.passes import NO_PROCESSING, TL_ORDER, Processing
 from pythia_tl.source.config import NeoXConfig
@@ -39,7 +40,7 @@ REQUIRED_KEYS = (
     "dtype",
     "processing",
 )
-JSON_KEYS = ("tl_config", "source_files", "processing")
+JSON_KEYS = ("tl_config", "source_files", "processing", "selection")
 _POSITIVE_INTS = ("d_model", "d_head", "n_heads", "d_mlp", "n_layers", "n_ctx", "d_vocab")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -51,8 +52,9 @@ def build_metadata(
     provenance: Provenance,
     source_sha256: Mapping[str, str],
     processing: Processing = NO_PROCESSING,
+    selection: Selection = EVERY_TENSOR,
 ) -> dict[str, str]:
-    """The ``__metadata__`` of an output file."""
+    """The ``__metadata__`` of an output file (``selection`` only in a partial file's)."""
     cfg = tl_config(
         config, provenance.model_name, provenance.repo_id, processing.normalization_type
     )
@@ -67,7 +69,7 @@ def build_metadata(
         "converter_version": __version__,
         "dtype": dtype_name(dtype),
         "processing": json.dumps(list(processing.passes)),
-    }
+    } | ({} if selection.is_all else {"selection": json.dumps(selection.to_json())})
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,24 @@ class OutputFile:
     def processing(self) -> list[Any]:
         value: list[Any] = self._json_field("processing", list)
         return value
+
+    @property
+    def selection(self) -> Selection:
+        """The tensors a partial file was limited to (every tensor when it records none)."""
+        if "selection" not in self.metadata:
+            return EVERY_TENSOR
+        recorded = self._json_field("selection", dict)
+        tensors, layers = recorded.get("tensors"), recorded.get("layers")
+        if not (
+            isinstance(tensors, list)
+            and all(isinstance(glob, str) for glob in tensors)
+            and (layers is None or isinstance(layers, str))
+        ):
+            raise OutputFileError(f"{self.path}: metadata 'selection' is malformed")
+        try:
+            return parse_selection(",".join(tensors) if tensors else None, layers)
+        except UsageError:
+            raise OutputFileError(f"{self.path}: metadata 'selection' is malformed") from None
 
     def _json_field(self, key: str, kind: type) -> Any:
         raw = self.metadata.get(key)
@@ -149,6 +169,7 @@ class ConversionRecord:
     commit: str
     source_files: dict[str, str]
     processing: Processing
+    selection: Selection = EVERY_TENSOR
 
     @property
     def from_folder(self) -> bool:
@@ -198,6 +219,7 @@ def parse_metadata(info: OutputFile) -> ConversionRecord:
         commit=commit,
         source_files=_source_files(info.source_files),
         processing=processing,
+        selection=info.selection,
     )
 
 

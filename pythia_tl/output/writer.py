@@ -30,14 +30,15 @@ _FLUSH_BYTES = 64 << 20
 def write_safetensors(
     target: Path,
     entries: Sequence[TensorEntry],
-    tensors: Iterable[torch.Tensor],
+    tensors: Iterable[tuple[str, torch.Tensor]],
     metadata: Callable[[], Mapping[str, str]],
     reserve_metadata: Mapping[str, str],
     *,
     overwrite: bool = False,
     on_bytes: Callable[[int, int], None] | None = None,
 ) -> int:
-    """Stream ``tensors`` (in ``entries`` order) into ``target``; returns the file's size.
+    """Stream ``tensors`` (``(name, tensor)`` for every entry, in any order) into ``target``;
+    returns the file's size.
 
     ``reserve_metadata`` must be at least as long, once encoded, as what ``metadata()`` returns
     after the last tensor: its size fixes where the data starts. ``on_bytes(n, total)`` is called
@@ -75,27 +76,41 @@ def write_safetensors(
 def _write_body(
     out: BinaryIO,
     entries: Sequence[TensorEntry],
-    tensors: Iterable[torch.Tensor],
+    tensors: Iterable[tuple[str, torch.Tensor]],
     start: int,
     total: int,
     on_bytes: Callable[[int, int], None] | None,
 ) -> None:
+    places: dict[str, tuple[TensorEntry, int]] = {}
+    offset = start
+    for entry in entries:
+        places[entry.name] = (entry, offset)
+        offset += entry.nbytes
     out.seek(start)
-    written = flushed = start
-    for entry, tensor in zip(entries, tensors, strict=True):
+    written = flushed = start  # the end of what has been written in order from the start
+    for name, tensor in tensors:
+        if name not in places:
+            raise ValueError(f"{name}: not planned, or written twice")
+        entry, at = places.pop(name)
         if tuple(tensor.shape) != entry.shape or tensor.dtype != entry.dtype:
             raise ValueError(
                 f"{entry.name}: got {tensor.dtype} {list(tensor.shape)}, planned "
                 f"{entry.dtype} {list(entry.shape)}"
             )
+        if at != out.tell():
+            out.seek(at)
         _write_all(out, tensor)
-        written += entry.nbytes
-        if written - flushed >= _FLUSH_BYTES:
-            _flush_behind(out.fileno(), flushed, written)
-            flushed = written
+        if at == written:
+            written += entry.nbytes
+            if written - flushed >= _FLUSH_BYTES:
+                _flush_behind(out.fileno(), flushed, written)
+                flushed = written
         if on_bytes is not None:
             on_bytes(entry.nbytes, total)
         del tensor
+    if places:
+        missing = next(iter(places))
+        raise ValueError(f"{missing}: planned but never written ({len(places)} missing)")
 
 
 def _flush_behind(fd: int, start: int, end: int) -> None:

@@ -124,17 +124,20 @@ def part_of(key: str) -> tuple[Part, str]:
     raise PlanError(f"processing: output key {key} belongs to no known part of the model")
 
 
-def plan_processing(plan: ConversionPlan, processing: Processing) -> ProcessingPlan:
+def plan_processing(
+    plan: ConversionPlan, processing: Processing, *, partial: bool = False
+) -> ProcessingPlan:
     """Group ``plan``'s tensors by part and work out what each chosen pass does to them.
 
-    Raises PlanError, naming the pass, when a chosen pass lacks a tensor it needs.
+    Raises PlanError, naming the pass, when a chosen pass lacks a tensor it needs. ``partial``:
+    the plan holds some parts only (a selection); those it holds must be complete.
     """
     passes = processing.passes
     runs = _consecutive_parts(plan.tensors)
     present = {part for _, part, _ in runs}
     for name in passes:
         for part in CHANGES[name]:
-            if part not in present:
+            if part not in present and not partial:
                 raise PlanError(
                     Param(name), f": the conversion has no {part} tensors; {_WHY[name]}"
                 )
@@ -145,7 +148,8 @@ def plan_processing(plan: ConversionPlan, processing: Processing) -> ProcessingP
             raise PlanError(f"processing: the tensors of {prefix or part} are not consecutive")
         seen.add((prefix, part))
         names = {t.key.removeprefix(prefix) for t in inputs}
-        for name in passes:
+        chosen = [name for name in passes if CHANGES[name].get(part)] if partial else passes
+        for name in chosen:
             for table in (CHANGES, DROPS, NEEDS):
                 for needed in table.get(name, {}).get(part, ()):
                     if needed not in names:

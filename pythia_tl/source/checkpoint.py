@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass
+import zipfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -24,6 +25,7 @@ from pythia_tl.formats.safetensors import LENGTH_BYTES, header_length, parse_hea
 from pythia_tl.formats.torch_bin import is_little_endian, load_bin
 from pythia_tl.source.config import NeoXConfig, read_config
 from pythia_tl.source.mapped import Span, check_span, contiguous_stride
+from pythia_tl.source.remote import RemoteFile, SparseFile
 
 Format = Literal["safetensors", "bin"]
 
@@ -48,16 +50,35 @@ class TensorInfo:
     file: Path
     span: Span | None = None
 
+    @property
+    def span_bytes(self) -> int:
+        """The bytes of the file its data takes."""
+        if self.span is not None:
+            return self.span.nbytes
+        count = self.dtype.itemsize
+        for size in self.shape:
+            count *= size
+        return count
+
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """A checkpoint folder whose weight files and headers have been read and checked."""
+    """A checkpoint folder whose weight files and headers have been read and checked.
+
+    ``remote`` holds the weight files that are not on disk but read from the Hub by ranges
+    (their ``files`` entry is ``repo@commit/name``, which is how messages name them).
+    """
 
     folder: Path
     config: NeoXConfig
     format: Format
     files: tuple[Path, ...]
     tensors: dict[str, TensorInfo]
+    remote: dict[Path, RemoteFile] = field(default_factory=dict)
+
+    @property
+    def is_remote(self) -> bool:
+        return bool(self.remote)
 
 
 def weight_files_for(filenames: set[str]) -> tuple[Format, list[str]] | None:
@@ -71,28 +92,42 @@ def weight_files_for(filenames: set[str]) -> tuple[Format, list[str]] | None:
     return None
 
 
-def open_checkpoint(folder: Path, allowed_root: Path | None = None) -> Checkpoint:
+def open_checkpoint(
+    folder: Path,
+    allowed_root: Path | None = None,
+    remote: Mapping[str, RemoteFile] | None = None,
+) -> Checkpoint:
     """Read ``folder``'s config and weight headers.
 
     Every weight file must resolve inside ``allowed_root`` (default: the folder itself), so an
-    index cannot make us read files elsewhere on the machine.
+    index cannot make us read files elsewhere on the machine. Weight files missing from the
+    folder are read from ``remote`` (by name), headers by byte ranges.
     """
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: not a folder")
     config = read_config(folder / "config.json")
     root = (allowed_root or folder).resolve()
-    listing = {p.name for p in folder.iterdir()}
+    remote = remote or {}
+    listing = {p.name for p in folder.iterdir()} | set(remote)
     found = weight_files_for(listing)
     if found is None:
         expected = ", ".join(name for _, single, index in LAYOUTS for name in (single, index))
         raise CheckpointError(f"{folder}: no weights found; expected one of {expected}")
     fmt, (first,) = found
     path = folder / first
-    shard_names = _read_index(path, folder) if first.endswith(".index.json") else None
-    files = [_inside(folder / name, root, path) for name in shard_names or [first]]
+    shard_names = _read_index(path, folder, remote) if first.endswith(".index.json") else None
+    files: list[Path] = []
+    remote_files: dict[Path, RemoteFile] = {}
+    for name in shard_names or [first]:
+        if not (folder / name).exists() and name in remote:
+            file = Path(remote[name].where)
+            remote_files[file] = remote[name]
+        else:
+            file = _inside(folder / name, root, path)
+        files.append(file)
     tensors: dict[str, TensorInfo] = {}
     for file in files:
-        for info in read_headers(file, fmt):
+        for info in read_headers(remote_files.get(file, file), fmt):
             if info.name in tensors:
                 raise CheckpointError(
                     f"{file}: tensor {info.name} also stored in {tensors[info.name].file.name}"
@@ -100,10 +135,10 @@ def open_checkpoint(folder: Path, allowed_root: Path | None = None) -> Checkpoin
             tensors[info.name] = info
     if shard_names is not None:
         _check_index_matches(path, folder, tensors)
-    return Checkpoint(folder, config, fmt, tuple(files), tensors)
+    return Checkpoint(folder, config, fmt, tuple(files), tensors, remote_files)
 
 
-def _read_index(path: Path, folder: Path) -> list[str]:
+def _read_index(path: Path, folder: Path, remote: Mapping[str, RemoteFile]) -> list[str]:
     """The shard file names of an index file, in first-use order."""
     weight_map = load_weight_map(path)
     shards: list[str] = []
@@ -111,7 +146,7 @@ def _read_index(path: Path, folder: Path) -> list[str]:
         if shard not in shards:
             shards.append(shard)
     for shard in shards:
-        if not (folder / shard).is_file():
+        if not (folder / shard).is_file() and shard not in remote:
             raise CheckpointError(f"{path}: names shard {shard!r}, which is missing from {folder}")
     return shards
 
@@ -157,43 +192,61 @@ def _check_index_matches(path: Path, folder: Path, tensors: dict[str, TensorInfo
             )
 
 
-def read_headers(file: Path, fmt: Format) -> Iterator[TensorInfo]:
+def read_headers(file: Path | RemoteFile, fmt: Format) -> Iterator[TensorInfo]:
+    """The tensors a weight file declares (a remote file's by byte ranges)."""
     if fmt == "safetensors":
         yield from _safetensors_headers(file)
     else:
         yield from _bin_headers(file)
 
 
-def _safetensors_headers(file: Path) -> Iterator[TensorInfo]:
-    try:
-        with open(file, "rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
-            prefix = handle.read(LENGTH_BYTES)
-            # The length is checked against the file and a cap before its bytes are read.
-            head = prefix + handle.read(header_length(prefix, size, str(file)))
-    except OSError as exc:
-        raise CheckpointError(f"{file}: cannot read ({exc.strerror or exc})") from None
-    header = parse_header(head, size, str(file))
+def _safetensors_headers(file: Path | RemoteFile) -> Iterator[TensorInfo]:
+    if isinstance(file, RemoteFile):
+        where = Path(file.where)
+        size = file.size
+        prefix = file.read(0, LENGTH_BYTES)
+        # The length is checked against the file and a cap before its bytes are read.
+        length = header_length(prefix, size, file.where)
+        head = prefix + file.read(LENGTH_BYTES, LENGTH_BYTES + length)
+    else:
+        where = file
+        try:
+            with open(file, "rb") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                prefix = handle.read(LENGTH_BYTES)
+                head = prefix + handle.read(header_length(prefix, size, str(file)))
+        except OSError as exc:
+            raise CheckpointError(f"{file}: cannot read ({exc.strerror or exc})") from None
+    header = parse_header(head, size, str(where))
     for tensor in header.tensors:
         span = Span(
             header.data_start + tensor.begin,
             tensor.end - tensor.begin,
             contiguous_stride(tensor.shape),
         )
-        yield TensorInfo(tensor.name, tensor.shape, tensor.dtype, file, span)
+        yield TensorInfo(tensor.name, tensor.shape, tensor.dtype, where, span)
 
 
-def _bin_headers(file: Path) -> Iterator[TensorInfo]:
+def _bin_headers(file: Path | RemoteFile) -> Iterator[TensorInfo]:
     """The tensors of a ``.bin`` file, from its pickle alone: loaded onto the meta device, each
     storage reports the offset of its record in the (uncompressed) zip archive."""
-    state = load_bin(file, map_location="meta")
-    size = file.stat().st_size
-    little = is_little_endian(file)
+    if isinstance(file, RemoteFile):
+        source: Path | SparseFile = bin_index(file)
+        where, size = Path(file.where), file.size
+    else:
+        source, where, size = file, file, file.stat().st_size
+    state = load_bin(source, map_location="meta", where=where)
+    little = is_little_endian(source, where=where)
     for name, tensor in state.items():
         offset = getattr(tensor.untyped_storage(), "_checkpoint_offset", None)
         shape, dtype = tuple(tensor.shape), tensor.dtype
         if not little or not isinstance(offset, int):
             # Older torch, or bytes that need swapping: torch.load(mmap=True) reads this file.
+            if isinstance(file, RemoteFile):
+                raise CheckpointError(
+                    f"{where}: tensor {name}: its storage offset is unknown (big-endian, or "
+                    "written by a torch too old); download the revision to convert it"
+                )
             yield TensorInfo(name, shape, dtype, file)
             continue
         span = Span(
@@ -204,5 +257,34 @@ def _bin_headers(file: Path) -> Iterator[TensorInfo]:
         )
         problem = check_span(span, shape, dtype, size)
         if problem is not None:
-            raise CheckpointError(f"{file}: tensor {name}: {problem}")
-        yield TensorInfo(name, shape, dtype, file, span)
+            raise CheckpointError(f"{where}: tensor {name}: {problem}")
+        yield TensorInfo(name, shape, dtype, where, span)
+
+
+# Bytes read at a remote .bin file's end: its end-of-central-directory record and, for Pythia's
+# files (a few hundred records), the whole central directory.
+_TAIL_BYTES = 1 << 16
+# A local file header: 30 bytes, the name, and an extra field (torch pads data to 64 bytes).
+_LOCAL_HEADER_BYTES = 30 + 256 + 128
+
+
+def bin_index(file: RemoteFile) -> SparseFile:
+    """A remote ``.bin`` file with the bytes ``torch.load`` reads for its pickle prefetched: the
+    central directory, the pickle record, and every record's local header (which gives the
+    offset of its data), each fetched once, several at a time."""
+    sparse = SparseFile(file)
+    tail = max(0, file.size - _TAIL_BYTES)
+    sparse.prefetch([(tail, file.size)])
+    try:
+        with zipfile.ZipFile(sparse) as archive:
+            records = archive.infolist()
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise CheckpointError(f"{file.where}: not a readable PyTorch checkpoint ({exc})") from None
+    spans = []
+    for record in records:
+        end = record.header_offset + _LOCAL_HEADER_BYTES
+        if record.filename.endswith("/data.pkl"):
+            end += record.compress_size
+        spans.append((record.header_offset, min(end, file.size)))
+    sparse.prefetch(spans)
+    return sparse

@@ -14,7 +14,7 @@ from typing import Any
 from pythia_tl.errors import ConfigError
 
 # Far above any real model, low enough to refuse a config that would plan terabytes of tensors.
-_MAX_LAYERS = 1024
+MAX_LAYERS = 1024
 _MAX_WIDTH = 1 << 20
 _FLOAT_DTYPES = ("float16", "bfloat16", "float32")
 # A GPT-NeoX config.json is about 1 kB.
@@ -124,7 +124,7 @@ def parse_config(raw: dict[str, Any], origin: str = "config.json") -> NeoXConfig
         raise ConfigError(f"{origin}: hidden_act is {act_fn!r}, expected 'gelu' (Pythia)")
     dtype = raw.get("dtype", raw.get("torch_dtype"))
     return NeoXConfig(
-        n_layers=fields.integer("num_hidden_layers", 1, _MAX_LAYERS),
+        n_layers=fields.integer("num_hidden_layers", 1, MAX_LAYERS),
         d_model=d_model,
         n_heads=n_heads,
         d_mlp=fields.integer("intermediate_size", 1, _MAX_WIDTH * 8),

@@ -35,6 +35,7 @@ from huggingface_hub.utils import WeakFileLock
 from pythia_tl.errors import CheckpointError, SourceError
 from pythia_tl.source.checkpoint import Format, load_weight_map, weight_files_for
 from pythia_tl.source.hub_errors import broken_download
+from pythia_tl.source.remote import RemoteFile
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 # How long a cache clean-up waits for huggingface_hub's lock on a blob before keeping the blob.
@@ -62,6 +63,8 @@ class RevisionListing:
     files: frozenset[str]
     # The LFS sha256 of every file that has one.
     lfs_sha256: dict[str, str] = field(default_factory=dict)
+    # The size in bytes of every file the Hub reports one for.
+    sizes: dict[str, int] = field(default_factory=dict)
 
     @property
     def weight_sha256(self) -> dict[str, str]:
@@ -86,6 +89,8 @@ class HubRevision:
     sha256: dict[str, str] = field(default_factory=dict)
     # The files this fetch added to the revision's snapshot (the others were there already).
     downloaded: frozenset[str] = frozenset()
+    # Weight files not in the cache, to be read from the Hub by ranges (not downloaded).
+    remote: dict[str, RemoteFile] = field(default_factory=dict)
 
     @property
     def cache_root(self) -> Path:
@@ -93,12 +98,17 @@ class HubRevision:
         return self.folder.parent.parent
 
 
-def fetch_revision(repo_id: str, revision: str, cache_dir: Path | None = None) -> HubRevision:
-    """Download config.json and the weights of ``repo_id`` at ``revision`` (or find them cached)."""
+def fetch_revision(
+    repo_id: str, revision: str, cache_dir: Path | None = None, *, weights: bool = True
+) -> HubRevision:
+    """config.json and the weights of ``repo_id`` at ``revision``: downloaded into the cache
+    (``weights``), or left on the Hub to be read by ranges; found in the cache when they are
+    there already, and when the Hub cannot be asked."""
     try:
-        return download_revision(describe_revision(repo_id, revision), cache_dir)
+        listing = describe_revision(repo_id, revision)
     except HubUnreachable as exc:
         return _from_cache(repo_id, revision, cache_dir, exc.why)
+    return download_revision(listing, cache_dir, weights=weights)
 
 
 def describe_revision(repo_id: str, revision: str) -> RevisionListing:
@@ -123,13 +133,22 @@ def describe_revision(repo_id: str, revision: str) -> RevisionListing:
         for name, sibling in siblings.items()
         if sibling.lfs is not None and _SHA256.fullmatch(sibling.lfs.sha256 or "")
     }
+    sizes = {
+        name: size
+        for name, sibling in siblings.items()
+        if isinstance(size := sibling.lfs.size if sibling.lfs else sibling.size, int) and size >= 0
+    }
     return RevisionListing(
-        repo_id, revision, commit, fmt, weights_entry, frozenset(siblings), lfs_sha256
+        repo_id, revision, commit, fmt, weights_entry, frozenset(siblings), lfs_sha256, sizes
     )
 
 
-def download_revision(listing: RevisionListing, cache_dir: Path | None = None) -> HubRevision:
-    """Download config.json and the weight files of a listed revision (cached ones are reused)."""
+def download_revision(
+    listing: RevisionListing, cache_dir: Path | None = None, *, weights: bool = True
+) -> HubRevision:
+    """Download config.json and the weight files of a listed revision (cached ones are reused);
+    without ``weights``, only config.json and the index: the weight files not cached are left on
+    the Hub, to be read by ranges."""
     repo_id, revision, commit = listing.repo_id, listing.revision, listing.commit
     downloaded: set[str] = set()
 
@@ -174,10 +193,36 @@ def download_revision(listing: RevisionListing, cache_dir: Path | None = None) -
                     "the revision does not have"
                 )
             names = list(shards)
+        cached = all(
+            isinstance(
+                try_to_load_from_cache(repo_id, n, cache_dir=cache_dir, revision=commit), str
+            )
+            for n in names
+        )
+        # A revision wholly in the cache is read from there; otherwise by ranges, every file.
+        remote = {} if weights or cached else {n: _remote_file(listing, n) for n in names}
         for name in names:
-            download(name)
+            if name not in remote:
+                download(name)
     sha256 = {name: listing.lfs_sha256[name] for name in names if name in listing.lfs_sha256}
-    return HubRevision(repo_id, revision, commit, config_path.parent, sha256, frozenset(downloaded))
+    return HubRevision(
+        repo_id, revision, commit, config_path.parent, sha256, frozenset(downloaded), remote
+    )
+
+
+def _in_cache(repo_id: str, name: str, commit: str, cache_dir: Path | None) -> bool:
+    found = try_to_load_from_cache(repo_id, name, cache_dir=cache_dir, revision=commit)
+    return isinstance(found, str)
+
+
+def _remote_file(listing: RevisionListing, name: str) -> RemoteFile:
+    size = listing.sizes.get(name)
+    if size is None:
+        raise SourceError(
+            f"{listing.repo_id}@{listing.revision}: the Hub reports no size for {name}; it cannot "
+            "be read by ranges"
+        )
+    return RemoteFile(listing.repo_id, listing.commit, name, size, listing.lfs_sha256.get(name))
 
 
 def list_branches(repo_id: str) -> dict[str, str]:

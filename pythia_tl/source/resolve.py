@@ -38,11 +38,15 @@ def resolve_source(
     step: int | None = None,
     cache_dir: Path | None = None,
     checkpoint_index: int | None = None,
+    *,
+    download: bool = False,
 ) -> ResolvedSource:
     """Open ``source``: a folder, a Hub repo id, or a short name such as ``pythia-70m``.
 
     ``checkpoint_index`` is TransformerLens' ``checkpoint_index``: an index into the model's
-    checkpoint schedule (-1 the last).
+    checkpoint schedule (-1 the last). A Hub revision's weights are read from the cache when they
+    are there; otherwise they are downloaded into it (``download``) or read from the Hub by
+    byte ranges, headers first, without being stored.
     """
     given = {"revision": revision, "step": step, "checkpoint_index": checkpoint_index}
     chosen = [Param(name) for name, value in given.items() if value is not None]
@@ -61,11 +65,12 @@ def resolve_source(
     if checkpoint_index is not None:
         step = checkpoint_schedule(model).at_index(checkpoint_index).step
     rev = step_revision(step, model) if step is not None else (revision or "main")
-    return open_hub_revision(model, fetch_revision(model.repo_id, rev, cache_dir))
+    return open_hub_revision(model, fetch_revision(model.repo_id, rev, cache_dir, weights=download))
 
 
 def open_hub_revision(model: ModelName, fetched: HubRevision) -> ResolvedSource:
-    """Open a revision fetched into the cache, recording where it came from."""
+    """Open a fetched revision (from the cache, or from the Hub by ranges), recording where it
+    came from."""
     provenance = Provenance(
         source=model.repo_id,
         model_name=model.name,
@@ -74,4 +79,6 @@ def open_hub_revision(model: ModelName, fetched: HubRevision) -> ResolvedSource:
         commit=fetched.commit,
         expected_sha256=fetched.sha256,
     )
-    return ResolvedSource(open_checkpoint(fetched.folder, fetched.cache_root), provenance)
+    return ResolvedSource(
+        open_checkpoint(fetched.folder, fetched.cache_root, fetched.remote), provenance
+    )

@@ -11,20 +11,21 @@ sha256 the metadata records.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 from pythia_tl.dtypes import dtype_name
-from pythia_tl.engine.hashing import SourceHashes
+from pythia_tl.engine.output_plan import OutputPlan, plan_output
 from pythia_tl.engine.pipeline import Converted, convert_tensors, finish
+from pythia_tl.engine.reading import open_source
 from pythia_tl.errors import Param, PythiaTLError, SourceError, UsageError
 from pythia_tl.mapping.plan import PlannedTensor, plan_conversion
 from pythia_tl.mapping.tl_config import tl_config
 from pythia_tl.output.metadata import ConversionRecord, OutputFile
-from pythia_tl.processing import ProcessingPlan, plan_processing, process_stream
+from pythia_tl.processing import ProcessingPlan, process_stream
 from pythia_tl.source import ResolvedSource, resolve_model_name, resolve_source
 from pythia_tl.source.config import NeoXConfig
-from pythia_tl.source.reader import TensorReader
 from pythia_tl.verify.compare import FLOAT32_SLACK, Mismatch, bitwise_mismatch, tolerance_mismatch
 from pythia_tl.verify.file_tensors import read_tensor
 from pythia_tl.verify.report import Check
@@ -80,22 +81,30 @@ def check_against_source(
     where = _describe(source)
     checkpoint = source.checkpoint
     try:
-        plan = plan_conversion(checkpoint, dtype_name(recorded.dtype))
-        written = plan_processing(plan, recorded.processing)
+        full = plan_conversion(checkpoint, dtype_name(recorded.dtype))
+        out = plan_output(full, recorded.processing, recorded.selection)
     except PythiaTLError as exc:
         return Check.failed("source", f"{where}: {exc}")
     problem = (
-        _config_problem(recorded, plan.config)
-        or _layout_problem(info, written)
+        _config_problem(recorded, full.config)
+        or _layout_problem(info, out)
         or _files_problem(recorded, checkpoint.files)
     )
     if problem is not None:
         return Check.failed("source", f"{where}: {problem}")
+    plan, written = out.conversion, out.processing
     try:
-        with SourceHashes(checkpoint.files) as hashes, TensorReader(checkpoint) as reader:
-            stream = _expected_stream(written, convert_tensors(plan, reader))
+        with ExitStack() as stack:
+            reader, order, hashed = open_source(
+                stack,
+                checkpoint,
+                plan,
+                source.provenance.expected_sha256,
+                whole=not out.is_partial,
+            )
+            stream = out.written(process_stream(written, convert_tensors(plan, reader, order)))
             mismatches = list(_compare(path, written, stream, advance))
-            digests = hashes.digests()
+            digests = hashed()
     except PythiaTLError as exc:  # a source that fails while being read
         return Check.failed("source", f"{where}: {exc}")
     changed = [
@@ -103,8 +112,8 @@ def check_against_source(
         for name, digest in sorted(digests.items())
         if recorded.source_files[name] != digest
     ]
-    rule = _rule(written, plan.tensors)
-    data: dict[str, object] = {"source": where, "tensors": len(written.tensors), "comparison": rule}
+    rule = _rule(written, out.tensors)
+    data: dict[str, object] = {"source": where, "tensors": len(out.tensors), "comparison": rule}
     if mismatches or changed:
         problems = [m.describe() for m in mismatches] + [
             f"{where}: {change}: not the source this file was converted from" for change in changed
@@ -118,16 +127,8 @@ def check_against_source(
             source_files_differing=changed,
             **data,
         )
-    detail = (
-        f"{len(written.tensors)} tensors {rule}, from {where}; its files have the recorded sha256"
-    )
+    detail = f"{len(out.tensors)} tensors {rule}, from {where}; its files have the recorded sha256"
     return Check.ok("source", detail, **data)
-
-
-def _expected_stream(
-    written: ProcessingPlan, converted: Iterator[Converted]
-) -> Iterable[Converted]:
-    return process_stream(written, converted) if written.processing.passes else converted
 
 
 def _compare(
@@ -159,8 +160,8 @@ def _config_problem(recorded: ConversionRecord, config: NeoXConfig) -> str | Non
     return None
 
 
-def _layout_problem(info: OutputFile, written: ProcessingPlan) -> str | None:
-    planned = {t.key: t.shape for t in written.tensors}
+def _layout_problem(info: OutputFile, out: OutputPlan) -> str | None:
+    planned = {t.key: t.shape for t in out.tensors}
     for key in sorted(planned.keys() | info.tensors.keys()):
         if key not in info.tensors:
             return f"the conversion gives {key}, which the file lacks"
@@ -192,10 +193,10 @@ def _rule(written: ProcessingPlan, planned: tuple[PlannedTensor, ...]) -> str:
         cast = f"{target}, as in the source"
     else:
         cast = f"{', '.join(sources)} cast to {target}, rounded to nearest even"
-    processed = sum(1 for t in written.tensors if written.passes_for(t.key))
+    processed = sum(1 for t in planned if written.passes_for(t.key))
     if not processed:
         return f"bitwise equal to a fresh conversion ({cast})"
-    others = len(written.tensors) - processed
+    others = len(planned) - processed
     rule = (
         f"checked against a fresh conversion: {processed} processed within eps({target}) x "
         f"|value| + {FLOAT32_SLACK:g} x max|value| of its float32 processing"

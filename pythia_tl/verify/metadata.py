@@ -8,10 +8,11 @@ sizes ``tl_config`` states: same keys, shapes and dtype.
 from __future__ import annotations
 
 from pythia_tl.dtypes import dtype_name, safetensors_code
-from pythia_tl.errors import OutputFileError, PythiaTLError
+from pythia_tl.engine.output_plan import plan_output
+from pythia_tl.errors import OutputFileError, PythiaTLError, UsageError
 from pythia_tl.mapping.plan import expected_plan
 from pythia_tl.output.metadata import ConversionRecord, OutputFile, parse_metadata
-from pythia_tl.processing import plan_processing
+from pythia_tl.source.config import MAX_LAYERS
 from pythia_tl.verify.report import Check
 
 
@@ -19,7 +20,8 @@ def check_metadata(info: OutputFile) -> tuple[Check, ConversionRecord | None]:
     """The check's result, and the parsed metadata when it is complete and consistent."""
     try:
         recorded = parse_metadata(info)
-        if recorded.config.n_layers > len(info.tensors):
+        limit = MAX_LAYERS if not recorded.selection.is_all else len(info.tensors)
+        if recorded.config.n_layers > limit:
             # Refused before the table is expanded layer by layer.
             raise OutputFileError(
                 f"metadata tl_config n_layers is {recorded.config.n_layers}, but the file "
@@ -41,8 +43,11 @@ def expected_tensors(recorded: ConversionRecord) -> dict[str, tuple[int, ...]]:
     """The keys and shapes the Pythia table and the processing passes give for the recorded
     sizes, in the order pythia-tl writes them."""
     plan = expected_plan(recorded.config, recorded.dtype)
-    written = plan_processing(plan, recorded.processing)
-    return {t.key: t.shape for t in written.tensors}
+    try:
+        out = plan_output(plan, recorded.processing, recorded.selection)
+    except UsageError as exc:
+        raise OutputFileError(f"metadata selection: {exc}") from None
+    return {t.key: t.shape for t in out.tensors}
 
 
 def _check_tensors(

@@ -1,0 +1,211 @@
+"""Hub sources read by byte ranges: headers without downloads, conversion while the bytes arrive,
+only the bytes asked for, and the faults of a network (all against the stand-in Hub)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO_ROOT, HfEnv, Run, TinyCheckpoints
+from hub_server import StandInHub
+from safetensors import safe_open
+from safetensors.torch import load_file
+from synthetic import LAYOUTS, PythiaShape, write_checkpoint
+
+from pythia_tl.output.metadata import read_output
+
+REPO = "EleutherAI/pythia-70m"
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
+def weights_on_disk(root: Path) -> list[Path]:
+    """Weight files (or blobs of them) stored under ``root`` (blobs are named by sha256)."""
+    found = []
+    for path in root.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            big = path.stat().st_size > 4096
+            if path.name.endswith(WEIGHT_SUFFIXES) or (path.parent.name == "blobs" and big):
+                found.append(path)
+    return found
+
+
+def tensors_of(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+def header_bytes(folder: Path) -> int:
+    """What a reader must fetch to learn the tensors: safetensors headers (8 + N bytes)."""
+    total = 0
+    for file in folder.glob("*.safetensors"):
+        with file.open("rb") as handle:
+            total += 8 + int.from_bytes(handle.read(8), "little")
+    return total
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("process", [False, True], ids=["raw", "processed"])
+def test_a_streamed_conversion_equals_the_local_one_and_stores_no_weights(
+    layout: str,
+    process: bool,
+    tiny_checkpoints: TinyCheckpoints,
+    stand_in_hub: StandInHub,
+    hf_env: HfEnv,
+    cli: Run,
+    tmp_path: Path,
+) -> None:
+    stand_in_hub.add_revision(REPO, "step1000", tiny_checkpoints[layout])
+    flags = ["--process"] if process else []
+    local, streamed = tmp_path / "local.safetensors", tmp_path / "streamed.safetensors"
+    assert cli(["convert", str(tiny_checkpoints[layout]), "-o", str(local), *flags])[0] == 0
+    status, _, stderr = cli(["convert", REPO, "--step", "1000", "-o", str(streamed), *flags])
+    assert status == 0, stderr
+    expected, got = tensors_of(local), tensors_of(streamed)
+    assert list(got) == list(expected)
+    for key, tensor in expected.items():
+        assert torch.equal(got[key], tensor), key
+    assert weights_on_disk(hf_env.cache) == []
+    # The sha256 recorded is the one the Hub announced, computed from the stream.
+    recorded = read_output(streamed).source_files
+    assert recorded == read_output(local).source_files
+    assert stand_in_hub.served_bytes() >= sum(
+        p.stat().st_size
+        for p in tiny_checkpoints[layout].iterdir()
+        if p.suffix in (".bin", ".safetensors")
+    )
+
+
+@pytest.mark.parametrize("layout", ["safetensors", "bin-sharded"])
+def test_plan_fetches_headers_only(
+    layout: str,
+    stand_in_hub: StandInHub,
+    hf_env: HfEnv,
+    cli: Run,
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "big"
+    shape = PythiaShape(n_layers=2, d_model=256, n_heads=4, d_vocab=4096)  # ~ 7 MB of weights
+    write_checkpoint(folder, shape, layout=layout, shard_bytes=2 << 20)
+    stand_in_hub.add_revision(REPO, "main", folder)
+    stand_in_hub.clear_requests()
+    status, stdout, stderr = cli(["plan", REPO, "--json"])
+    assert status == 0, stderr
+    assert len(json.loads(stdout)["tensors"]) == 16 * 2 + 5
+    weights = [p for p in folder.iterdir() if p.suffix in (".bin", ".safetensors")]
+    fetched = sum(stand_in_hub.served_bytes(p.name) for p in weights)
+    assert fetched <= header_bytes(folder) + (1 << 20)
+    assert fetched < sum(p.stat().st_size for p in weights) / 5
+    assert weights_on_disk(hf_env.cache) == []
+
+
+@pytest.mark.parametrize("layout", ["safetensors-sharded", "bin"])
+def test_tensors_fetches_only_the_selected_bytes(
+    layout: str, stand_in_hub: StandInHub, hf_env: HfEnv, cli: Run, tmp_path: Path
+) -> None:
+    folder = tmp_path / "big"
+    shape = PythiaShape(n_layers=3, d_model=256, n_heads=4, d_vocab=4096)
+    write_checkpoint(folder, shape, layout=layout, shard_bytes=2 << 20)
+    stand_in_hub.add_revision(REPO, "main", folder)
+    stand_in_hub.clear_requests()
+    out = tmp_path / "embed.safetensors"
+    status, _, stderr = cli(["convert", REPO, "--tensors", "embed.W_E", "-o", str(out)])
+    assert status == 0, stderr
+    selected = shape.d_vocab * shape.d_model * 2  # float16
+    weights = [p for p in folder.iterdir() if p.suffix in (".bin", ".safetensors")]
+    fetched = sum(stand_in_hub.served_bytes(p.name) for p in weights)
+    assert selected <= fetched <= 1.05 * selected + header_bytes(folder) + (1 << 20)
+    with safe_open(out, "pt") as handle:
+        assert list(handle.keys()) == ["embed.W_E"]
+        assert json.loads(handle.metadata()["selection"]) == {
+            "tensors": ["embed.W_E"],
+            "layers": None,
+        }
+    assert cli(["verify", str(out)])[0] == 0
+    assert weights_on_disk(hf_env.cache) == []
+
+
+def test_a_dropped_connection_resumes(
+    tiny_checkpoints: TinyCheckpoints, stand_in_hub: StandInHub, cli: Run, tmp_path: Path
+) -> None:
+    folder = tiny_checkpoints["safetensors"]
+    stand_in_hub.add_revision(REPO, "main", folder)
+    size = (folder / "model.safetensors").stat().st_size
+    stand_in_hub.break_file(REPO, "model.safetensors", kind="truncate", offset=size // 2, times=1)
+    out = tmp_path / "out.safetensors"
+    status, _, stderr = cli(["convert", REPO, "-o", str(out)])
+    assert status == 0, stderr
+    local = tmp_path / "local.safetensors"
+    assert cli(["convert", str(folder), "-o", str(local)])[0] == 0
+    assert tensors_of(out).keys() == tensors_of(local).keys()
+    assert all(torch.equal(tensors_of(out)[k], v) for k, v in tensors_of(local).items())
+
+
+def test_a_corrupt_byte_fails_the_sha256_check_and_publishes_nothing(
+    tiny_checkpoints: TinyCheckpoints, stand_in_hub: StandInHub, cli: Run, tmp_path: Path
+) -> None:
+    folder = tiny_checkpoints["bin"]
+    stand_in_hub.add_revision(REPO, "main", folder)
+    size = (folder / "pytorch_model.bin").stat().st_size
+    stand_in_hub.break_file(REPO, "pytorch_model.bin", kind="corrupt", offset=size // 2)
+    out = tmp_path / "out.safetensors"
+    status, _, stderr = cli(["convert", REPO, "-o", str(out)])
+    assert status == 1
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "sha256" in lines[0] and "pytorch_model.bin" in lines[0], stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_keep_downloads_leaves_the_files_in_the_cache_and_a_rerun_reads_them(
+    tiny_checkpoints: TinyCheckpoints,
+    stand_in_hub: StandInHub,
+    hf_env: HfEnv,
+    cli: Run,
+    tmp_path: Path,
+) -> None:
+    folder = tiny_checkpoints["safetensors-sharded"]
+    stand_in_hub.add_revision(REPO, "main", folder)
+    first, second = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    assert cli(["convert", REPO, "--keep-downloads", "-o", str(first)])[0] == 0
+    snapshot = next((hf_env.cache / "models--EleutherAI--pythia-70m" / "snapshots").iterdir())
+    for shard in folder.glob("*.safetensors"):
+        assert (snapshot / shard.name).read_bytes() == shard.read_bytes()
+    stand_in_hub.clear_requests()
+    assert cli(["convert", REPO, "-o", str(second)])[0] == 0
+    assert stand_in_hub.served_bytes() == 0  # weights read from the cache
+    assert first.read_bytes() == second.read_bytes()
+
+
+def test_kill_9_while_streaming_leaves_nothing_at_the_output(
+    tiny_checkpoints: TinyCheckpoints, hf_env: HfEnv, tmp_path: Path
+) -> None:
+    folder = tmp_path / "ckpt"
+    write_checkpoint(
+        folder, PythiaShape(n_layers=2, d_model=256, n_heads=4, d_vocab=4096), layout="safetensors"
+    )
+    # A slow link, so that the conversion is still running when it is killed.
+    with StandInHub(bytes_per_second=2e6) as hub:
+        hub.add_revision(REPO, "main", folder)
+        hf_env.set_endpoint(hub.url)
+        hf_env.set_offline(False)
+        out = tmp_path / "out.safetensors"
+        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+        child = subprocess.Popen(
+            [sys.executable, "-m", "pythia_tl", "convert", REPO, "-o", str(out)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 60
+        while hub.served_bytes() < 1 << 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    assert hub.served_bytes() >= 1 << 20
+    assert not out.exists()
+    assert weights_on_disk(hf_env.cache) == []
