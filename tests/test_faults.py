@@ -239,7 +239,15 @@ def test_a_full_cache_disk_is_one_line(
     target = tmp_path / "out.safetensors"
     # In a subprocess: everything the real command prints on stderr counts.
     status, stdout, stderr = run_cli(
-        ["convert", REPO, "-o", str(target), "--cache-dir", str(tiny_filesystem)]
+        [
+            "convert",
+            REPO,
+            "-o",
+            str(target),
+            "--cache-dir",
+            str(tiny_filesystem),
+            "--keep-downloads",
+        ]
     )
     assert (status, stdout) == (1, "")
     lines = stderr.strip().splitlines()
@@ -273,7 +281,7 @@ def test_a_download_that_breaks_once_is_resumed(
     stand_in_hub.add_revision(REPO, "main", tiny_checkpoints["safetensors"])
     fault = stand_in_hub.break_file(REPO, "model.safetensors", offset=50_000, times=1)
     target = tmp_path / "out.safetensors"
-    status, _, stderr = cli(["convert", REPO, "-o", str(target), "-q"])
+    status, _, stderr = cli(["convert", REPO, "-o", str(target), "-q", "--keep-downloads"])
     assert (status, stderr) == (0, ""), stderr
     assert fault.fired == 1
     # Asked for twice: the broken body, then huggingface_hub's retry.
@@ -292,7 +300,7 @@ def test_a_download_that_keeps_breaking_is_one_line(
     stand_in_hub.add_revision(REPO, "main", tiny_checkpoints["safetensors"])
     stand_in_hub.break_file(REPO, "model.safetensors", offset=50_000)
     target = tmp_path / "out.safetensors"
-    status, stdout, stderr = cli(["convert", REPO, "-o", str(target)])
+    status, stdout, stderr = cli(["convert", REPO, "-o", str(target), "--keep-downloads"])
     assert (status, stdout) == (1, "")
     lines = stderr.strip().splitlines()
     assert len(lines) == 1, stderr

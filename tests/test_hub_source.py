@@ -70,7 +70,10 @@ def test_rerun_offline_is_served_from_the_cache(
     stand_in_hub: StandInHub, tiny_checkpoints: TinyCheckpoints, tmp_path: Path, run_cli
 ) -> None:
     publish(stand_in_hub, tiny_checkpoints, tmp_path)
-    online = run_cli(["convert", "pythia-70m", "--step", "0", "-o", "a.safetensors"], cwd=tmp_path)
+    online = run_cli(
+        ["convert", "pythia-70m", "--step", "0", "-o", "a.safetensors", "--keep-downloads"],
+        cwd=tmp_path,
+    )
     assert online.returncode == 0, online.stderr
     stand_in_hub.clear_requests()
     offline = run_cli(

@@ -75,7 +75,7 @@ def test_bin_without_storage_offsets_is_read_through_torch(
     tiny_checkpoints, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A big-endian archive (or a torch that reports no offsets) falls back to torch.load(mmap=True).
-    monkeypatch.setattr(checkpoint_module, "is_little_endian", lambda file: False)
+    monkeypatch.setattr(checkpoint_module, "is_little_endian", lambda *args, **kwargs: False)
     checkpoint = open_checkpoint(tiny_checkpoints["bin"])
     expected = library_tensors(tiny_checkpoints["bin"])
     with TensorReader(checkpoint) as reader:

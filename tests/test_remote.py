@@ -153,12 +153,13 @@ def test_a_corrupt_byte_fails_the_sha256_check_and_publishes_nothing(
     stand_in_hub.add_revision(REPO, "main", folder)
     size = (folder / "pytorch_model.bin").stat().st_size
     stand_in_hub.break_file(REPO, "pytorch_model.bin", kind="corrupt", offset=size // 2)
-    out = tmp_path / "out.safetensors"
-    status, _, stderr = cli(["convert", REPO, "-o", str(out)])
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    status, _, stderr = cli(["convert", REPO, "-o", str(outputs / "out.safetensors")])
     assert status == 1
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and "sha256" in lines[0] and "pytorch_model.bin" in lines[0], stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    assert list(outputs.iterdir()) == []
 
 
 def test_keep_downloads_leaves_the_files_in_the_cache_and_a_rerun_reads_them(
@@ -208,4 +209,26 @@ def test_kill_9_while_streaming_leaves_nothing_at_the_output(
         child.wait(timeout=30)
     assert hub.served_bytes() >= 1 << 20
     assert not out.exists()
+    assert weights_on_disk(hf_env.cache) == []
+
+
+@pytest.mark.parametrize("layout", ["safetensors-sharded", "bin"])
+def test_verify_streams_the_recorded_commit(
+    layout: str,
+    tiny_checkpoints: TinyCheckpoints,
+    stand_in_hub: StandInHub,
+    hf_env: HfEnv,
+    cli: Run,
+    tmp_path: Path,
+) -> None:
+    stand_in_hub.add_revision(REPO, "main", tiny_checkpoints[layout])
+    out = tmp_path / "out.safetensors"
+    assert cli(["convert", REPO, "-o", str(out), "-q"])[0] == 0
+    # main moves on: verification streams the commit that was converted, and stores nothing.
+    other = tmp_path / "other"
+    write_checkpoint(other, tiny_checkpoints.shape, layout="safetensors", seed=5)
+    stand_in_hub.add_revision(REPO, "main", other)
+    status, stdout, stderr = cli(["verify", str(out), "--json"])
+    assert (status, stderr) == (0, ""), stderr
+    assert json.loads(stdout)["ok"] is True
     assert weights_on_disk(hf_env.cache) == []

@@ -309,7 +309,7 @@ def test_a_hub_source_is_pinned_to_the_recorded_commit(
     repo = "EleutherAI/pythia-70m"
     stand_in_hub.add_revision(repo, "main", tiny_checkpoints["safetensors-sharded"])
     out = tmp_path / "out.safetensors"
-    assert cli(["convert", "pythia-70m", "-o", str(out), "-q"])[0] == 0
+    assert cli(["convert", "pythia-70m", "-o", str(out), "-q", "--keep-downloads"])[0] == 0
     # main moves on to other weights: verification still uses the commit that was converted.
     other = tmp_path / "other"
     write_checkpoint(other, tiny_checkpoints.shape, layout="safetensors", seed=5)

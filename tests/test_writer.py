@@ -141,7 +141,7 @@ def test_a_tensor_that_disagrees_with_the_plan_is_refused(tmp_path: Path) -> Non
     ids=["one missing", "one twice", "one unplanned"],
 )
 def test_every_planned_tensor_is_written_exactly_once(tmp_path: Path, named: list[Named]) -> None:
-    with pytest.raises(ValueError, match="planned|twice"):
+    with pytest.raises(ValueError, match=r"planned|twice"):
         write(tmp_path / "out.safetensors", iter(named))
     assert leftovers(tmp_path) == []
 

@@ -30,6 +30,7 @@ from pythia_tl.batch import (
     parse_step_spec,
     run_batch,
 )
+from pythia_tl.batch.dry_run import BatchCost, estimate
 from pythia_tl.cli.options import CacheDir, Json, OutputChoice, Quiet, with_output_options
 from pythia_tl.engine import ConvertOptions
 from pythia_tl.errors import PythiaTLError
@@ -79,6 +80,14 @@ def batch(
     fail_fast: Annotated[
         bool, typer.Option("--fail-fast", help="Stop at the first failed revision.")
     ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Convert nothing: list each revision's commit, the bytes it would fetch and "
+            "write, and which are duplicates, missing or done (from listings and headers only).",
+        ),
+    ] = False,
     cache_dir: CacheDir = None,
     quiet: Quiet = False,
     json_output: Json = False,
@@ -100,6 +109,9 @@ def batch(
         cache_dir=cache_dir,
     )
     work = list_work(request)
+    if dry_run:
+        _print_cost(estimate(request, work), json_output)
+        return
     # Per-file download bars from several threads would garble the batch's own output.
     disable_progress_bars()
     with _LineReporter(quiet or json_output) as reporter:
@@ -115,6 +127,21 @@ def batch(
             f"{len(failed)} of {len(summary.items)} revisions failed, first {first.item.label}: "
             f"{first.reason} (see {summary.path})"
         )
+
+
+def _print_cost(cost: BatchCost, json_output: bool) -> None:
+    if json_output:
+        print(json.dumps(cost.to_json()))
+        return
+    for r in cost.revisions:
+        note = (
+            f" (= {r.duplicate_of})" if r.duplicate_of else (f" ({r.reason})" if r.reason else "")
+        )
+        print(
+            f"{r.item.label}  {(r.commit or '-')[:12]}  {r.status}{note}  fetch "
+            f"{decimal(r.fetch_bytes)}  write {decimal(r.write_bytes)}"
+        )
+    print(f"total: fetch {decimal(cost.fetch_bytes)}, write {decimal(cost.write_bytes)}")
 
 
 def _totals(summary: BatchSummary, work_list_size: int) -> str:

@@ -27,6 +27,12 @@ _WRITE_BYTES = 1 << 20
 _FLUSH_BYTES = 64 << 20
 
 
+def output_size(entries: Sequence[TensorEntry], reserve_metadata: Mapping[str, str]) -> int:
+    """The size of the file ``write_safetensors`` writes for ``entries``."""
+    header_size = len(encode_header(entries, reserve_metadata)) + _HEADER_SLACK
+    return LENGTH_BYTES + header_size + sum(entry.nbytes for entry in entries)
+
+
 def write_safetensors(
     target: Path,
     entries: Sequence[TensorEntry],

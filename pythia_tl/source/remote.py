@@ -22,7 +22,7 @@ from pythia_tl.errors import SourceError
 
 # Bytes per request: large enough that request overhead is small, small enough that a retry
 # after a dropped connection repeats little.
-CHUNK_BYTES = 16 << 20
+CHUNK_BYTES = 8 << 20
 # Connections at once, as `hf download` uses.
 WORKERS = 8
 # Attempts per chunk beyond huggingface_hub's own retries (which cover most transport errors).
@@ -123,7 +123,7 @@ def coalesce(ranges: Iterable[ByteRange], gap: int = 0) -> list[ByteRange]:
 
 
 def stream(
-    ranges: Sequence[ByteRange], workers: int = WORKERS, ahead: int = 2 * WORKERS
+    ranges: Sequence[ByteRange], workers: int = WORKERS, ahead: int = WORKERS
 ) -> Iterator[tuple[ByteRange, bytes]]:
     """The bytes of ``ranges``, in order, as chunks ``(where, data)``; up to ``workers`` requests
     at once and ``ahead`` chunks fetched beyond the one handed out."""

@@ -12,10 +12,11 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import pairwise
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from pythia_tl.errors import CheckpointError, SourceError
@@ -35,7 +36,7 @@ class _Pending:
     info: TensorInfo
     start: int
     end: int
-    buffer: bytearray = field(default_factory=bytearray)
+    buffer: np.ndarray | None = None
     filled: int = 0
 
 
@@ -66,13 +67,7 @@ class StreamReader:
         _refuse_shared_bytes(self.order, self._infos)
         self._whole = whole_files
         remote = [checkpoint.remote[file] for file in files]
-        if whole_files:
-            ranges = [ByteRange(r, 0, r.size) for r in remote]
-        else:
-            ranges = coalesce(
-                (ByteRange(checkpoint.remote[i.file], *_span(i)) for i in infos), COALESCE_GAP
-            )
-        self._ranges = ranges
+        self._ranges = ranges_to_fetch(checkpoint, self.order, whole_files=whole_files)
         self._ahead = ahead
         self._ready: dict[str, torch.Tensor] = {}
         self._waiting_bytes = 0
@@ -161,10 +156,12 @@ class StreamReader:
                 items.pop(0)
                 self._hand_over(item)
                 continue
-            if not item.buffer and item.end > item.start:
-                item.buffer = bytearray(item.end - item.start)
+            if item.buffer is None:
+                # Not zero-filled: every byte is written before the tensor is handed out.
+                item.buffer = np.empty(item.end - item.start, dtype=np.uint8)
             lo, hi = max(start, item.start), min(end, item.end)
-            item.buffer[lo - item.start : hi - item.start] = data[lo - start : hi - start]
+            chunk = np.frombuffer(data, dtype=np.uint8)
+            item.buffer[lo - item.start : hi - item.start] = chunk[lo - start : hi - start]
             item.filled += hi - lo
             if item.filled < item.end - item.start:
                 return  # the rest of it is in the next chunks
@@ -174,8 +171,8 @@ class StreamReader:
     def _hand_over(self, item: _Pending) -> None:
         info = item.info
         assert info.span is not None
-        if item.buffer:
-            storage = torch.frombuffer(item.buffer, dtype=info.dtype)
+        if item.buffer is not None:
+            storage = torch.from_numpy(item.buffer).view(info.dtype)
             tensor = storage.as_strided(info.shape, info.span.stride, info.span.storage_offset)
         else:
             tensor = torch.empty(info.shape, dtype=info.dtype)
@@ -184,13 +181,26 @@ class StreamReader:
             while self._ready and self._waiting_bytes > self._ahead and not self._stop:
                 self._cond.wait()
             self._ready[info.name] = tensor
-            self._waiting_bytes += len(item.buffer)
+            self._waiting_bytes += item.end - item.start
             self._cond.notify_all()
-        item.buffer = bytearray()
+        item.buffer = None
 
     def _stopped(self) -> bool:
         with self._cond:
             return self._stop
+
+
+def ranges_to_fetch(
+    checkpoint: Checkpoint, names: Sequence[str], *, whole_files: bool
+) -> list[ByteRange]:
+    """The byte ranges a stream of ``names`` fetches: their files whole, or their own bytes
+    with neighbours coalesced."""
+    infos = [checkpoint.tensors[name] for name in read_order(checkpoint, names)]
+    if whole_files:
+        files = dict.fromkeys(checkpoint.remote[info.file] for info in infos)
+        return [ByteRange(file, 0, file.size) for file in files]
+    spans = (ByteRange(checkpoint.remote[info.file], *_span(info)) for info in infos)
+    return coalesce(spans, COALESCE_GAP)
 
 
 def _span(info: TensorInfo) -> tuple[int, int]:
