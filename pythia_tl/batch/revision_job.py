@@ -9,7 +9,6 @@ from pathlib import Path
 
 from pythia_tl import __version__
 from pythia_tl.batch.dedupe import link_output
-from pythia_tl.batch.janitor import DownloadJanitor
 from pythia_tl.batch.resume import ExistingOutput
 from pythia_tl.batch.summary import RevisionResult
 from pythia_tl.batch.work import WorkItem
@@ -18,7 +17,6 @@ from pythia_tl.errors import PythiaTLError
 from pythia_tl.output.metadata import read_output
 from pythia_tl.source import open_hub_revision
 from pythia_tl.source.hub import (
-    HubRevision,
     RevisionListing,
     download_revision,
     fetch_revision,
@@ -44,7 +42,6 @@ def convert_revision(
     pending: PendingRevision,
     output_dir: Path,
     options: ConvertOptions,
-    janitor: DownloadJanitor,
     cache_dir: Path | None,
     on_bytes: Callable[[int, int], None],
     stopped: Callable[[], bool],
@@ -54,10 +51,7 @@ def convert_revision(
     for a revision's own failure, which the result records."""
     item, listing = pending.item, pending.listing
     started = time.perf_counter()
-    sha256 = list(listing.weight_sha256.values()) if listing is not None else []
     target = output_dir / item.relative_output
-    janitor.start(sha256)
-    fetched: HubRevision | None = None
     try:
         if listing is not None:
             fetched = download_revision(listing, cache_dir, weights=download)
@@ -87,8 +81,6 @@ def convert_revision(
         return _failed(item, str(exc), started, listing)
     except Exception as exc:  # one revision's unexpected error must not stop the others
         return _failed(item, f"unexpected {type(exc).__name__}: {exc}", started, listing)
-    finally:
-        janitor.finish(sha256, fetched)
 
 
 def link_duplicate(

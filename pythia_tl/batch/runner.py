@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pythia_tl.batch.dedupe import WeightsKey, weights_key
-from pythia_tl.batch.janitor import DownloadJanitor
 from pythia_tl.batch.request import BatchRequest, WorkList
 from pythia_tl.batch.resume import ExistingOutput, Requirements, judge_existing
 from pythia_tl.batch.revision_job import (
@@ -86,7 +85,6 @@ class _BatchRun:
         self.work = work
         self.reporter = reporter
         self.stop = threading.Event()
-        self.janitor = DownloadJanitor(remove=not request.keep_downloads)
         path = summary_path(request.output_dir, request.shard)
         self.previous_sha256 = previous_output_sha256(path)
         self.summary = BatchSummary(path, work.items, _command(request), work.work_list_size)
@@ -252,7 +250,6 @@ class _BatchRun:
                     revision,
                     self.request.output_dir,
                     self.request.options,
-                    self.janitor,
                     self.request.cache_dir,
                     self._on_bytes,
                     self.stop.is_set,

@@ -1,25 +1,23 @@
-"""Fetching one revision of a model from the Hugging Face Hub through huggingface_hub.
+"""One revision of a model on the Hugging Face Hub, through huggingface_hub.
 
-The revision is resolved to its commit once; config.json and the weight files of that commit are
-then downloaded into huggingface_hub's cache (its token, endpoint and offline settings apply), and
-nothing else is. Offline, or when the Hub cannot be reached, the revision is served from the
-cache if it is there.
+The revision is resolved to its commit once; config.json and the index file of that commit go to
+huggingface_hub's cache (its token, endpoint and offline settings apply), and the weight files are
+either downloaded there too or described as ``RemoteFile``s, to be read by byte ranges. Offline,
+or when the Hub cannot be reached, the revision is served from the cache if it is there.
 
-Asking the Hub what a revision holds (``describe_revision``) is separate from downloading it
-(``download_revision``), so a caller can decide from the listing (its commit, its files' LFS
-sha256) whether to download at all.
+Asking the Hub what a revision holds (``describe_revision``) is separate from fetching it
+(``download_revision``), so a caller can decide from the listing (its commit, its files' sizes
+and LFS sha256) what to fetch at all.
 """
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Collection, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from filelock import Timeout
 from huggingface_hub import HfApi, hf_hub_download, snapshot_download, try_to_load_from_cache
 from huggingface_hub.errors import (
     GatedRepoError,
@@ -30,7 +28,6 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
-from huggingface_hub.utils import WeakFileLock
 
 from pythia_tl.errors import CheckpointError, SourceError
 from pythia_tl.source.checkpoint import Format, load_weight_map, weight_files_for
@@ -38,8 +35,6 @@ from pythia_tl.source.hub_errors import broken_download
 from pythia_tl.source.remote import RemoteFile
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-# How long a cache clean-up waits for huggingface_hub's lock on a blob before keeping the blob.
-_BLOB_LOCK_SECONDS = 60.0
 
 
 class HubUnreachable(SourceError):
@@ -87,8 +82,6 @@ class HubRevision:
     folder: Path
     # The sha256 the Hub (or the cache's content-addressed blob name) gives for each weight file.
     sha256: dict[str, str] = field(default_factory=dict)
-    # The files this fetch added to the revision's snapshot (the others were there already).
-    downloaded: frozenset[str] = frozenset()
     # Weight files not in the cache, to be read from the Hub by ranges (not downloaded).
     remote: dict[str, RemoteFile] = field(default_factory=dict)
 
@@ -150,19 +143,10 @@ def download_revision(
     without ``weights``, only config.json and the index: the weight files not cached are left on
     the Hub, to be read by ranges."""
     repo_id, revision, commit = listing.repo_id, listing.revision, listing.commit
-    downloaded: set[str] = set()
 
     def download(filename: str, at: str = commit) -> Path:
-        cached = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir, revision=at)
-        if not isinstance(cached, str):
-            downloaded.add(filename)
         try:
-            path = Path(hf_hub_download(repo_id, filename, revision=at, cache_dir=cache_dir))
-            if not path.exists():
-                # Another process sharing the cache removed the blob as this link was made to
-                # it (see remove_cached_weights); downloading again fetches it anew.
-                path = Path(hf_hub_download(repo_id, filename, revision=at, cache_dir=cache_dir))
-            return path
+            return Path(hf_hub_download(repo_id, filename, revision=at, cache_dir=cache_dir))
         except RemoteEntryNotFoundError:
             raise CheckpointError(
                 f"{repo_id}@{revision}: {filename} is listed but cannot be downloaded"
@@ -205,9 +189,7 @@ def download_revision(
             if name not in remote:
                 download(name)
     sha256 = {name: listing.lfs_sha256[name] for name in names if name in listing.lfs_sha256}
-    return HubRevision(
-        repo_id, revision, commit, config_path.parent, sha256, frozenset(downloaded), remote
-    )
+    return HubRevision(repo_id, revision, commit, config_path.parent, sha256, remote)
 
 
 def _in_cache(repo_id: str, name: str, commit: str, cache_dir: Path | None) -> bool:
@@ -236,53 +218,6 @@ def cached_commit(repo_id: str, revision: str, cache_dir: Path | None = None) ->
     """The commit the cache last saw ``revision`` resolve to, or None (no network)."""
     config = try_to_load_from_cache(repo_id, "config.json", cache_dir=cache_dir, revision=revision)
     return Path(config).parent.name if isinstance(config, str) else None
-
-
-def remove_cached_weights(
-    revision: HubRevision, names: Collection[str], keep_sha256: Collection[str] = ()
-) -> int:
-    """Remove the weight files ``names`` of a cached revision; returns the bytes freed.
-
-    Each file's snapshot entry goes; its blob goes too unless its sha256 is in ``keep_sha256``
-    or another snapshot of the repository still links to it. config.json, the index, the refs
-    and the snapshot folder stay (a few KB), so a later offline run still knows each branch's
-    commit. huggingface_hub's ``delete_revisions`` is not used: it removes the whole repository
-    folder with its last revision, from under a download that another process sharing the cache
-    may be making into it, and its ``scan_cache_dir`` walks the entire cache every time.
-
-    A blob is checked and removed holding the lock huggingface_hub takes to link a snapshot
-    entry to an existing blob, so another process either links first (and the blob stays) or
-    finds it gone; a link it made to a blob removed meanwhile is repaired by
-    ``download_revision``, which downloads such a file again.
-    """
-    blobs_dir = (revision.cache_root / "blobs").resolve()
-    locks_dir = revision.cache_root.parent / ".locks" / revision.cache_root.name
-    freed = 0
-    for name in names:
-        entry = revision.folder / name
-        if not entry.is_symlink():
-            continue
-        blob = entry.resolve()
-        entry.unlink()
-        if blob.parent != blobs_dir or blob.name in keep_sha256 or not blob.is_file():
-            continue
-        locks_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            with WeakFileLock(locks_dir / f"{blob.name}.lock", timeout=_BLOB_LOCK_SECONDS):
-                if blob.is_file() and not _linked_from_snapshots(revision.cache_root, blob):
-                    size = blob.stat().st_size
-                    blob.unlink()
-                    freed += size
-        except Timeout:
-            continue  # someone holds it for long: the blob is in use, keep it
-    return freed
-
-
-def _linked_from_snapshots(cache_root: Path, blob: Path) -> bool:
-    return any(
-        entry.is_symlink() and os.path.realpath(entry) == str(blob)
-        for entry in (cache_root / "snapshots").rglob("*")
-    )
 
 
 @contextmanager
