@@ -13,15 +13,14 @@ each as its own process started by ``run.py``'s launcher:
 * ``pythia-tl convert`` of the revision, streamed (nothing cached before);
 * ``pythia-tl plan`` and ``pythia-tl convert --tensors embed.W_E``: the bytes the Hub served.
 
-Peak RSS comes from the launcher; peak disk is the largest growth of used space on the output's
-file system, sampled every 50 ms during the conversion (the output included).
+Peak RSS comes from the launcher; peak disk is the most space the conversion's files took at once
+(its output and its huggingface_hub home), sampled every 50 ms.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -45,7 +44,7 @@ for name in sys.argv[2:]:
 
 
 class DiskPeak:
-    """The largest growth of used bytes on ``path``'s file system while the block runs."""
+    """The most bytes the files under ``path`` took at once while the block ran (sampled)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -53,7 +52,6 @@ class DiskPeak:
         self._stop = threading.Event()
 
     def __enter__(self) -> DiskPeak:
-        self._base = shutil.disk_usage(self.path).used
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
         return self
@@ -64,7 +62,18 @@ class DiskPeak:
 
     def _sample(self) -> None:
         while not self._stop.wait(0.05):
-            self.peak = max(self.peak, shutil.disk_usage(self.path).used - self._base)
+            self.peak = max(self.peak, _used(self.path))
+
+
+def _used(folder: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_blocks * 512
+            except OSError:
+                continue  # removed while walking
+    return total
 
 
 def main() -> int:

@@ -26,10 +26,13 @@ sys.exit(os.waitstatus_to_exitcode(status))
 """
 
 
-def peak_rss(argv: list[str]) -> int:
+def peak_rss(argv: list[str], online: bool = False) -> int:
     """Run ``argv`` to completion (it must succeed); its peak resident set, in bytes (Linux
-    reports kilobytes, counting mapped file pages as well as allocations)."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    reports kilobytes, counting mapped file pages as well as allocations). Offline unless
+    ``online`` (for a Hub that the test serves)."""
+    env = dict(os.environ)
+    if not online:
+        env["HF_HUB_OFFLINE"] = "1"
     launched = subprocess.run(
         [sys.executable, "-c", _LAUNCHER, *argv], capture_output=True, text=True, env=env
     )

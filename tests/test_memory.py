@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from hub_server import StandInHub
 from peak_rss import BASELINE_ARGV, peak_rss
 from synthetic import PythiaShape, write_checkpoint
 
@@ -67,3 +68,25 @@ def test_peak_memory_follows_the_largest_tensor(
     assert used < size / 2, (
         f"peak {used / mb:.0f} MB above the baseline, checkpoint {size / mb:.0f} MB"
     )
+
+
+# What streaming from the Hub holds besides the tensors: the chunks in flight (8 connections x
+# 8 MB) and up to 64 MB of tensors fetched ahead of the converter.
+STREAM_BUFFERS = 128 * 2**20
+
+
+def test_peak_memory_of_a_streamed_conversion_follows_the_largest_tensor(
+    checkpoints: dict[str, Path], baseline: int, stand_in_hub: StandInHub, tmp_path: Path
+) -> None:
+    folder = checkpoints["safetensors"]
+    stand_in_hub.add_revision("EleutherAI/pythia-70m", "main", folder)
+    checkpoint = open_checkpoint(folder)
+    size = sum(file.stat().st_size for file in checkpoint.files)
+    largest = max(t.nbytes for t in plan_conversion(checkpoint).tensors)
+    output = tmp_path / "out.safetensors"
+    argv = [sys.executable, "-m", "pythia_tl", "convert", "pythia-70m", "-o", str(output), "-q"]
+    used = peak_rss(argv, online=True) - baseline
+    assert stand_in_hub.served_bytes() >= size  # streamed, not read from a cache
+    mb = 2**20
+    bound = 2 * largest + MARGIN + STREAM_BUFFERS
+    assert used <= bound, f"peak {used / mb:.0f} MB above the baseline; bound {bound / mb:.0f} MB"

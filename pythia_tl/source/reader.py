@@ -46,6 +46,8 @@ class TensorReader:
         info = self.checkpoint.tensors[name]
         if self._closed:
             raise CheckpointError(f"{info.file}: {name} read after the reader was closed")
+        if info.file in self.checkpoint.remote:
+            raise CheckpointError(f"{info.file}: on the Hub, not on disk: stream it (StreamReader)")
         if info.span is None:
             state = self._bins.get(info.file)
             if state is None:

@@ -18,11 +18,13 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+from huggingface_hub.errors import HfHubHTTPError
+
 from pythia_tl.errors import SourceError
 
 # Bytes per request: large enough that request overhead is small, small enough that a retry
 # after a dropped connection repeats little.
-CHUNK_BYTES = 8 << 20
+CHUNK_BYTES = 4 << 20
 # Connections at once, as `hf download` uses.
 WORKERS = 8
 # Attempts per chunk beyond huggingface_hub's own retries (which cover most transport errors).
@@ -71,7 +73,15 @@ class RemoteFile:
                 with _open(self) as handle:
                     handle.seek(start)
                     data: bytes = handle.read(end - start)
-            except Exception as exc:  # huggingface_hub raises transport and HTTP errors alike
+            except HfHubHTTPError as exc:
+                status = exc.response.status_code if exc.response is not None else None
+                if status is not None and status < 500:
+                    raise SourceError(
+                        f"{self.where}: the Hub answered HTTP {status} for bytes [{start}, {end})"
+                    ) from None
+                problem = exc
+                continue
+            except Exception as exc:  # huggingface_hub raises transport errors of several kinds
                 problem = exc
                 continue
             if len(data) == end - start:

@@ -54,7 +54,7 @@ class StreamReader:
         names: Iterable[str],
         *,
         whole_files: bool,
-        ahead: int = 64 << 20,
+        ahead: int = 32 << 20,
     ) -> None:
         self.checkpoint = checkpoint
         infos = [checkpoint.tensors[name] for name in dict.fromkeys(names)]
