@@ -11,13 +11,16 @@ from pathlib import Path
 import torch
 
 from pythia_tl.dtypes import dtype_name
+from pythia_tl.engine.finite import refuse_nonfinite
 from pythia_tl.engine.hashing import SourceHashes, file_sha256
 from pythia_tl.engine.pipeline import convert_tensors, finish
 from pythia_tl.formats.safetensors import TensorEntry
-from pythia_tl.mapping.plan import plan_conversion
+from pythia_tl.mapping.plan import PlannedTensor, plan_conversion
+from pythia_tl.output.guard import check_not_source
 from pythia_tl.output.metadata import build_metadata
 from pythia_tl.output.writer import write_safetensors
 from pythia_tl.processing import NO_PROCESSING, Processing, plan_processing, process_stream
+from pythia_tl.source.fingerprint import SourceFingerprint, read_by
 from pythia_tl.source.reader import TensorReader
 from pythia_tl.source.resolve import Provenance, ResolvedSource
 
@@ -25,12 +28,15 @@ from pythia_tl.source.resolve import Provenance, ResolvedSource
 @dataclass(frozen=True)
 class ConvertOptions:
     """``dtype``: the output dtype name, or "auto" (the source's); ``overwrite``: replace an
-    existing output; ``hash_output``: also hash the written file (for the result)."""
+    existing output (a regular file only); ``hash_output``: also hash the written file (for the
+    result); ``allow_nonfinite``: write NaN and infinity (from the source, or from a cast out of
+    the output dtype's range) instead of refusing them, and record that in the metadata."""
 
     dtype: str = "auto"
     overwrite: bool = False
     hash_output: bool = False
     processing: Processing = NO_PROCESSING
+    allow_nonfinite: bool = False
 
 
 @dataclass(frozen=True)
@@ -82,8 +88,25 @@ def convert(
     checkpoint = source.checkpoint
     entries = [TensorEntry(t.key, t.dtype, t.shape) for t in written.tensors]
 
+    source_files = read_by(checkpoint)
+    check_not_source(output, source_files, checkpoint.folder)
+    unchanged = SourceFingerprint(source_files)
+
     def metadata(sha256: dict[str, str]) -> dict[str, str]:
-        return build_metadata(plan.config, plan.dtype, provenance, sha256, processing)
+        return build_metadata(
+            plan.config, plan.dtype, provenance, sha256, processing, options.allow_nonfinite
+        )
+
+    def finished(planned: PlannedTensor, tensor: torch.Tensor) -> torch.Tensor:
+        converted = finish(tensor, planned)
+        if not options.allow_nonfinite:
+            refuse_nonfinite(planned.key, converted, tensor)
+        return converted
+
+    def final_metadata() -> dict[str, str]:
+        digests = hashes.checked(provenance.expected_sha256)
+        unchanged.check()  # the last moment before the file is published
+        return metadata(digests)
 
     with (
         _one_torch_thread() if not processing.passes else nullcontext(),
@@ -94,10 +117,10 @@ def convert(
             output,
             entries,
             (
-                finish(tensor, planned)
+                finished(planned, tensor)
                 for planned, tensor in process_stream(written, convert_tensors(plan, reader))
             ),
-            metadata=lambda: metadata(hashes.checked(provenance.expected_sha256)),
+            metadata=final_metadata,
             reserve_metadata=metadata(dict.fromkeys(hashes.names, "0" * 64)),
             overwrite=options.overwrite,
             on_bytes=on_bytes,
