@@ -7,11 +7,15 @@ import pickle
 import sys
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
 from pythia_tl.errors import CheckpointError
+
+# A Pythia checkpoint's pickle is a few tens of kB; torch reads it whole into memory.
+MAX_PICKLE_BYTES = 64 << 20
+_LOCAL_HEADER_BYTES = 30
 
 
 def is_little_endian(file: Path) -> bool:
@@ -32,9 +36,53 @@ def is_little_endian(file: Path) -> bool:
     return order.strip() == "little" == sys.byteorder
 
 
+def check_archive(file: Path) -> None:
+    """CheckpointError unless every record of the zip archive is stored uncompressed (as torch
+    writes them) and lies within the file, and the pickle is of a sane size: checked from the
+    central directory before torch inflates or reads anything, so a small file cannot make it
+    allocate gigabytes."""
+    try:
+        size = file.stat().st_size
+        with zipfile.ZipFile(file) as archive, open(file, "rb") as raw:
+            for record in archive.infolist():
+                _check_record(file, record, raw, size)
+    except (OSError, zipfile.BadZipFile, ValueError) as exc:
+        raise CheckpointError(f"{file}: not a readable PyTorch checkpoint ({exc})") from None
+
+
+def _check_record(file: Path, record: zipfile.ZipInfo, raw: BinaryIO, size: int) -> None:
+    name = record.filename
+    if record.compress_type != zipfile.ZIP_STORED:
+        raise CheckpointError(f"{file}: record {name!r} is compressed; torch stores records as is")
+    if record.compress_size != record.file_size:
+        raise CheckpointError(
+            f"{file}: record {name!r} declares {record.file_size} bytes but stores "
+            f"{record.compress_size}"
+        )
+    if name.endswith(".pkl") and record.file_size > MAX_PICKLE_BYTES:
+        raise CheckpointError(
+            f"{file}: its pickle {name!r} holds {record.file_size} bytes, more than the "
+            f"{MAX_PICKLE_BYTES} allowed"
+        )
+    raw.seek(record.header_offset)
+    local = raw.read(_LOCAL_HEADER_BYTES)
+    if len(local) < _LOCAL_HEADER_BYTES or local[:4] != b"PK\x03\x04":
+        raise CheckpointError(f"{file}: record {name!r} has no local header where declared")
+    name_length = int.from_bytes(local[26:28], "little")
+    extra_length = int.from_bytes(local[28:30], "little")
+    end = record.header_offset + _LOCAL_HEADER_BYTES + name_length + extra_length
+    if end + record.compress_size > size:
+        raise CheckpointError(
+            f"{file}: record {name!r} declares {record.compress_size} bytes at byte {end}, "
+            f"past the file's {size} bytes"
+        )
+
+
 def load_bin(file: Path, map_location: str = "cpu") -> dict[str, torch.Tensor]:
     """A ``.bin`` state dict, memory-mapped (or on the meta device: shapes only); only tensors
     are accepted and no code ever runs."""
+    if zipfile.is_zipfile(file):  # legacy (non-zip) files hold no compressed records
+        check_archive(file)
     try:
         # weights_only: the unpickler accepts tensors and plain containers, never arbitrary objects.
         state: Any = torch.load(
