@@ -23,7 +23,7 @@ from typing import Literal
 from pythia_tl import CONVERTER_NAME
 from pythia_tl.engine import ConvertOptions
 from pythia_tl.errors import OutputFileError
-from pythia_tl.output.metadata import read_output
+from pythia_tl.output.metadata import NONFINITE_KEY, read_output
 
 State = Literal["missing", "current", "other_commit", "unverified", "stale", "foreign"]
 
@@ -35,10 +35,12 @@ class Requirements:
     source: str
     dtype: str
     processing: tuple[str, ...]
+    nonfinite: str = "refused"
 
     @classmethod
     def of(cls, repo_id: str, options: ConvertOptions) -> Requirements:
-        return cls(repo_id, options.dtype, tuple(options.processing.passes))
+        nonfinite = "allowed" if options.allow_nonfinite else "refused"
+        return cls(repo_id, options.dtype, tuple(options.processing.passes), nonfinite)
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,13 @@ def judge_existing(path: Path, requirements: Requirements, commit: str | None) -
             recorded,
             state="stale",
             reason=f"processing {list(processing)}, asked for {list(requirements.processing)}",
+        )
+    nonfinite = metadata.get(NONFINITE_KEY, "refused")
+    if nonfinite != requirements.nonfinite:
+        return replace(
+            recorded,
+            state="stale",
+            reason=f"non-finite values {nonfinite}, asked for {requirements.nonfinite}",
         )
     if commit is None:
         return replace(recorded, state="unverified", reason="the branch's commit is unknown")

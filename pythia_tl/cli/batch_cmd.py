@@ -30,10 +30,18 @@ from pythia_tl.batch import (
     parse_step_spec,
     run_batch,
 )
-from pythia_tl.cli.options import CacheDir, Json, OutputChoice, Quiet, with_output_options
+from pythia_tl.cli.options import (
+    AllowNonfinite,
+    CacheDir,
+    Json,
+    OutputChoice,
+    Quiet,
+    with_output_options,
+)
 from pythia_tl.engine import ConvertOptions
 from pythia_tl.errors import PythiaTLError
 from pythia_tl.source.names import resolve_model_name
+from pythia_tl.text import printable
 
 
 @with_output_options
@@ -78,6 +86,15 @@ def batch(
     fail_fast: Annotated[
         bool, typer.Option("--fail-fast", help="Stop at the first failed revision.")
     ] = False,
+    recheck: Annotated[
+        bool,
+        typer.Option(
+            "--recheck",
+            help="Hash every existing output again (default: only those whose size, mtime or "
+            "inode differ from the summary's record); one that changed is converted again.",
+        ),
+    ] = False,
+    allow_nonfinite: AllowNonfinite = False,
     cache_dir: CacheDir = None,
     quiet: Quiet = False,
     json_output: Json = False,
@@ -89,12 +106,15 @@ def batch(
         models=tuple(resolve_model_name(model) for model in models),
         steps=parse_step_spec(steps),
         output_dir=output,
-        options=ConvertOptions(dtype=choice.dtype, processing=choice.processing),
+        options=ConvertOptions(
+            dtype=choice.dtype, processing=choice.processing, allow_nonfinite=allow_nonfinite
+        ),
         jobs=jobs,
         shard=parse_shard(shard) if shard is not None else None,
         keep_downloads=keep_downloads,
         fail_fast=fail_fast,
         cache_dir=cache_dir,
+        recheck=recheck,
     )
     work = list_work(request)
     # Per-file download bars from several threads would garble the batch's own output.
@@ -104,7 +124,7 @@ def batch(
     if json_output:
         print(json.dumps(summary.to_json()))
     elif not quiet:
-        print(_totals(summary, work.work_list_size), file=sys.stderr)
+        print(printable(_totals(summary, work.work_list_size)), file=sys.stderr)
     failed = summary.failed
     if failed:
         first = failed[0]
@@ -177,7 +197,7 @@ class _LineReporter:
     def finished(self, result: RevisionResult) -> None:
         if self._silent:
             return
-        line = _line(result)
+        line = printable(_line(result))
         with self._lock:
             if self._progress is not None and self._task is not None:
                 self._progress.console.print(line, markup=False, highlight=False, soft_wrap=True)
