@@ -30,6 +30,7 @@ from pythia_tl.batch import (
     parse_step_spec,
     run_batch,
 )
+from pythia_tl.batch.summary import read_entries
 from pythia_tl.cli.options import (
     AllowNonfinite,
     CacheDir,
@@ -121,8 +122,8 @@ def batch(
     disable_progress_bars()
     with _LineReporter(quiet or json_output) as reporter:
         summary = run_batch(request, work, reporter)
-    if json_output:
-        print(json.dumps(summary.to_json()))
+    if json_output:  # the summary as written: merged with the records of other runs
+        print(json.dumps(summary.to_json(read_entries(summary.path))))
     elif not quiet:
         print(printable(_totals(summary, work.work_list_size)), file=sys.stderr)
     failed = summary.failed

@@ -65,7 +65,7 @@ def build_metadata(
         "format": "pt",
         "tl_config": json.dumps(cfg),
         "source": utf8(provenance.source),
-        "revision": provenance.revision or "",
+        "revision": utf8(provenance.revision or ""),
         "commit": provenance.commit or "",
         "source_files": json.dumps(dict(sorted(source_sha256.items()))),
         "converter": CONVERTER_NAME,
