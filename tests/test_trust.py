@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -115,14 +116,24 @@ def _unix_socket(path: Path) -> None:
     server.close()
 
 
-@pytest.mark.parametrize("kind", ["directory", "fifo", "socket"])
+def _null_device(path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("making a device node needs root")
+    os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, 3))  # what /dev/null is
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo", "socket", "device"])
 def test_force_replaces_regular_files_only(
     kind: str, cli: Run, tiny_checkpoints: TinyCheckpoints, tmp_path: Path
 ) -> None:
     target = tmp_path / "out.safetensors"
-    {"directory": target.mkdir, "fifo": lambda: os.mkfifo(target)}.get(
-        kind, lambda: _unix_socket(target)
-    )()
+    make = {
+        "directory": target.mkdir,
+        "fifo": lambda: os.mkfifo(target),
+        "socket": lambda: _unix_socket(target),
+        "device": lambda: _null_device(target),
+    }
+    make[kind]()
     line = one_error_line(
         cli(["convert", str(tiny_checkpoints["safetensors"]), "-o", str(target), "--force"])
     )
