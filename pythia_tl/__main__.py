@@ -1,3 +1,3 @@
-from pythia_tl.cli import main
+from pythia_tl.launch import main
 
 main()

@@ -31,6 +31,8 @@ class BatchRequest:
     keep_downloads: bool = False
     fail_fast: bool = False
     cache_dir: Path | None = None
+    # Hash every existing output again, rather than trust the summary's record of it.
+    recheck: bool = False
 
     def __post_init__(self) -> None:
         if self.jobs < 1:

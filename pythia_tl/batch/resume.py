@@ -24,7 +24,7 @@ from pythia_tl import CONVERTER_NAME
 from pythia_tl.engine import ConvertOptions
 from pythia_tl.errors import OutputFileError
 from pythia_tl.mapping.selection import EVERY_TENSOR, Selection
-from pythia_tl.output.metadata import read_output
+from pythia_tl.output.metadata import NONFINITE_KEY, read_output
 
 State = Literal["missing", "current", "other_commit", "unverified", "stale", "foreign"]
 
@@ -37,10 +37,13 @@ class Requirements:
     dtype: str
     processing: tuple[str, ...]
     selection: Selection = EVERY_TENSOR
+    nonfinite: str = "refused"
 
     @classmethod
     def of(cls, repo_id: str, options: ConvertOptions) -> Requirements:
-        return cls(repo_id, options.dtype, tuple(options.processing.passes), options.selection)
+        nonfinite = "allowed" if options.allow_nonfinite else "refused"
+        passes = tuple(options.processing.passes)
+        return cls(repo_id, options.dtype, passes, options.selection, nonfinite)
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,13 @@ def judge_existing(path: Path, requirements: Requirements, commit: str | None) -
             recorded,
             state="stale",
             reason=f"selection {selection.to_json()}, asked for {requirements.selection.to_json()}",
+        )
+    nonfinite = metadata.get(NONFINITE_KEY, "refused")
+    if nonfinite != requirements.nonfinite:
+        return replace(
+            recorded,
+            state="stale",
+            reason=f"non-finite values {nonfinite}, asked for {requirements.nonfinite}",
         )
     if commit is None:
         return replace(recorded, state="unverified", reason="the branch's commit is unknown")

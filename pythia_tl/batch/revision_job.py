@@ -10,7 +10,7 @@ from pathlib import Path
 from pythia_tl import __version__
 from pythia_tl.batch.dedupe import link_output
 from pythia_tl.batch.resume import ExistingOutput
-from pythia_tl.batch.summary import RevisionResult
+from pythia_tl.batch.summary import FileIdentity, RevisionResult
 from pythia_tl.batch.work import WorkItem
 from pythia_tl.engine import ConvertOptions, convert
 from pythia_tl.errors import PythiaTLError
@@ -36,6 +36,8 @@ class PendingRevision:
     item: WorkItem
     listing: RevisionListing | None
     existing: ExistingOutput
+    # The output file when the run judged it (None: there was none).
+    identity: FileIdentity | None = None
 
 
 def convert_revision(
@@ -63,6 +65,7 @@ def convert_revision(
         replacing = pending.existing.state != "missing"
         run_options = replace(options, overwrite=replacing, hash_output=True)
         result = convert(source, target, run_options, on_bytes=on_bytes)
+        identity = FileIdentity.of(target)
         written = read_output(target)
         return RevisionResult(
             item,
@@ -74,6 +77,7 @@ def convert_revision(
             bytes=result.bytes,
             seconds=time.perf_counter() - started,
             converter_version=__version__,
+            output_identity=identity,
         )
     except BatchCancelled:
         return RevisionResult(item, "cancelled", reason="stopped before it finished")
@@ -89,10 +93,9 @@ def link_duplicate(
     """Publish the output of ``first`` (same repository, same weights) for ``pending`` too."""
     item, listing = pending.item, pending.listing
     started = time.perf_counter()
+    target = output_dir / item.relative_output
     try:
-        how = link_output(
-            output_dir / first.item.relative_output, output_dir / item.relative_output
-        )
+        how = link_output(output_dir / first.item.relative_output, target)
     except PythiaTLError as exc:
         return _failed(item, str(exc), started, listing)
     return RevisionResult(
@@ -106,6 +109,7 @@ def link_duplicate(
         seconds=time.perf_counter() - started,
         duplicate_of=first.item.revision,
         converter_version=first.converter_version,
+        output_identity=FileIdentity.of(target),
     )
 
 

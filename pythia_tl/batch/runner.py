@@ -20,10 +20,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from pythia_tl.batch.dedupe import WeightsKey, weights_key
+from pythia_tl.batch.locks import Stopped, held
 from pythia_tl.batch.request import BatchRequest, WorkList
 from pythia_tl.batch.resume import ExistingOutput, Requirements, judge_existing
 from pythia_tl.batch.revision_job import (
@@ -34,12 +35,16 @@ from pythia_tl.batch.revision_job import (
 )
 from pythia_tl.batch.summary import (
     BatchSummary,
+    FileIdentity,
+    OutputRecord,
     RevisionResult,
-    previous_output_sha256,
+    recorded_outputs,
     summary_path,
 )
 from pythia_tl.batch.work import WorkItem
+from pythia_tl.engine.hashing import file_sha256
 from pythia_tl.errors import PythiaTLError
+from pythia_tl.output.atomic import remove_stale_temporaries
 from pythia_tl.source.hub import HubUnreachable, RevisionListing, cached_commit, describe_revision
 
 
@@ -86,14 +91,16 @@ class _BatchRun:
         self.reporter = reporter
         self.stop = threading.Event()
         path = summary_path(request.output_dir, request.shard)
-        self.previous_sha256 = previous_output_sha256(path)
+        self.records = recorded_outputs(path)
         self.summary = BatchSummary(path, work.items, _command(request), work.work_list_size)
 
     def run(self) -> BatchSummary:
         request = self.request
         request.output_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(request.output_dir)
         for model in dict.fromkeys(item.model for item in self.work.items):
             (request.output_dir / model.name).mkdir(exist_ok=True)
+            remove_stale_temporaries(request.output_dir / model.name)
         self.summary.write()
         self.reporter.started(len(self.work.items))
         pending, ready = self._resume()
@@ -129,18 +136,51 @@ class _BatchRun:
         for item in self.work.items:
             requirements = Requirements.of(item.repo_id, self.request.options)
             target = self.request.output_dir / item.relative_output
+            identity = FileIdentity.of(target)
             existing = judge_existing(target, requirements, self._branch_commit(item))
+            checked: tuple[str | None, FileIdentity | None] = (None, None)
+            if existing.state in ("current", "unverified"):
+                found = self._output_sha256(item, identity)
+                if isinstance(found, _Changed):
+                    existing = replace(existing, state="stale", reason=found.reason)
+                    pending.append(PendingRevision(item, None, existing, identity))
+                    continue
+                checked = found
             if existing.state == "current":
-                self._skip(item, existing, existing.commit, "up to date", ready)
+                self._skip(item, existing, existing.commit, "up to date", ready, checked)
             elif existing.state == "unverified":
                 why = self.work.unreachable.get(item.repo_id, "the Hub has no such branch")
                 reason = f"up to date, commit not checked ({why})"
-                self._skip(item, existing, None, reason, ready)
+                self._skip(item, existing, None, reason, ready, checked)
             elif existing.state == "foreign":
                 self._finish(RevisionResult(item, "failed", reason=existing.reason))
             else:
-                pending.append(PendingRevision(item, None, existing))
+                pending.append(PendingRevision(item, None, existing, identity))
         return pending, ready
+
+    def _output_sha256(
+        self, item: WorkItem, identity: FileIdentity | None
+    ) -> tuple[str | None, FileIdentity | None] | _Changed:
+        """The sha256 of an up-to-date output, and the file identity it was taken of.
+
+        Taken from the summary's record while the file is the one recorded; read again when it
+        is not (or with ``recheck``), and _Changed when it no longer has the recorded sha256.
+        Without a record (and without ``recheck``) the sha256 is left unknown, never guessed.
+        """
+        output = item.relative_output.as_posix()
+        record: OutputRecord | None = self.records.get(output)
+        if record is not None and record.describes(identity) and not self.request.recheck:
+            return record.sha256, identity
+        if record is None and not self.request.recheck:
+            return None, None
+        target = self.request.output_dir / item.relative_output
+        digest = file_sha256(target)
+        if record is not None and digest != record.sha256:
+            return _Changed(
+                f"changed since it was written (sha256 {digest}, the summary records "
+                f"{record.sha256})"
+            )
+        return digest, identity
 
     def _branch_commit(self, item: WorkItem) -> str | None:
         branches = self.work.branches.get(item.repo_id)
@@ -155,17 +195,19 @@ class _BatchRun:
         commit: str | None,
         reason: str,
         ready: dict[WeightsKey, RevisionResult],
+        checked: tuple[str | None, FileIdentity | None] = (None, None),
     ) -> None:
-        output = item.relative_output.as_posix()
+        sha256, identity = checked
         result = RevisionResult(
             item,
             "skipped",
             reason=reason,
             commit=commit,
             source_sha256=existing.source_sha256,
-            output_sha256=self.previous_sha256.get((output, commit, existing.bytes)),
+            output_sha256=sha256,
             bytes=existing.bytes,
             converter_version=existing.converter_version,
+            output_identity=identity,
         )
         key = weights_key(item.repo_id, existing.source_sha256)
         if key is not None:
@@ -204,9 +246,12 @@ class _BatchRun:
                 == weights_key(revision.item.repo_id, existing.source_sha256)
             ):
                 reason = f"up to date (same weights as commit {existing.commit})"
-                self._skip(revision.item, existing, listing.commit, reason, ready)
-                continue
-            described.append(PendingRevision(revision.item, listing, existing))
+                checked = self._output_sha256(revision.item, revision.identity)
+                if not isinstance(checked, _Changed):
+                    self._skip(revision.item, existing, listing.commit, reason, ready, checked)
+                    continue
+                existing = replace(existing, state="stale", reason=checked.reason)
+            described.append(replace(revision, listing=listing, existing=existing))
         return described
 
     def _listing(self, item: WorkItem) -> RevisionListing | None:
@@ -243,21 +288,60 @@ class _BatchRun:
         for revision in group.members:
             if self.stop.is_set():
                 return
-            if first is not None:
-                result = link_duplicate(revision, first, self.request.output_dir)
-            else:
-                result = convert_revision(
-                    revision,
-                    self.request.output_dir,
-                    self.request.options,
-                    self.request.cache_dir,
-                    self._on_bytes,
-                    self.stop.is_set,
-                    download=self.request.keep_downloads,
-                )
-                if result.status == "converted":
-                    first = result
-            self._finish(result)
+            output_dir, relative = self.request.output_dir, revision.item.relative_output
+            try:
+                # Another run writing into this folder converts this output, or waits for it.
+                with held(output_dir, relative, stopped=self.stop.is_set):
+                    result = self._done_meanwhile(revision) or self._make(revision, first)
+                    self._finish(result)
+            except Stopped:
+                return
+            if first is None and result.status == "converted":
+                first = result
+
+    def _make(self, revision: PendingRevision, first: RevisionResult | None) -> RevisionResult:
+        if first is not None:
+            return link_duplicate(revision, first, self.request.output_dir)
+        return convert_revision(
+            revision,
+            self.request.output_dir,
+            self.request.options,
+            self.request.cache_dir,
+            self._on_bytes,
+            self.stop.is_set,
+            download=self.request.keep_downloads,
+        )
+
+    def _done_meanwhile(self, revision: PendingRevision) -> RevisionResult | None:
+        """A skip when another run wrote this output since it was judged, and it is now up to
+        date; None when this run must make it."""
+        item = revision.item
+        target = self.request.output_dir / item.relative_output
+        identity = FileIdentity.of(target)
+        if identity is None or identity == revision.identity:
+            return None
+        requirements = Requirements.of(item.repo_id, self.request.options)
+        existing = judge_existing(target, requirements, self._branch_commit(item))
+        if existing.state not in ("current", "unverified"):
+            return None
+        self.records = recorded_outputs(self.summary.path)  # the other run's record
+        checked = self._output_sha256(item, identity)
+        if isinstance(checked, _Changed):
+            return None
+        sha256, identity = checked
+        if sha256 is None:
+            sha256, identity = file_sha256(target), identity  # just written: worth the read
+        return RevisionResult(
+            item,
+            "skipped",
+            reason="up to date (converted by another run meanwhile)",
+            commit=existing.commit,
+            source_sha256=existing.source_sha256,
+            output_sha256=sha256,
+            bytes=existing.bytes,
+            converter_version=existing.converter_version,
+            output_identity=identity,
+        )
 
     def _on_bytes(self, nbytes: int, total: int) -> None:
         if self.stop.is_set():
@@ -277,6 +361,13 @@ class _BatchRun:
                 self._finish(RevisionResult(item, "cancelled", reason=reason))
 
 
+@dataclass(frozen=True)
+class _Changed:
+    """An output that no longer has the sha256 the summary recorded for it."""
+
+    reason: str
+
+
 def _command(request: BatchRequest) -> dict[str, Any]:
     return {
         "models": list(dict.fromkeys(model.repo_id for model in request.models)),
@@ -288,4 +379,6 @@ def _command(request: BatchRequest) -> dict[str, Any]:
         "jobs": request.jobs,
         "keep_downloads": request.keep_downloads,
         "fail_fast": request.fail_fast,
+        "recheck": request.recheck,
+        "allow_nonfinite": request.options.allow_nonfinite,
     }

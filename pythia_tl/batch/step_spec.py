@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 from pythia_tl.errors import Param, UsageError
 
+_MAX_DIGITS = 18
+
 
 @dataclass(frozen=True)
 class StepRange:
@@ -103,7 +105,8 @@ def parse_step_spec(text: str) -> StepSpec:
 
 def _step_number(field: str, item: str, text: str) -> int:
     digits = field.strip()
-    if not (digits.isascii() and digits.isdigit()):
+    # More digits than any step has; also keeps int() from refusing thousands of them.
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > _MAX_DIGITS:
         raise UsageError(
             Param("steps"), f" {text!r}: {item!r} is not a step number or a range A:B[:S] of them"
         )

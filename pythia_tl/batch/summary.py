@@ -3,6 +3,10 @@
 Written to ``DIR/summary.json`` (``DIR/summary-<K>-of-<N>.json`` for shard K of N, so shards
 never write the same file), atomically, after every finished revision: a run killed mid-way
 leaves a summary of what it finished, with the rest still ``pending``.
+
+Each write merges with the file on disk under a lock file, so runs sharing one folder never lose
+each other's records: revisions this run was not asked about keep their entries, and a revision
+another run finished while this one had not (two runs at once) keeps that run's entry.
 """
 
 from __future__ import annotations
@@ -17,12 +21,37 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pythia_tl import __version__
+from pythia_tl.batch.locks import held
 from pythia_tl.batch.work import Shard, WorkItem
 from pythia_tl.errors import OutputError
 from pythia_tl.output.atomic import atomic_path
+from pythia_tl.small_files import read_small_file
 
 Status = Literal["converted", "skipped", "duplicate", "failed", "cancelled", "pending"]
 STATUSES: tuple[Status, ...] = ("converted", "skipped", "duplicate", "failed", "cancelled")
+# A suite of every Pythia model and step is a few MB of summary.
+MAX_SUMMARY_BYTES = 256 << 20
+# How long a write waits for another run's write of the same summary.
+_LOCK_SECONDS = 120.0
+
+EntryKey = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class FileIdentity:
+    """What tells that a file changed without reading it: size, modification time, inode."""
+
+    bytes: int
+    mtime_ns: int
+    inode: int
+
+    @classmethod
+    def of(cls, path: Path) -> FileIdentity | None:
+        try:
+            info = os.stat(path)
+        except OSError:
+            return None
+        return cls(info.st_size, info.st_mtime_ns, info.st_ino)
 
 
 @dataclass(frozen=True)
@@ -39,8 +68,12 @@ class RevisionResult:
     seconds: float = 0.0
     duplicate_of: str | None = None
     converter_version: str | None = None
+    # The output file as it was when output_sha256 was taken.
+    output_identity: FileIdentity | None = None
+    finished_at: float = field(default_factory=time.time)
 
     def to_json(self) -> dict[str, Any]:
+        identity = self.output_identity
         return {
             "model": self.item.model.name,
             "repo_id": self.item.repo_id,
@@ -53,10 +86,26 @@ class RevisionResult:
             "source_sha256": dict(sorted(self.source_sha256.items())),
             "output_sha256": self.output_sha256,
             "bytes": self.bytes,
+            "output_mtime_ns": identity.mtime_ns if identity is not None else None,
+            "output_inode": identity.inode if identity is not None else None,
             "seconds": round(self.seconds, 3),
             "duplicate_of": self.duplicate_of,
             "converter_version": self.converter_version,
+            "finished_at": None if self.status == "pending" else round(self.finished_at, 3),
         }
+
+
+@dataclass(frozen=True)
+class OutputRecord:
+    """An output's sha256 as a summary recorded it, with the file's identity at the time
+    (None in summaries written before identities were recorded)."""
+
+    sha256: str
+    identity: FileIdentity | None
+
+    def describes(self, identity: FileIdentity | None) -> bool:
+        """Whether the file, now ``identity``, is the one this record was taken of."""
+        return self.identity is not None and self.identity == identity
 
 
 def summary_path(output_dir: Path, shard: Shard | None) -> Path:
@@ -64,23 +113,48 @@ def summary_path(output_dir: Path, shard: Shard | None) -> Path:
     return output_dir / name
 
 
-def previous_output_sha256(path: Path) -> dict[tuple[str, str | None, int | None], str]:
-    """Output sha256 recorded by an earlier summary at ``path``, by (output, commit, bytes).
-
-    A skipped output is not read again (that would make reruns cost a full read of the suite);
-    its sha256 is carried over from the summary of the run that wrote it when that summary
-    describes the same file.
-    """
+def read_entries(path: Path) -> list[dict[str, Any]]:
+    """The revision entries of the summary at ``path``; none when it is missing or unreadable
+    (it is only ever a record, never an instruction)."""
     try:
-        previous = json.loads(path.read_text(encoding="utf-8"))
-        entries = previous["revisions"]
-        return {
-            (entry["output"], entry["commit"], entry["bytes"]): entry["output_sha256"]
-            for entry in entries
-            if isinstance(entry.get("output_sha256"), str)
-        }
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return {}
+        document = json.loads(read_small_file(path, MAX_SUMMARY_BYTES).decode("utf-8"))
+        entries = document["revisions"]
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+        return []
+    if not isinstance(entries, list):
+        return []
+    return [entry for entry in entries if _entry_key(entry) is not None]
+
+
+def recorded_outputs(path: Path) -> dict[str, OutputRecord]:
+    """Output sha256 recorded by the summary at ``path``, by output path (relative to DIR).
+
+    A skipped output is not read again when the file is still the one recorded (same size,
+    modification time and inode): rereading would make reruns cost a full read of the suite.
+    """
+    records = {}
+    for entry in read_entries(path):
+        output, sha256 = entry.get("output"), entry.get("output_sha256")
+        if isinstance(output, str) and isinstance(sha256, str):
+            records[output] = OutputRecord(sha256, _identity(entry))
+    return records
+
+
+def _identity(entry: dict[str, Any]) -> FileIdentity | None:
+    fields = (entry.get("bytes"), entry.get("output_mtime_ns"), entry.get("output_inode"))
+    if all(isinstance(value, int) and not isinstance(value, bool) for value in fields):
+        size, mtime_ns, inode = fields
+        return FileIdentity(size, mtime_ns, inode)  # type: ignore[arg-type]
+    return None
+
+
+def _entry_key(entry: object) -> EntryKey | None:
+    if not isinstance(entry, dict):
+        return None
+    repo_id, step = entry.get("repo_id"), entry.get("step")
+    if isinstance(repo_id, str) and isinstance(step, int) and not isinstance(step, bool):
+        return repo_id, step
+    return None
 
 
 class BatchSummary:
@@ -97,6 +171,7 @@ class BatchSummary:
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._started = time.perf_counter()
+        self._started_at = time.time()
         self._ended: float | None = None
 
     def record(self, result: RevisionResult) -> None:
@@ -125,33 +200,50 @@ class BatchSummary:
     def failed(self) -> list[RevisionResult]:
         return [r for r in self.results if r.status == "failed"]
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, on_disk: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+        """The summary, merged with the entries ``on_disk`` of the file it replaces."""
+        merged: dict[EntryKey, dict[str, Any]] = {}
+        for entry in on_disk:
+            key = _entry_key(entry)
+            if key is not None:
+                merged[key] = entry
         with self._lock:
-            entries = [
-                self._results.get(item, RevisionResult(item, "pending")).to_json()
-                for item in self.items
-            ]
-            complete = len(self._results) == len(self.items)
+            for item in self.items:
+                key = (item.repo_id, item.step)
+                result = self._results.get(item)
+                if result is not None:
+                    merged[key] = result.to_json()
+                elif not self._finished_meanwhile(merged.get(key)):
+                    merged[key] = RevisionResult(item, "pending").to_json()
             seconds = (self._ended or time.perf_counter()) - self._started
-        counts = {status: sum(e["status"] == status for e in entries) for status in STATUSES}
+        entries = [merged[key] for key in sorted(merged)]
+        counts = {status: sum(e.get("status") == status for e in entries) for status in STATUSES}
         return {
             "converter_version": __version__,
             "command": self._command,
             "work_list_size": self._work_list_size,
-            "complete": complete,
+            "complete": all(entry.get("status") != "pending" for entry in entries),
             "seconds": round(seconds, 3),
             "counts": counts,
             "revisions": entries,
         }
 
+    def _finished_meanwhile(self, entry: dict[str, Any] | None) -> bool:
+        """Whether another run sharing the folder finished this revision since this run began."""
+        finished = entry.get("finished_at") if entry is not None else None
+        return isinstance(finished, (int, float)) and finished >= self._started_at
+
     def write(self) -> None:
-        """Replace the summary file atomically (temporary file, fsync, rename)."""
+        """Merge with the summary on disk and replace it atomically (temporary file, fsync,
+        rename), holding the summary's lock file."""
         with self._write_lock:  # one writer at a time, so a later state is never overwritten
-            data = json.dumps(self.to_json(), indent=2).encode("utf-8") + b"\n"
             try:
-                with atomic_path(self.path, overwrite=True) as temp, open(temp, "xb") as handle:
-                    handle.write(data)
-                    handle.flush()
-                    os.fsync(handle.fileno())
+                with held(self.path.parent, Path(self.path.name), _LOCK_SECONDS):
+                    document = self.to_json(read_entries(self.path))
+                    data = json.dumps(document, indent=2).encode("utf-8") + b"\n"
+                    with atomic_path(self.path, overwrite=True) as temp, open(temp, "xb") as out:
+                        out.write(data)
+                        out.flush()
+                        os.fsync(out.fileno())
             except OSError as exc:
                 raise OutputError(f"{self.path}: cannot write the summary ({exc})") from None

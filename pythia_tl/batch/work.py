@@ -19,7 +19,8 @@ from pythia_tl.source.names import ModelName
 
 T = TypeVar("T")
 
-_SHARD = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*")
+# At most 9 digits a side: far more shards than machines, and int() never sees thousands.
+_SHARD = re.compile(r"\s*([0-9]{1,9})\s*/\s*([0-9]{1,9})\s*")
 
 
 @dataclass(frozen=True, order=True)

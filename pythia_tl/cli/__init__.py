@@ -17,6 +17,7 @@ from pythia_tl.cli import batch_cmd, checkpoints_cmd, convert_cmd, inspect_cmd, 
 from pythia_tl.cli.errors import in_flags
 from pythia_tl.cli.signals import StopSignal, stop_signals_raise
 from pythia_tl.errors import PythiaTLError
+from pythia_tl.text import printable
 
 app = typer.Typer(
     name="pythia-tl",
@@ -48,11 +49,11 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in args
     if debug:  # accepted anywhere on the line, not only before the command
         args = ["--debug", *(arg for arg in args if arg != "--debug")]
-    command = typer.main.get_command(app)
-    # torch's hundreds of thousands of objects live until exit: frozen, they are left out of
-    # every garbage collection a conversion triggers (a few percent of its CPU time, profiled).
-    gc.freeze()
     try:
+        command = typer.main.get_command(app)
+        # torch's hundreds of thousands of objects live until exit: frozen, they are left out of
+        # every garbage collection a conversion triggers (a few percent of its CPU time, profiled).
+        gc.freeze()
         with stop_signals_raise(), warnings.catch_warnings():
             if not debug:
                 # Libraries' warnings (huggingface_hub's free-space estimate before a full disk,
@@ -87,6 +88,8 @@ def _is_command_line_error(exc: Exception) -> bool:
 
 
 def _fail(message: str, code: int) -> None:
-    one_line = " ".join(message.split())
+    # Messages quote names from files and the network: their control characters are escaped,
+    # so that no name can move the cursor, recolour the terminal or start a line of its own.
+    one_line = " ".join(printable(message).split())
     print(f"error: {one_line}", file=sys.stderr)
     sys.exit(code)

@@ -31,10 +31,19 @@ from pythia_tl.batch import (
     run_batch,
 )
 from pythia_tl.batch.dry_run import BatchCost, estimate
-from pythia_tl.cli.options import CacheDir, Json, OutputChoice, Quiet, with_output_options
+from pythia_tl.batch.summary import read_entries
+from pythia_tl.cli.options import (
+    AllowNonfinite,
+    CacheDir,
+    Json,
+    OutputChoice,
+    Quiet,
+    with_output_options,
+)
 from pythia_tl.engine import ConvertOptions
 from pythia_tl.errors import PythiaTLError
 from pythia_tl.source.names import resolve_model_name
+from pythia_tl.text import printable
 
 
 @with_output_options
@@ -88,6 +97,15 @@ def batch(
             "write, and which are duplicates, missing or done (from listings and headers only).",
         ),
     ] = False,
+    recheck: Annotated[
+        bool,
+        typer.Option(
+            "--recheck",
+            help="Hash every existing output again (default: only those whose size, mtime or "
+            "inode differ from the summary's record); one that changed is converted again.",
+        ),
+    ] = False,
+    allow_nonfinite: AllowNonfinite = False,
     cache_dir: CacheDir = None,
     quiet: Quiet = False,
     json_output: Json = False,
@@ -100,13 +118,17 @@ def batch(
         steps=parse_step_spec(steps),
         output_dir=output,
         options=ConvertOptions(
-            dtype=choice.dtype, processing=choice.processing, selection=choice.selection
+            dtype=choice.dtype,
+            processing=choice.processing,
+            selection=choice.selection,
+            allow_nonfinite=allow_nonfinite,
         ),
         jobs=jobs,
         shard=parse_shard(shard) if shard is not None else None,
         keep_downloads=keep_downloads,
         fail_fast=fail_fast,
         cache_dir=cache_dir,
+        recheck=recheck,
     )
     work = list_work(request)
     if dry_run:
@@ -116,10 +138,10 @@ def batch(
     disable_progress_bars()
     with _LineReporter(quiet or json_output) as reporter:
         summary = run_batch(request, work, reporter)
-    if json_output:
-        print(json.dumps(summary.to_json()))
+    if json_output:  # the summary as written: merged with the records of other runs
+        print(json.dumps(summary.to_json(read_entries(summary.path))))
     elif not quiet:
-        print(_totals(summary, work.work_list_size), file=sys.stderr)
+        print(printable(_totals(summary, work.work_list_size)), file=sys.stderr)
     failed = summary.failed
     if failed:
         first = failed[0]
@@ -207,7 +229,7 @@ class _LineReporter:
     def finished(self, result: RevisionResult) -> None:
         if self._silent:
             return
-        line = _line(result)
+        line = printable(_line(result))
         with self._lock:
             if self._progress is not None and self._task is not None:
                 self._progress.console.print(line, markup=False, highlight=False, soft_wrap=True)

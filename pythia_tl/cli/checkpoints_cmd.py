@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from pythia_tl.cli.cells import cell
 from pythia_tl.cli.options import Json
 from pythia_tl.source.names import resolve_model_name
 from pythia_tl.source.schedule import hub_checkpoints
@@ -51,7 +52,9 @@ def checkpoints(
         )
         return
     table = Table(
-        title=f"{listing.model.repo_id}: {len(rows)} checkpoints, from {_ORIGINS[listing.origin]}"
+        title=cell(
+            f"{listing.model.repo_id}: {len(rows)} checkpoints, from {_ORIGINS[listing.origin]}"
+        )
     )
     for column in ("index", "step", "revision", "tokens seen", "commit"):
         table.add_column(column, justify="right" if column in ("index", "step") else "left")
@@ -59,8 +62,8 @@ def checkpoints(
         table.add_row(
             str(row["index"]),
             str(row["step"]),
-            str(row["revision"]),
+            cell(str(row["revision"])),
             f"{row['tokens']:,}",
-            str(row["commit"] or "-"),
+            cell(str(row["commit"] or "-")),
         )
     Console().print(table)

@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from pythia_tl.cli.options import (
+    AllowNonfinite,
     CacheDir,
     CheckpointIndex,
     Json,
@@ -24,6 +25,7 @@ from pythia_tl.cli.progress import byte_progress
 from pythia_tl.engine import ConvertOptions, default_output_name
 from pythia_tl.engine import convert as run_conversion
 from pythia_tl.source import resolve_source
+from pythia_tl.text import printable
 
 
 @with_output_options
@@ -46,6 +48,7 @@ def convert(
     step: Step = None,
     checkpoint_index: CheckpointIndex = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output.")] = False,
+    allow_nonfinite: AllowNonfinite = False,
     cache_dir: CacheDir = None,
     keep_downloads: KeepDownloads = False,
     quiet: Quiet = False,
@@ -76,15 +79,19 @@ def convert(
         hash_output=json_output,
         processing=choice.processing,
         selection=choice.selection,
+        allow_nonfinite=allow_nonfinite,
     )
-    with byte_progress(f"converting {resolved.provenance.model_name}", quiet or json_output) as bar:
+    label = printable(f"converting {resolved.provenance.model_name}")
+    with byte_progress(label, quiet or json_output) as bar:
         result = run_conversion(resolved, target, options, on_bytes=bar)
     if json_output:
         print(json.dumps(result.to_json()))
     elif not quiet:
         print(
-            f"wrote {result.output} ({result.tensors} tensors, {result.bytes / 1e6:.1f} MB, "
-            f"{result.dtype}{_processed(result.processing)}) in {result.seconds:.1f} s",
+            printable(
+                f"wrote {result.output} ({result.tensors} tensors, {result.bytes / 1e6:.1f} MB, "
+                f"{result.dtype}{_processed(result.processing)}) in {result.seconds:.1f} s"
+            ),
             file=sys.stderr,
         )
 

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from pythia_tl.cli.cells import cell
 from pythia_tl.cli.options import Json
 from pythia_tl.output.metadata import read_output
 
@@ -30,18 +31,18 @@ def inspect(
         print(json.dumps(info.to_json()))
         return
     console = Console()
-    meta = Table(title=str(file), show_header=False)
+    meta = Table(title=cell(str(file)), show_header=False)
     for key, value in info.metadata.items():
         if key == "tl_config":
             value = f"normalization_type {info.tl_config.get('normalization_type')} (see --config)"
         elif key == "processing":
             value = ", ".join(info.processing) or "none (raw weights)"
-        meta.add_row(key, value)
+        meta.add_row(cell(key), cell(value))
     console.print(meta)
     tensors = Table()
     for column in ("tensor", "shape", "dtype"):
         tensors.add_column(column)
     for name, (dtype, shape) in info.tensors.items():
-        tensors.add_row(name, str(shape), dtype)
+        tensors.add_row(cell(name), cell(str(shape)), cell(dtype))
     console.print(tensors)
     console.print(f"{len(info.tensors)} tensors, {info.size / 1e6:.1f} MB")

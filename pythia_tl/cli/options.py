@@ -48,6 +48,15 @@ CacheDir = Annotated[
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 
+AllowNonfinite = Annotated[
+    bool,
+    typer.Option(
+        "--allow-nonfinite",
+        help="Write NaN and infinity (in the source, or from a cast out of the dtype's range) "
+        "instead of refusing them; the metadata records it.",
+    ),
+]
+
 CheckpointIndex = Annotated[
     Optional[int],  # noqa: UP045
     typer.Option(

@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from pythia_tl.cli.cells import cell
 from pythia_tl.cli.options import (
     CacheDir,
     Json,
@@ -72,7 +73,7 @@ def plan(
         return
     passes = processing.passes
     title = f"{resolved.provenance.source}: {len(rows)} tensors, {out.nbytes / 1e6:.1f} MB"
-    table = Table(title=title + (f", processing: {', '.join(passes)}" if passes else ""))
+    table = Table(title=cell(title + (f", processing: {', '.join(passes)}" if passes else "")))
     columns = ["output key", "shape", "dtype", "source key", "source shape", "ops"]
     for column in columns + (["processing"] if passes else []):
         table.add_column(column)
@@ -85,7 +86,8 @@ def plan(
             str(list(t.source_shape)) if t.source else "-",
             " -> ".join(t.ops) or "as is",
         ]
-        table.add_row(*cells, *([", ".join(written.passes_for(t.key)) or "-"] if passes else []))
+        extra = [", ".join(written.passes_for(t.key)) or "-"] if passes else []
+        table.add_row(*(cell(text) for text in (*cells, *extra)))
     console = Console()
     console.print(table)
     if written.dropped:

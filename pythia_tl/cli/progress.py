@@ -25,7 +25,7 @@ def byte_progress(label: str, silent: bool) -> Iterator[Callable[[int, int], Non
         yield lambda n, total: None
         return
     columns = (
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),  # a model name is not markup
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),

@@ -11,6 +11,7 @@ import typer
 from pythia_tl.cli.errors import flag
 from pythia_tl.cli.options import CacheDir, Json, Quiet, Revision, Step
 from pythia_tl.cli.progress import byte_progress
+from pythia_tl.text import printable
 from pythia_tl.verify import VerifyOptions, VerifyReport, verify_file
 
 _MARKS = {"ok": "ok", "failed": "FAIL", "skipped": "skip"}
@@ -53,7 +54,7 @@ def verify(
         check_source=not no_source,
         logits=logits,
     )
-    with byte_progress(f"verifying {file.name}", quiet or json_output) as bar:
+    with byte_progress(printable(f"verifying {file.name}"), quiet or json_output) as bar:
         report = verify_file(file, options, on_bytes=bar)
     if json_output:
         print(json.dumps(report.to_json(flag)))
@@ -65,6 +66,7 @@ def verify(
 def _print(report: VerifyReport) -> None:
     width = max(len(check.name) for check in report.checks)
     for check in report.checks:
-        print(f"{_MARKS[check.status]:<4}  {check.name:<{width}}  {check.describe(flag)}")
+        detail = printable(check.describe(flag))
+        print(f"{_MARKS[check.status]:<4}  {check.name:<{width}}  {detail}")
     if report.ok:
-        print(f"verified {report.file}")
+        print(printable(f"verified {report.file}"))

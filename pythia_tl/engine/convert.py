@@ -11,30 +11,36 @@ from pathlib import Path
 import torch
 
 from pythia_tl.dtypes import dtype_name
+from pythia_tl.engine.finite import refuse_nonfinite
 from pythia_tl.engine.hashing import file_sha256
 from pythia_tl.engine.output_plan import plan_output
 from pythia_tl.engine.pipeline import convert_tensors, finish
 from pythia_tl.engine.reading import open_source
 from pythia_tl.formats.safetensors import TensorEntry
-from pythia_tl.mapping.plan import plan_conversion
+from pythia_tl.mapping.plan import PlannedTensor, plan_conversion
 from pythia_tl.mapping.selection import EVERY_TENSOR, Selection
+from pythia_tl.output.guard import check_not_source
 from pythia_tl.output.metadata import build_metadata
 from pythia_tl.output.writer import write_safetensors
 from pythia_tl.processing import NO_PROCESSING, Processing, process_stream
+from pythia_tl.source.fingerprint import SourceFingerprint, read_by
 from pythia_tl.source.resolve import Provenance, ResolvedSource
 
 
 @dataclass(frozen=True)
 class ConvertOptions:
     """``dtype``: the output dtype name, or "auto" (the source's); ``overwrite``: replace an
-    existing output; ``hash_output``: also hash the written file (for the result);
-    ``selection``: write only these tensors (and read only what they need)."""
+    existing output (a regular file only); ``hash_output``: also hash the written file (for the
+    result); ``selection``: write only these tensors (and read only what they need);
+    ``allow_nonfinite``: write NaN and infinity (from the source, or from a cast out of the
+    output dtype's range) instead of refusing them, and record that in the metadata."""
 
     dtype: str = "auto"
     overwrite: bool = False
     hash_output: bool = False
     processing: Processing = NO_PROCESSING
     selection: Selection = EVERY_TENSOR
+    allow_nonfinite: bool = False
 
 
 @dataclass(frozen=True)
@@ -85,10 +91,31 @@ def convert(
     plan = out.conversion
     entries = [TensorEntry(t.key, t.dtype, t.shape) for t in out.tensors]
 
+    source_files = read_by(checkpoint)
+    check_not_source(output, source_files, checkpoint.folder)
+    unchanged = SourceFingerprint(source_files)
+
     def metadata(sha256: dict[str, str]) -> dict[str, str]:
         return build_metadata(
-            full.config, full.dtype, provenance, sha256, processing, options.selection
+            full.config,
+            full.dtype,
+            provenance,
+            sha256,
+            processing,
+            options.selection,
+            options.allow_nonfinite,
         )
+
+    def finished(planned: PlannedTensor, tensor: torch.Tensor) -> tuple[str, torch.Tensor]:
+        converted = finish(tensor, planned)
+        if not options.allow_nonfinite:
+            refuse_nonfinite(planned.key, converted, tensor)
+        return planned.key, converted
+
+    def final_metadata(digests: Callable[[], dict[str, str]]) -> dict[str, str]:
+        sha256 = digests()
+        unchanged.check()  # the last moment before the file is published
+        return metadata(sha256)
 
     names = [file.name for file in checkpoint.files]
     with ExitStack() as stack:
@@ -103,8 +130,8 @@ def convert(
         size = write_safetensors(
             output,
             entries,
-            ((planned.key, finish(tensor, planned)) for planned, tensor in converted),
-            metadata=lambda: metadata(digests()),
+            (finished(planned, tensor) for planned, tensor in converted),
+            metadata=lambda: final_metadata(digests),
             reserve_metadata=metadata(dict.fromkeys(names, "0" * 64)),
             overwrite=options.overwrite,
             on_bytes=on_bytes,

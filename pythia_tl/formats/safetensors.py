@@ -134,6 +134,8 @@ def _load_json(raw: bytes, where: str) -> dict[str, object]:
         raise _invalid(where, f"header is not valid JSON ({exc.msg} at {exc.pos})") from None
     except RecursionError:
         raise _invalid(where, "header is not valid JSON (nested too deeply)") from None
+    except ValueError:  # an integer of thousands of digits: Python refuses to convert it
+        raise _invalid(where, "header is not valid JSON (a number is too long)") from None
     if not isinstance(document, dict):
         raise _invalid(where, f"header is a JSON {type(document).__name__}, expected an object")
     return document

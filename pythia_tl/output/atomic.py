@@ -37,9 +37,53 @@ CANNOT_LINK = (errno.EPERM, errno.EXDEV, errno.ENOTSUP, errno.EMLINK)
 
 
 def temp_path_for(target: Path) -> Path:
-    """A fresh temporary name beside ``target``."""
+    """A fresh temporary name beside ``target``, within the file system's name limit: the
+    target's name is shortened when need be, never the marker that identifies the file."""
     token = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
-    return target.with_name(f"{TEMP_PREFIX}{target.name}{TEMP_MARKER}{token}{TEMP_SUFFIX}")
+    fixed = f"{TEMP_PREFIX}{TEMP_MARKER}{token}{TEMP_SUFFIX}"
+    room = _name_max(target.parent) - len(os.fsencode(fixed))
+    # Cut in bytes, as the limit counts them (a cut through a character leaves bytes that
+    # fsdecode keeps as they are).
+    stem = os.fsdecode(os.fsencode(target.name)[: max(room, 1)])
+    return target.with_name(f"{TEMP_PREFIX}{stem}{TEMP_MARKER}{token}{TEMP_SUFFIX}")
+
+
+def _name_max(folder: Path) -> int:
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
+def check_replaceable(target: Path) -> None:
+    """OutputError unless ``target`` is absent, a regular file, or a symbolic link (which is
+    replaced itself; the file it points to is never written). A directory, device, FIFO or
+    socket is never replaced."""
+    try:
+        info = target.lstat()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise OutputError(f"{target}: cannot examine it ({exc.strerror or exc})") from None
+    if stat.S_ISREG(info.st_mode) or stat.S_ISLNK(info.st_mode):
+        return
+    raise OutputError(
+        f"{target}: is {_kind(info.st_mode)}; ",
+        Param("overwrite", True),
+        " replaces regular files only",
+    )
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
 
 
 @contextmanager
@@ -59,6 +103,7 @@ def atomic_path(target: Path, *, overwrite: bool) -> Iterator[Path]:
 def publish(temp: Path, target: Path, *, overwrite: bool) -> None:
     """Give the finished file ``temp`` its final name ``target`` (atomically), durably."""
     if overwrite:
+        check_replaceable(target)
         os.replace(temp, target)
     else:
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -41,6 +42,9 @@ REQUIRED_KEYS = (
     "processing",
 )
 JSON_KEYS = ("tl_config", "source_files", "processing", "selection")
+# Optional: files written before it existed refused non-finite values, as "refused" says.
+NONFINITE_KEY = "nonfinite"
+NONFINITE_VALUES = ("refused", "allowed")
 _POSITIVE_INTS = ("d_model", "d_head", "n_heads", "d_mlp", "n_layers", "n_ctx", "d_vocab")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -53,23 +57,32 @@ def build_metadata(
     source_sha256: Mapping[str, str],
     processing: Processing = NO_PROCESSING,
     selection: Selection = EVERY_TENSOR,
+    allow_nonfinite: bool = False,
 ) -> dict[str, str]:
-    """The ``__metadata__`` of an output file (``selection`` only in a partial file's)."""
+    """The ``__metadata__`` of an output file (always valid UTF-8, see ``utf8``;
+    ``selection`` only in a partial file's)."""
     cfg = tl_config(
-        config, provenance.model_name, provenance.repo_id, processing.normalization_type
+        config, utf8(provenance.model_name), provenance.repo_id, processing.normalization_type
     )
     return {
         "format": "pt",
         "tl_config": json.dumps(cfg),
-        "source": provenance.source,
-        "revision": provenance.revision or "",
+        "source": utf8(provenance.source),
+        "revision": utf8(provenance.revision or ""),
         "commit": provenance.commit or "",
         "source_files": json.dumps(dict(sorted(source_sha256.items()))),
         "converter": CONVERTER_NAME,
         "converter_version": __version__,
         "dtype": dtype_name(dtype),
         "processing": json.dumps(list(processing.passes)),
+        NONFINITE_KEY: "allowed" if allow_nonfinite else "refused",
     } | ({} if selection.is_all else {"selection": json.dumps(selection.to_json())})
+
+
+def utf8(text: str) -> str:
+    """``text`` as valid UTF-8: a folder name's bytes that are not UTF-8 (which Python keeps as
+    lone surrogates) are written as ``\\xNN`` escapes, which no reader of the file refuses."""
+    return os.fsencode(text).decode("utf-8", "backslashreplace")
 
 
 @dataclass(frozen=True)
@@ -122,7 +135,7 @@ class OutputFile:
             )
         try:
             value = json.loads(raw)
-        except (json.JSONDecodeError, RecursionError):
+        except (ValueError, RecursionError):  # ValueError: also numbers of thousands of digits
             raise OutputFileError(f"{self.path}: metadata {key!r} is not valid JSON") from None
         if not isinstance(value, kind):
             raise OutputFileError(f"{self.path}: metadata {key!r} is not a JSON {kind.__name__}")
@@ -170,6 +183,7 @@ class ConversionRecord:
     source_files: dict[str, str]
     processing: Processing
     selection: Selection = EVERY_TENSOR
+    nonfinite_allowed: bool = False
 
     @property
     def from_folder(self) -> bool:
@@ -203,6 +217,19 @@ def parse_metadata(info: OutputFile) -> ConversionRecord:
         raise _unexpected("tl_config model_name", model_name, "text")
     if tokenizer is not None and not isinstance(tokenizer, str):
         raise _unexpected("tl_config tokenizer_name", tokenizer, "text or null")
+    # The naming fields follow from the source: its repository (or folder) name, and the repo id
+    # as the tokenizer (none for a folder).
+    expected_name = source.rstrip("/").rsplit("/", 1)[-1]
+    _expect(model_name == expected_name, "tl_config model_name", model_name, repr(expected_name))
+    expected_tokenizer = None if Path(source).is_absolute() else source
+    _expect(
+        tokenizer == expected_tokenizer,
+        "tl_config tokenizer_name",
+        tokenizer,
+        repr(expected_tokenizer),
+    )
+    nonfinite = meta.get(NONFINITE_KEY, "refused")
+    _expect(nonfinite in NONFINITE_VALUES, NONFINITE_KEY, nonfinite, " or ".join(NONFINITE_VALUES))
     rederived = tl_config(config, model_name, tokenizer, processing.normalization_type)
     for key in sorted(rederived.keys() | cfg.keys()):
         if key not in cfg:
@@ -220,6 +247,7 @@ def parse_metadata(info: OutputFile) -> ConversionRecord:
         source_files=_source_files(info.source_files),
         processing=processing,
         selection=info.selection,
+        nonfinite_allowed=nonfinite == "allowed",
     )
 
 

@@ -19,7 +19,12 @@ import torch
 
 from pythia_tl.errors import OutputError
 from pythia_tl.formats.safetensors import LENGTH_BYTES, TensorEntry, encode_header
-from pythia_tl.output.atomic import atomic_path, exists_error, remove_stale_temporaries
+from pythia_tl.output.atomic import (
+    atomic_path,
+    check_replaceable,
+    exists_error,
+    remove_stale_temporaries,
+)
 
 _HEADER_SLACK = 512
 _WRITE_BYTES = 1 << 20
@@ -52,6 +57,8 @@ def write_safetensors(
     """
     if target.exists() and not overwrite:
         raise exists_error(target)
+    if overwrite:
+        check_replaceable(target)
     header_size = len(encode_header(entries, reserve_metadata)) + _HEADER_SLACK
     total = sum(entry.nbytes for entry in entries)
     remove_stale_temporaries(target.parent)

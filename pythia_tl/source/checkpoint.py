@@ -23,11 +23,16 @@ import torch
 from pythia_tl.errors import CheckpointError
 from pythia_tl.formats.safetensors import LENGTH_BYTES, header_length, parse_header
 from pythia_tl.formats.torch_bin import is_little_endian, load_bin
+from pythia_tl.small_files import NotASmallFile, read_small_file
 from pythia_tl.source.config import NeoXConfig, read_config
 from pythia_tl.source.mapped import Span, check_span, contiguous_stride
 from pythia_tl.source.remote import RemoteFile, SparseFile
 
 Format = Literal["safetensors", "bin"]
+
+# Far above any real checkpoint (pythia-12b's index is about 40 kB and names 3 shards).
+MAX_INDEX_BYTES = 16 << 20
+MAX_SHARDS = 1024
 
 # (format, single file, index file) in order of preference.
 LAYOUTS: tuple[tuple[Format, str, str], ...] = (
@@ -140,11 +145,11 @@ def open_checkpoint(
 
 def _read_index(path: Path, folder: Path, remote: Mapping[str, RemoteFile]) -> list[str]:
     """The shard file names of an index file, in first-use order."""
-    weight_map = load_weight_map(path)
-    shards: list[str] = []
-    for shard in weight_map.values():
-        if shard not in shards:
-            shards.append(shard)
+    shards = list(dict.fromkeys(load_weight_map(path).values()))
+    if len(shards) > MAX_SHARDS:
+        raise CheckpointError(
+            f"{path}: names {len(shards)} shards, more than the {MAX_SHARDS} allowed"
+        )
     for shard in shards:
         if not (folder / shard).is_file() and shard not in remote:
             raise CheckpointError(f"{path}: names shard {shard!r}, which is missing from {folder}")
@@ -152,12 +157,14 @@ def _read_index(path: Path, folder: Path, remote: Mapping[str, RemoteFile]) -> l
 
 
 def load_weight_map(path: Path) -> dict[str, str]:
-    if not path.is_file():  # a FIFO would block and a device such as /dev/zero never end
-        raise CheckpointError(f"{path}: not a regular file")
     try:
-        index = json.loads(path.read_text(encoding="utf-8"))
+        index = json.loads(read_small_file(path, MAX_INDEX_BYTES).decode("utf-8"))
+    except NotASmallFile as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise CheckpointError(f"{path}: not a readable JSON index ({exc})") from None
+    except ValueError:  # an integer of thousands of digits: Python refuses to convert it
+        raise CheckpointError(f"{path}: not a readable JSON index (a number is too long)") from None
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
         raise CheckpointError(f"{path}: expected a non-empty 'weight_map' object")
@@ -235,7 +242,7 @@ def _bin_headers(file: Path | RemoteFile) -> Iterator[TensorInfo]:
         where, size = Path(file.where), file.size
     else:
         source, where, size = file, file, file.stat().st_size
-    state = load_bin(source, map_location="meta", where=where)
+    state = load_bin(source, map_location="meta", where=where, size=size)
     little = is_little_endian(source, where=where)
     for name, tensor in state.items():
         offset = getattr(tensor.untyped_storage(), "_checkpoint_offset", None)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pythia_tl.errors import ConfigError
+from pythia_tl.small_files import NotASmallFile, read_small_file
 
 # Far above any real model, low enough to refuse a config that would plan terabytes of tensors.
 MAX_LAYERS = 1024
@@ -62,30 +61,20 @@ class NeoXConfig:
 def read_config(path: Path) -> NeoXConfig:
     """Read and validate ``config.json``; raise ConfigError naming the file and field at fault."""
     try:
-        raw = json.loads(_read_small_file(path).decode("utf-8"))
+        raw = json.loads(read_small_file(path, _MAX_CONFIG_BYTES).decode("utf-8"))
+    except NotASmallFile as exc:
+        raise ConfigError(f"{path}: {exc}; not a model config") from None
     except FileNotFoundError:
         raise ConfigError(f"{path}: not found; a checkpoint needs its config.json") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"{path}: not a readable JSON file ({exc})") from None
+    except ValueError:  # an integer of thousands of digits: Python refuses to convert it
+        raise ConfigError(f"{path}: not a readable JSON file (a number is too long)") from None
     except RecursionError:
         raise ConfigError(f"{path}: not a readable JSON file (nested too deeply)") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a JSON object, found {type(raw).__name__}")
     return parse_config(raw, origin=str(path))
-
-
-def _read_small_file(path: Path) -> bytes:
-    """The bytes of a regular file of at most _MAX_CONFIG_BYTES; ConfigError otherwise, so that a
-    config that is a FIFO, a device such as /dev/zero, or huge cannot hang or exhaust memory."""
-    # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer.
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ConfigError(f"{path}: not a regular file")
-        data = handle.read(_MAX_CONFIG_BYTES + 1)
-    if len(data) > _MAX_CONFIG_BYTES:
-        raise ConfigError(f"{path}: larger than {_MAX_CONFIG_BYTES} bytes; not a model config")
-    return data
 
 
 def parse_config(raw: dict[str, Any], origin: str = "config.json") -> NeoXConfig:

@@ -1,26 +1,11 @@
-"""Weight files read through memory maps, giving pages back once their tensors are used.
-
-A tensor read through a map is a view of the page cache: nothing is copied until a conversion
-step or the writer needs the bytes, and the pages come from the kernel on first touch. Touched
-pages of a mapping count in the process's resident memory for as long as they stay mapped, so
-``release`` drops a byte range from this process (``madvise(MADV_DONTNEED)``; the page cache
-keeps the data): resident memory then follows the tensors in use, not the checkpoint's size.
-
-The map is private and copy-on-write, as ``torch.load(mmap=True)`` maps files: a stray in-place
-write changes this process's copy only, never the file, and releasing a range that is read
-again later only costs a page fault.
-"""
+"""Where a tensor's bytes lie in its weight file (``Span``), and the checks that a span fits the
+tensor and the file. ``pythia_tl.source.weight_file`` reads them."""
 
 from __future__ import annotations
 
-import mmap
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-
-from pythia_tl.errors import CheckpointError
 
 
 @dataclass(frozen=True)
@@ -61,52 +46,3 @@ def check_span(
     if (last + 1) * dtype.itemsize > span.nbytes:
         return f"shape {list(shape)} reaches past its storage of {span.nbytes} bytes"
     return None
-
-
-class MappedFile:
-    """One weight file, mapped whole; tensors are views of the map until released."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._closed = False
-        try:
-            with open(path, "rb") as handle:
-                self.size = os.fstat(handle.fileno()).st_size
-                self._map = (
-                    mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY) if self.size else None
-                )
-        except (OSError, ValueError) as exc:
-            raise CheckpointError(f"{path}: cannot map the file ({exc})") from None
-
-    def tensor(self, span: Span, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-        """A view of ``span``'s bytes as a tensor: no copy; it keeps the map alive."""
-        if self._closed:
-            raise CheckpointError(f"{self.path}: read after its reader was closed")
-        if span.offset + span.nbytes > self.size:
-            raise CheckpointError(
-                f"{self.path}: shrank to {self.size} bytes since its header was read"
-            )
-        if span.nbytes == 0 or self._map is None:  # nothing to read (an empty tensor or file)
-            return torch.empty(shape, dtype=dtype)
-        storage = torch.frombuffer(
-            self._map, dtype=dtype, count=span.nbytes // dtype.itemsize, offset=span.offset
-        )
-        return storage.as_strided(shape, span.stride, span.storage_offset)
-
-    def release(self, start: int, end: int) -> None:
-        """Drop the pages holding bytes [start, end) from this process (the data stays in the
-        page cache and is faulted in again if read again)."""
-        if self._map is None or end <= start:
-            return
-        first = start - start % mmap.PAGESIZE
-        last = min(end, self.size)
-        if last > first:
-            self._map.madvise(mmap.MADV_DONTNEED, first, last - first)
-
-    def close(self) -> None:
-        # Dropped, not closed: tensors made by torch.frombuffer hold a reference to the map but no
-        # buffer export, so closing it would unmap memory they may still read (another thread may
-        # be converting when an error or a signal unwinds the reader). The map is unmapped when
-        # the last of them is freed.
-        self._closed = True
-        self._map = None

@@ -1,4 +1,4 @@
-"""Reading a checkpoint's tensors by name, one at a time, as views of memory-mapped files."""
+"""Reading a checkpoint's tensors by name, one at a time, each into memory of its own."""
 
 from __future__ import annotations
 
@@ -9,23 +9,23 @@ import torch
 
 from pythia_tl.errors import CheckpointError
 from pythia_tl.formats.torch_bin import load_bin
-from pythia_tl.source.mapped import MappedFile
+from pythia_tl.source.weight_file import WeightFile
 
 if TYPE_CHECKING:
     from pythia_tl.source.checkpoint import Checkpoint
 
 
 class TensorReader:
-    """Reads tensors by name as views of memory-mapped files, each file mapped while in use.
+    """Reads tensors by name, each file opened while in use (see ``WeightFile``).
 
-    A tensor returned by ``read`` is read-only data shared with the page cache: convert it into
-    new tensors, never in place. ``release`` gives its pages back once it has been used; reading
-    it again afterwards still works (the pages are faulted in again).
+    A tensor returned by ``read`` should be converted into new tensors, never changed in place
+    (a ``.bin`` file torch maps itself gives views of its map). ``release`` is kept for readers
+    that map files; reading a tensor again afterwards still works.
     """
 
     def __init__(self, checkpoint: Checkpoint) -> None:
         self.checkpoint = checkpoint
-        self._maps: dict[Path, MappedFile] = {}
+        self._files: dict[Path, WeightFile] = {}
         self._bins: dict[Path, dict[str, torch.Tensor]] = {}
         self._closed = False
 
@@ -37,9 +37,9 @@ class TensorReader:
 
     def close(self) -> None:
         self._closed = True
-        for mapped in self._maps.values():
-            mapped.close()
-        self._maps.clear()
+        for file in self._files.values():
+            file.close()
+        self._files.clear()
         self._bins.clear()
 
     def read(self, name: str) -> torch.Tensor:
@@ -53,17 +53,13 @@ class TensorReader:
             if state is None:
                 state = self._bins[info.file] = load_bin(info.file)
             return state[name]
-        return self._mapped(info.file).tensor(info.span, info.shape, info.dtype)
+        return self._opened(info.file).tensor(info.span, info.shape, info.dtype)
 
     def release(self, name: str) -> None:
-        """Give back the pages of ``name``'s data (a no-op for files torch maps itself)."""
-        info = self.checkpoint.tensors[name]
-        mapped = self._maps.get(info.file)
-        if info.span is not None and mapped is not None:
-            mapped.release(info.span.offset, info.span.offset + info.span.nbytes)
+        """Done with ``name``'s data: its buffer is freed with the last tensor made from it."""
 
-    def _mapped(self, file: Path) -> MappedFile:
-        mapped = self._maps.get(file)
-        if mapped is None:
-            mapped = self._maps[file] = MappedFile(file)
-        return mapped
+    def _opened(self, file: Path) -> WeightFile:
+        opened = self._files.get(file)
+        if opened is None:
+            opened = self._files[file] = WeightFile(file)
+        return opened

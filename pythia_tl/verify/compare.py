@@ -62,15 +62,21 @@ def bitwise_mismatch(key: str, actual: torch.Tensor, expected: torch.Tensor) -> 
 def tolerance_mismatch(key: str, actual: torch.Tensor, reference: torch.Tensor) -> Mismatch | None:
     """None when every value of ``actual`` is within one unit of its dtype's precision of the
     float32 ``reference`` (``eps * |reference|``), plus FLOAT32_SLACK of the reference's largest
-    magnitude; a NaN anywhere differs."""
+    magnitude; a NaN or infinity differs unless the reference has the same there."""
     ref, got = reference.reshape(-1), actual.reshape(-1)
-    largest = max((float(ref[part].abs().max()) for part in chunks(ref)), default=0.0)
+    largest = max(
+        (float(ref[part].abs().nan_to_num(0.0, 0.0, 0.0).max()) for part in chunks(ref)),
+        default=0.0,
+    )
     eps = torch.finfo(actual.dtype).eps
 
     def differs(part: slice) -> torch.Tensor:
         wanted = ref[part].to(torch.float32)
         allowed = eps * wanted.abs() + FLOAT32_SLACK * largest
-        return ~((got[part].to(torch.float32) - wanted).abs() <= allowed)
+        value = got[part].to(torch.float32)
+        # The same infinity, or NaN on both sides (a file that allowed them), is no difference.
+        same = (value == wanted) | (value.isnan() & wanted.isnan())
+        return ~((value - wanted).abs() <= allowed) & ~same
 
     return _mismatch(key, actual, reference, (differs(part) for part in chunks(ref)))
 

@@ -1,24 +1,50 @@
 """Reading a file's tensors one at a time, with memory bounded by the tensor read.
 
-safetensors' ``safe_open`` keeps the file memory-mapped while the handle is open, and every page
-read stays in the process's resident memory until it closes; a handle held across a whole file
-would end up holding all of it. Each read here opens and closes its own handle (parsing the
-header again costs little next to reading the tensor).
+Each tensor is read with ``preadv`` into memory of its own, at the byte range the header gives
+(``pythia_tl.source.weight_file``), never through a memory map: safetensors' ``safe_open`` maps
+the whole file, keeps every page read resident until it closes, and a file that shrinks while
+mapped (replaced or truncated during ``verify``) would kill the process with SIGBUS. The header is
+parsed again for each read (it is small next to a tensor), so a file that changed between two
+reads is read by its current header or refused.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+
+from pythia_tl.errors import CheckpointError, OutputFileError
+from pythia_tl.formats.safetensors import LENGTH_BYTES, header_length, parse_header
+from pythia_tl.source.mapped import Span, contiguous_stride
+from pythia_tl.source.weight_file import WeightFile
 
 
 def read_tensor(path: Path, key: str) -> torch.Tensor:
-    with safe_open(path, framework="pt") as handle:
-        tensor: torch.Tensor = handle.get_tensor(key)
-    return tensor
+    """Tensor ``key`` of the safetensors file ``path``; OutputFileError when it cannot be read."""
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            prefix = handle.read(LENGTH_BYTES)
+            head = prefix + handle.read(header_length(prefix, size, str(path)))
+        header = parse_header(head, size, str(path))
+        entry = next((t for t in header.tensors if t.name == key), None)
+        if entry is None:
+            raise OutputFileError(f"{path}: holds no tensor {key}")
+        span = Span(
+            header.data_start + entry.begin, entry.end - entry.begin, contiguous_stride(entry.shape)
+        )
+        opened = WeightFile(path)
+        try:
+            return opened.tensor(span, entry.shape, entry.dtype)
+        finally:
+            opened.close()
+    except OSError as exc:
+        raise OutputFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except CheckpointError as exc:
+        raise OutputFileError(*exc.parts) from None
 
 
 class FileTensors(Mapping[str, torch.Tensor]):
