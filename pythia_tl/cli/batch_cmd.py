@@ -6,7 +6,7 @@ import json
 import sys
 import threading
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from huggingface_hub.utils import disable_progress_bars
@@ -21,19 +21,12 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from pythia_tl.batch import (
-    BatchRequest,
-    BatchSummary,
-    RevisionResult,
-    list_work,
-    parse_shard,
-    parse_step_spec,
-    run_batch,
-)
 from pythia_tl.cli.options import CacheDir, Json, OutputChoice, Quiet, with_output_options
-from pythia_tl.engine import ConvertOptions
 from pythia_tl.errors import PythiaTLError
 from pythia_tl.source.names import resolve_model_name
+
+if TYPE_CHECKING:
+    from pythia_tl.batch import BatchSummary, RevisionResult
 
 
 @with_output_options
@@ -85,6 +78,9 @@ def batch(
     choice: OutputChoice,
 ) -> None:
     """Convert many models and training steps; rerunning skips every output already done."""
+    from pythia_tl.batch import BatchRequest, list_work, parse_shard, parse_step_spec, run_batch
+    from pythia_tl.engine import ConvertOptions
+
     request = BatchRequest(
         models=tuple(resolve_model_name(model) for model in models),
         steps=parse_step_spec(steps),

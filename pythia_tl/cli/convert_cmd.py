@@ -20,9 +20,6 @@ from pythia_tl.cli.options import (
     with_output_options,
 )
 from pythia_tl.cli.progress import byte_progress
-from pythia_tl.engine import ConvertOptions, default_output_name
-from pythia_tl.engine import convert as run_conversion
-from pythia_tl.source import resolve_source
 
 
 @with_output_options
@@ -52,6 +49,10 @@ def convert(
     choice: OutputChoice,
 ) -> None:
     """Convert one checkpoint into a TransformerLens safetensors file."""
+    from pythia_tl.engine import ConvertOptions, default_output_name
+    from pythia_tl.engine import convert as run_conversion
+    from pythia_tl.source import resolve_source
+
     resolved = resolve_source(
         source, revision=revision, step=step, cache_dir=cache_dir, checkpoint_index=checkpoint_index
     )

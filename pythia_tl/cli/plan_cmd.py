@@ -18,9 +18,6 @@ from pythia_tl.cli.options import (
     with_output_options,
 )
 from pythia_tl.dtypes import dtype_name
-from pythia_tl.mapping.plan import plan_conversion
-from pythia_tl.processing import plan_processing
-from pythia_tl.source import resolve_source
 
 
 @with_output_options
@@ -35,6 +32,10 @@ def plan(
 ) -> None:
     """Show every output tensor: its source key, the ops, shapes and dtypes (reads no tensor
     data; a Hub revision is downloaded to the cache first)."""
+    from pythia_tl.mapping.plan import plan_conversion
+    from pythia_tl.processing import plan_processing
+    from pythia_tl.source import resolve_source
+
     processing = choice.processing
     resolved = resolve_source(source, revision=revision, step=step, cache_dir=cache_dir)
     planned = plan_conversion(resolved.checkpoint, choice.dtype)

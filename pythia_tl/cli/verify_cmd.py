@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from pythia_tl.cli.errors import flag
 from pythia_tl.cli.options import CacheDir, Json, Quiet, Revision, Step
 from pythia_tl.cli.progress import byte_progress
-from pythia_tl.verify import VerifyOptions, VerifyReport, verify_file
+
+if TYPE_CHECKING:
+    from pythia_tl.verify import VerifyReport
 
 _MARKS = {"ok": "ok", "failed": "FAIL", "skipped": "skip"}
 
@@ -45,6 +47,8 @@ def verify(
     json_output: Json = False,
 ) -> None:
     """Check a converted file: integrity, metadata, every tensor against its source."""
+    from pythia_tl.verify import VerifyOptions, verify_file
+
     options = VerifyOptions(
         source=source,
         revision=revision,

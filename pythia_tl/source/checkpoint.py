@@ -10,12 +10,10 @@ back once used (``pythia_tl.source.reader``).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 
@@ -23,15 +21,8 @@ from pythia_tl.errors import CheckpointError
 from pythia_tl.formats.safetensors import LENGTH_BYTES, header_length, parse_header
 from pythia_tl.formats.torch_bin import is_little_endian, load_bin
 from pythia_tl.source.config import NeoXConfig, read_config
+from pythia_tl.source.layouts import LAYOUTS, Format, load_weight_map, weight_files_for
 from pythia_tl.source.mapped import Span, check_span, contiguous_stride
-
-Format = Literal["safetensors", "bin"]
-
-# (format, single file, index file) in order of preference.
-LAYOUTS: tuple[tuple[Format, str, str], ...] = (
-    ("safetensors", "model.safetensors", "model.safetensors.index.json"),
-    ("bin", "pytorch_model.bin", "pytorch_model.bin.index.json"),
-)
 
 
 @dataclass(frozen=True)
@@ -58,17 +49,6 @@ class Checkpoint:
     format: Format
     files: tuple[Path, ...]
     tensors: dict[str, TensorInfo]
-
-
-def weight_files_for(filenames: set[str]) -> tuple[Format, list[str]] | None:
-    """Which files of a listing hold the weights (without their shards): the preferred layout's
-    single file or index file, or None when no layout is present."""
-    for fmt, single, index in LAYOUTS:
-        if index in filenames:
-            return fmt, [index]
-        if single in filenames:
-            return fmt, [single]
-    return None
 
 
 def open_checkpoint(folder: Path, allowed_root: Path | None = None) -> Checkpoint:
@@ -114,25 +94,6 @@ def _read_index(path: Path, folder: Path) -> list[str]:
         if not (folder / shard).is_file():
             raise CheckpointError(f"{path}: names shard {shard!r}, which is missing from {folder}")
     return shards
-
-
-def load_weight_map(path: Path) -> dict[str, str]:
-    if not path.is_file():  # a FIFO would block and a device such as /dev/zero never end
-        raise CheckpointError(f"{path}: not a regular file")
-    try:
-        index = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise CheckpointError(f"{path}: not a readable JSON index ({exc})") from None
-    weight_map = index.get("weight_map") if isinstance(index, dict) else None
-    if not isinstance(weight_map, dict) or not weight_map:
-        raise CheckpointError(f"{path}: expected a non-empty 'weight_map' object")
-    for name, shard in weight_map.items():
-        if not isinstance(shard, str) or not shard or Path(shard).name != shard:
-            raise CheckpointError(
-                f"{path}: weight_map[{name!r}] is {shard!r}, expected a file name in the "
-                "checkpoint folder"
-            )
-    return weight_map
 
 
 def _inside(path: Path, root: Path, named_by: Path) -> Path:
