@@ -1,6 +1,15 @@
-"""Convert Pythia (GPT-NeoX) checkpoints into TransformerLens state dicts."""
+"""Convert Pythia (GPT-NeoX) checkpoints into TransformerLens state dicts.
+
+``pythia_tl.load(path)`` gives a converted file as a TransformerLens ``HookedTransformer``;
+``pythia_tl.export_hf_folder(path, folder)`` writes it back as a Hugging Face GPT-NeoX folder.
+Both are imported on first use, so importing the package (and starting the command line) does
+not import torch or TransformerLens.
+"""
+
+from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
 try:
     __version__ = version("pythia-tl")
@@ -8,3 +17,22 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0.0.0"
 
 CONVERTER_NAME = "pythia-tl"
+
+if TYPE_CHECKING:
+    from pythia_tl.export import export_hf_folder
+    from pythia_tl.loading import load
+
+
+def __getattr__(name: str) -> Any:
+    if name == "load":
+        from pythia_tl.loading import load
+
+        return load
+    if name == "export_hf_folder":
+        from pythia_tl.export import export_hf_folder
+
+        return export_hf_folder
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["CONVERTER_NAME", "__version__", "export_hf_folder", "load"]

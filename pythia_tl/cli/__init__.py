@@ -13,7 +13,15 @@ import warnings
 import typer
 import typer.main
 
-from pythia_tl.cli import batch_cmd, checkpoints_cmd, convert_cmd, inspect_cmd, plan_cmd, verify_cmd
+from pythia_tl.cli import (
+    batch_cmd,
+    checkpoints_cmd,
+    convert_cmd,
+    export_cmd,
+    inspect_cmd,
+    plan_cmd,
+    verify_cmd,
+)
 from pythia_tl.cli.errors import in_flags
 from pythia_tl.cli.signals import StopSignal, stop_signals_raise
 from pythia_tl.errors import PythiaTLError
@@ -40,6 +48,7 @@ app.command("inspect")(inspect_cmd.inspect)
 app.command("verify")(verify_cmd.verify)
 app.command("checkpoints")(checkpoints_cmd.checkpoints)
 app.command("batch")(batch_cmd.batch)
+app.command("export")(export_cmd.export)
 
 
 def main(argv: list[str] | None = None) -> None:

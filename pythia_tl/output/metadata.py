@@ -1,9 +1,11 @@
 """The metadata schema of a pythia-tl file, in one place: built, read, parsed and validated.
 
 safetensors metadata maps strings to strings; structured values (``tl_config``,
-``source_files``, ``processing``) are JSON inside those strings. ``build_metadata`` writes the
-schema, ``read_output`` reads a file's header (no tensor data), ``OutputFile`` gives the raw
-fields, and ``parse_metadata`` checks every field and gives a ``ConversionRecord``.
+``source_files``, ``processing``, and the optional ``tokenizer`` and ``selection``) are JSON inside
+those strings; files written before an optional key existed lack it and still parse.
+``build_metadata`` writes the schema, ``read_output`` reads a file's header (no tensor data),
+``OutputFile`` gives the raw fields, and ``parse_metadata`` checks every field and gives a
+``ConversionRecord``.
 """
 
 from __future__ import annotations
@@ -14,10 +16,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeGuard
-
-import torch
-from safetensors import SafetensorError, safe_open
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from pythia_tl import CONVERTER_NAME, __version__
 from pythia_tl.dtypes import BY_NAME, OUTPUT_DTYPE_NAMES, dtype_name
@@ -25,7 +24,11 @@ from pythia_tl.errors import OutputFileError
 from pythia_tl.mapping.tl_config import tl_config
 from pythia_tl.processing.passes import NO_PROCESSING, TL_ORDER, Processing
 from pythia_tl.source.config import NeoXConfig
-from pythia_tl.source.resolve import Provenance
+
+if TYPE_CHECKING:
+    import torch
+
+    from pythia_tl.source.resolve import Provenance
 
 REQUIRED_KEYS = (
     "format",
@@ -39,7 +42,10 @@ REQUIRED_KEYS = (
     "dtype",
     "processing",
 )
-JSON_KEYS = ("tl_config", "source_files", "processing")
+# Optional keys: ``tokenizer`` says where the tokenizer files are (source.tokenizer_files);
+# ``selection``, when not null, marks a partial file holding only some tensors or layers.
+OPTIONAL_KEYS = ("tokenizer", "selection")
+JSON_KEYS = ("tl_config", "source_files", "processing", *OPTIONAL_KEYS)
 _POSITIVE_INTS = ("d_model", "d_head", "n_heads", "d_mlp", "n_layers", "n_ctx", "d_vocab")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -56,6 +62,9 @@ def build_metadata(
     cfg = tl_config(
         config, provenance.model_name, provenance.repo_id, processing.normalization_type
     )
+    optional = {}
+    if provenance.tokenizer is not None:
+        optional["tokenizer"] = json.dumps(provenance.tokenizer)
     return {
         "format": "pt",
         "tl_config": json.dumps(cfg),
@@ -67,6 +76,7 @@ def build_metadata(
         "converter_version": __version__,
         "dtype": dtype_name(dtype),
         "processing": json.dumps(list(processing.passes)),
+        **optional,
     }
 
 
@@ -92,6 +102,27 @@ class OutputFile:
     @property
     def processing(self) -> list[Any]:
         value: list[Any] = self._json_field("processing", list)
+        return value
+
+    @property
+    def tokenizer(self) -> dict[str, Any] | None:
+        """Where the tokenizer files are recorded to be (None: no record)."""
+        return self._optional_json_field("tokenizer")
+
+    @property
+    def selection(self) -> dict[str, Any] | None:
+        """What a partial file holds (None: the file is whole)."""
+        return self._optional_json_field("selection")
+
+    @property
+    def is_pythia_tl(self) -> bool:
+        """Whether the metadata says pythia-tl wrote the file."""
+        return self.metadata.get("converter") == CONVERTER_NAME
+
+    def _optional_json_field(self, key: str) -> dict[str, Any] | None:
+        if self.metadata.get(key) in (None, "", "null"):
+            return None
+        value: dict[str, Any] = self._json_field(key, dict)
         return value
 
     def _json_field(self, key: str, kind: type) -> Any:
@@ -123,10 +154,13 @@ class OutputFile:
 
 def read_output(path: Path) -> OutputFile:
     """The header of a safetensors file (no tensor data is read)."""
+    # safetensors' own reader checks the header; with the numpy framework it needs no torch.
+    from safetensors import SafetensorError, safe_open
+
     if not path.is_file():
         raise OutputFileError(f"{path}: no such file")
     try:
-        with safe_open(path, framework="pt") as handle:
+        with safe_open(path, framework="numpy") as handle:
             metadata = dict(handle.metadata() or {})
             tensors = {}
             for name in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)

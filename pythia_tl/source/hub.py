@@ -1,9 +1,9 @@
 """Fetching one revision of a model from the Hugging Face Hub through huggingface_hub.
 
-The revision is resolved to its commit once; config.json and the weight files of that commit are
-then downloaded into huggingface_hub's cache (its token, endpoint and offline settings apply), and
-nothing else is. Offline, or when the Hub cannot be reached, the revision is served from the
-cache if it is there.
+The revision is resolved to its commit once; config.json, the weight files and the small tokenizer
+files of that commit are then downloaded into huggingface_hub's cache (its token, endpoint and
+offline settings apply), and nothing else is. Offline, or when the Hub cannot be reached, the
+revision is served from the cache if it is there.
 
 Asking the Hub what a revision holds (``describe_revision``) is separate from downloading it
 (``download_revision``), so a caller can decide from the listing (its commit, its files' LFS
@@ -33,8 +33,9 @@ from huggingface_hub.errors import (
 from huggingface_hub.utils import WeakFileLock
 
 from pythia_tl.errors import CheckpointError, SourceError
-from pythia_tl.source.checkpoint import Format, load_weight_map, weight_files_for
 from pythia_tl.source.hub_errors import broken_download
+from pythia_tl.source.layouts import Format, load_weight_map, weight_files_for
+from pythia_tl.source.tokenizer_files import TOKENIZER_FILES
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 # How long a cache clean-up waits for huggingface_hub's lock on a blob before keeping the blob.
@@ -86,6 +87,8 @@ class HubRevision:
     sha256: dict[str, str] = field(default_factory=dict)
     # The files this fetch added to the revision's snapshot (the others were there already).
     downloaded: frozenset[str] = frozenset()
+    # The tokenizer files of the revision now in the cache (small; never weights).
+    tokenizer_files: tuple[str, ...] = ()
 
     @property
     def cache_root(self) -> Path:
@@ -176,8 +179,21 @@ def download_revision(listing: RevisionListing, cache_dir: Path | None = None) -
             names = list(shards)
         for name in names:
             download(name)
+        # The tokenizer travels with the weights: a file converted from this revision can then
+        # be loaded with its tokenizer offline.
+        tokenizer_files = tuple(name for name in TOKENIZER_FILES if name in listing.files)
+        for name in tokenizer_files:
+            download(name)
     sha256 = {name: listing.lfs_sha256[name] for name in names if name in listing.lfs_sha256}
-    return HubRevision(repo_id, revision, commit, config_path.parent, sha256, frozenset(downloaded))
+    return HubRevision(
+        repo_id,
+        revision,
+        commit,
+        config_path.parent,
+        sha256,
+        frozenset(downloaded),
+        tokenizer_files,
+    )
 
 
 def list_branches(repo_id: str) -> dict[str, str]:
@@ -280,7 +296,10 @@ def _from_cache(repo_id: str, revision: str, cache_dir: Path | None, why: str) -
         blob = path.resolve().name
         if path.is_symlink() and _SHA256.fullmatch(blob):
             sha256[path.name] = blob
-    return HubRevision(repo_id, revision, folder.name, folder, sha256)
+    tokenizer_files = tuple(name for name in TOKENIZER_FILES if (folder / name).is_file())
+    return HubRevision(
+        repo_id, revision, folder.name, folder, sha256, tokenizer_files=tokenizer_files
+    )
 
 
 def _explain(exc: HfHubHTTPError, repo_id: str, revision: str | None) -> SourceError:
