@@ -68,11 +68,14 @@ def load(
     if device is not None:
         cfg["device"] = str(device)
     cfg.update(_checkpoint_fields(record.source, record.revision))
-    model = hooked_transformer(config_class(**cfg), tokenizer=None, move_to_device=True)
-    _load_weights(model, info, strict=strict)
     found = find_tokenizer(tokenizer, info.tokenizer, path)
-    if found is not None:
-        model.set_tokenizer(found, default_padding_side="right")
+    # Given no tokenizer, TransformerLens would fetch cfg.tokenizer_name from the Hub (and wait
+    # on it offline): the name is left out while building, and restored after.
+    model = hooked_transformer(
+        config_class(**{**cfg, "tokenizer_name": None}), tokenizer=found, move_to_device=True
+    )
+    model.cfg.tokenizer_name = cfg["tokenizer_name"]
+    _load_weights(model, info, strict=strict)
     model.eval()
     return model
 
