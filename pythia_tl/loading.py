@@ -92,8 +92,16 @@ def _transformer_lens() -> tuple[Any, Any]:
     try:
         return transformer_lens.HookedTransformer, transformer_lens.HookedTransformerConfig
     except (ImportError, AttributeError):
-        version = getattr(transformer_lens, "__version__", "4.x") or "4.x"
-        raise DependencyError(TL4_ROUTES.format(version=version)) from None
+        raise DependencyError(TL4_ROUTES.format(version=_installed_version())) from None
+
+
+def _installed_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("transformer-lens")
+    except PackageNotFoundError:
+        return "4.x"
 
 
 def _checkpoint_fields(source: str, revision: str) -> dict[str, Any]:

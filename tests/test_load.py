@@ -238,9 +238,9 @@ def test_transformer_lens_4_fails_with_one_line_naming_both_routes(
 ) -> None:
     out = tmp_path / "out.safetensors"
     convert(cli, [str(tiny_checkpoints["safetensors"]), "-o", str(out)])
-    tl4 = types.ModuleType("transformer_lens")
-    tl4.__version__ = "4.0.0"  # type: ignore[attr-defined]
+    tl4 = types.ModuleType("transformer_lens")  # HookedTransformer is gone
     monkeypatch.setitem(sys.modules, "transformer_lens", tl4)
+    monkeypatch.setattr("importlib.metadata.version", lambda name: "4.0.0")
     with pytest.raises(DependencyError) as caught:
         pythia_tl.load(out)
     message = str(caught.value)

@@ -131,7 +131,11 @@ class BatchSummary:
                 self._results.get(item, RevisionResult(item, "pending")).to_json()
                 for item in self.items
             ]
-            complete = len(self._results) == len(self.items)
+            # An interrupted or fail-fast batch records its unfinished revisions as cancelled:
+            # it is not complete.
+            complete = len(self._results) == len(self.items) and all(
+                result.status != "cancelled" for result in self._results.values()
+            )
             seconds = (self._ended or time.perf_counter()) - self._started
         counts = {status: sum(e["status"] == status for e in entries) for status in STATUSES}
         return {

@@ -1,24 +1,30 @@
 """The ``pythia-tl`` command line.
 
 Every failure is reported as one line on stderr (``error: ...``) with exit code 2 for usage errors
-and 1 for anything else; ``--debug`` shows the Python traceback instead.
+and 1 for anything else (with ``--json``, also as a JSON object on stdout); ``--debug`` shows the
+Python traceback instead. Command modules import torch and the heavy parts of the package inside
+their functions, so ``--help``, ``--version`` and the commands that convert nothing start fast.
 """
 
 from __future__ import annotations
 
 import gc
+import json
 import sys
 import warnings
+from typing import Any
 
 import typer
 import typer.main
 
+from pythia_tl import __version__
 from pythia_tl.cli import (
     batch_cmd,
     checkpoints_cmd,
     convert_cmd,
     export_cmd,
     inspect_cmd,
+    json_output,
     plan_cmd,
     verify_cmd,
 )
@@ -35,9 +41,22 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"pythia-tl {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Show Python tracebacks on errors."),
+    version: bool = typer.Option(
+        False,
+        "--version",
+        help="Print the version and exit.",
+        is_eager=True,
+        callback=_print_version,
+    ),
 ) -> None:
     """Convert Pythia (GPT-NeoX) checkpoints into TransformerLens state dicts (safetensors)."""
 
@@ -54,10 +73,16 @@ app.command("export")(export_cmd.export)
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script; exits with the command's status."""
     args = sys.argv[1:] if argv is None else argv
+    if not args:  # bare `pythia-tl`: the help, which is not an error
+        args = ["--help"]
     debug = "--debug" in args
     if debug:  # accepted anywhere on the line, not only before the command
         args = ["--debug", *(arg for arg in args if arg != "--debug")]
+    global _json_errors
+    _json_errors = "--json" in args
+    json_output.reset()
     command = typer.main.get_command(app)
+    _hide_flag_types(command)
     # torch's hundreds of thousands of objects live until exit: frozen, they are left out of
     # every garbage collection a conversion triggers (a few percent of its CPU time, profiled).
     gc.freeze()
@@ -95,7 +120,26 @@ def _is_command_line_error(exc: Exception) -> bool:
     )
 
 
+# Whether the command line asked for --json: errors then also go to stdout as a JSON object.
+_json_errors = False
+
+
 def _fail(message: str, code: int) -> None:
     one_line = " ".join(message.split())
+    if _json_errors and not json_output.printed():
+        print(json.dumps({"error": one_line, "exit_code": code}))
     print(f"error: {one_line}", file=sys.stderr)
     sys.exit(code)
+
+
+def _hide_flag_types(command: Any) -> None:
+    """Show boolean flags (and --help) without a ``<bool>`` type: they take no value."""
+    params = list(command.params)
+    help_option = command.get_help_option(command.context_class(command, info_name=command.name))
+    if help_option is not None:
+        params.append(help_option)
+    for param in params:
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+    for sub in getattr(command, "commands", {}).values():
+        _hide_flag_types(sub)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import threading
 from pathlib import Path
@@ -21,9 +20,10 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from pythia_tl.cli.hub_model import hub_model
+from pythia_tl.cli.json_output import print_json
 from pythia_tl.cli.options import CacheDir, Json, OutputChoice, Quiet, with_output_options
 from pythia_tl.errors import PythiaTLError
-from pythia_tl.source.names import resolve_model_name
 
 if TYPE_CHECKING:
     from pythia_tl.batch import BatchSummary, RevisionResult
@@ -82,7 +82,7 @@ def batch(
     from pythia_tl.engine import ConvertOptions
 
     request = BatchRequest(
-        models=tuple(resolve_model_name(model) for model in models),
+        models=tuple(hub_model(model, "batch") for model in models),
         steps=parse_step_spec(steps),
         output_dir=output,
         options=ConvertOptions(dtype=choice.dtype, processing=choice.processing),
@@ -98,14 +98,14 @@ def batch(
     with _LineReporter(quiet or json_output) as reporter:
         summary = run_batch(request, work, reporter)
     if json_output:
-        print(json.dumps(summary.to_json()))
+        print_json(summary.to_json())
     elif not quiet:
         print(_totals(summary, work.work_list_size), file=sys.stderr)
     failed = summary.failed
     if failed:
         first = failed[0]
         raise PythiaTLError(
-            f"{len(failed)} of {len(summary.items)} revisions failed, first {first.item.label}: "
+            f"{len(failed)} of {_revisions(len(summary.items))} failed, first {first.item.label}: "
             f"{first.reason} (see {summary.path})"
         )
 
@@ -113,11 +113,15 @@ def batch(
 def _totals(summary: BatchSummary, work_list_size: int) -> str:
     counts = ", ".join(f"{n} {status}" for status, n in summary.counts().items() if n)
     scope = (
-        f"{len(summary.items)} of {work_list_size} revisions (this shard)"
+        f"{len(summary.items)} of {_revisions(work_list_size)} (this shard)"
         if len(summary.items) != work_list_size
-        else f"{work_list_size} revisions"
+        else _revisions(work_list_size)
     )
     return f"batch: {scope}: {counts or 'nothing to do'}; summary in {summary.path}"
+
+
+def _revisions(count: int) -> str:
+    return f"{count} revision{'' if count == 1 else 's'}"
 
 
 def _line(result: RevisionResult) -> str:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from pythia_tl.cli.clock import seconds_since_start
+from pythia_tl.cli.json_output import print_json
 from pythia_tl.cli.options import (
     CacheDir,
     CheckpointIndex,
@@ -20,6 +22,8 @@ from pythia_tl.cli.options import (
     with_output_options,
 )
 from pythia_tl.cli.progress import byte_progress
+from pythia_tl.errors import OutputError
+from pythia_tl.output.atomic import exists_error
 
 
 @with_output_options
@@ -35,7 +39,8 @@ def convert(
         typer.Option(
             "--output",
             "-o",
-            help="Output file (default: <model-name>[-<revision>].safetensors here).",
+            help="Output file, or a folder to write the default name in (default: "
+            "<model-name>[-<revision>].safetensors here).",
         ),
     ] = None,
     revision: Revision = None,
@@ -53,27 +58,42 @@ def convert(
     from pythia_tl.engine import convert as run_conversion
     from pythia_tl.source import resolve_source
 
+    into_folder = output is not None and (str(output).endswith(os.sep) or output.is_dir())
+    if output is not None and not into_folder:
+        _check_target(output, force)  # before anything is downloaded or converted
     resolved = resolve_source(
         source, revision=revision, step=step, cache_dir=cache_dir, checkpoint_index=checkpoint_index
     )
-    target = output or Path(
-        default_output_name(
-            resolved.provenance, any(x is not None for x in (revision, step, checkpoint_index))
-        )
+    name = default_output_name(
+        resolved.provenance, any(x is not None for x in (revision, step, checkpoint_index))
     )
+    if output is None or into_folder:
+        folder = output or Path()
+        folder.mkdir(parents=True, exist_ok=True)
+        output = folder / name
+        _check_target(output, force)
     options = ConvertOptions(
         dtype=choice.dtype, overwrite=force, hash_output=json_output, processing=choice.processing
     )
     with byte_progress(f"converting {resolved.provenance.model_name}", quiet or json_output) as bar:
-        result = run_conversion(resolved, target, options, on_bytes=bar)
+        result = run_conversion(resolved, output, options, on_bytes=bar)
     if json_output:
-        print(json.dumps(result.to_json()))
+        print_json(result.to_json())
     elif not quiet:
         print(
             f"wrote {result.output} ({result.tensors} tensors, {result.bytes / 1e6:.1f} MB, "
-            f"{result.dtype}{_processed(result.processing)}) in {result.seconds:.1f} s",
+            f"{result.dtype}{_processed(result.processing)}) in {seconds_since_start():.1f} s",
             file=sys.stderr,
         )
+
+
+def _check_target(target: Path, force: bool) -> None:
+    if target.is_dir():
+        raise OutputError(f"{target}: is a folder")
+    if target.exists() and not force:
+        raise exists_error(target)
+    if not target.parent.is_dir():
+        raise OutputError(f"{target}: cannot create a file there (no such folder {target.parent})")
 
 
 def _processed(passes: tuple[str, ...]) -> str:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from pythia_tl.cli.json_output import print_json
 from pythia_tl.cli.options import Json, Quiet
 from pythia_tl.cli.progress import byte_progress
 
@@ -36,7 +36,7 @@ def export(
     with byte_progress(f"exporting {file.name}", quiet or json_output) as bar:
         result = export_hf_folder(file, output, overwrite=force, on_bytes=bar)
     if json_output:
-        print(json.dumps(result.to_json()))
+        print_json(result.to_json())
     elif not quiet:
         tokenizer = (
             f", tokenizer: {', '.join(result.tokenizer_files)}"

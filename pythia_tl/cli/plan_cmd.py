@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
+from pythia_tl.cli.json_output import print_json
 from pythia_tl.cli.options import (
     CacheDir,
+    CheckpointIndex,
     Json,
     OutputChoice,
     Revision,
     Step,
     with_output_options,
 )
+from pythia_tl.cli.tables import print_table
 from pythia_tl.dtypes import dtype_name
 
 
@@ -25,6 +26,7 @@ def plan(
     source: Annotated[str, typer.Argument(help="A local folder, a Hub repo id or a short name.")],
     revision: Revision = None,
     step: Step = None,
+    checkpoint_index: CheckpointIndex = None,
     cache_dir: CacheDir = None,
     json_output: Json = False,
     *,
@@ -37,7 +39,13 @@ def plan(
     from pythia_tl.source import resolve_source
 
     processing = choice.processing
-    resolved = resolve_source(source, revision=revision, step=step, cache_dir=cache_dir)
+    resolved = resolve_source(
+        source,
+        revision=revision,
+        step=step,
+        cache_dir=cache_dir,
+        checkpoint_index=checkpoint_index,
+    )
     planned = plan_conversion(resolved.checkpoint, choice.dtype)
     written = plan_processing(planned, processing)
     rows = [
@@ -54,27 +62,23 @@ def plan(
         for t in written.tensors
     ]
     if json_output:
-        print(
-            json.dumps(
-                {
-                    "tensors": rows,
-                    "ignored": list(planned.ignored),
-                    "bytes": written.nbytes,
-                    "processing": list(processing.passes),
-                    "not_written": list(written.dropped),
-                    "normalization_type": processing.normalization_type,
-                }
-            )
+        print_json(
+            {
+                "tensors": rows,
+                "ignored": list(planned.ignored),
+                "bytes": written.nbytes,
+                "processing": list(processing.passes),
+                "not_written": list(written.dropped),
+                "normalization_type": processing.normalization_type,
+            }
         )
         return
     passes = processing.passes
     title = f"{resolved.provenance.source}: {len(rows)} tensors, {written.nbytes / 1e6:.1f} MB"
-    table = Table(title=title + (f", processing: {', '.join(passes)}" if passes else ""))
     columns = ["output key", "shape", "dtype", "source key", "source shape", "ops"]
-    for column in columns + (["processing"] if passes else []):
-        table.add_column(column)
+    cells = []
     for t in written.tensors:
-        cells = [
+        row = [
             t.key,
             str(list(t.shape)),
             dtype_name(t.dtype),
@@ -82,15 +86,22 @@ def plan(
             str(list(t.source_shape)) if t.source else "-",
             " -> ".join(t.ops) or "as is",
         ]
-        table.add_row(*cells, *([", ".join(written.passes_for(t.key)) or "-"] if passes else []))
+        cells.append(row + ([", ".join(written.passes_for(t.key)) or "-"] if passes else []))
     console = Console()
-    console.print(table)
+    print_table(
+        console,
+        columns + (["processing"] if passes else []),
+        cells,
+        title=title + (f", processing: {', '.join(passes)}" if passes else ""),
+    )
     if written.dropped:
         console.print(
             f"not written: {len(written.dropped)} LayerNorm tensors, folded into their readers "
-            f"(normalization_type {processing.normalization_type})"
+            f"(normalization_type {processing.normalization_type})",
+            soft_wrap=True,
         )
     if planned.ignored:
         console.print(
-            f"skipped {len(planned.ignored)} non-weight buffers (attention masks, inv_freq)"
+            f"skipped {len(planned.ignored)} non-weight buffers (attention masks, inv_freq)",
+            soft_wrap=True,
         )

@@ -290,6 +290,12 @@ def _from_cache(repo_id: str, revision: str, cache_dir: Path | None, why: str) -
         raise SourceError(
             f"{repo_id}@{revision}: {why} and this revision is not in the local cache"
         ) from None
+    if weight_files_for({path.name for path in folder.iterdir()}) is None:
+        raise SourceError(
+            f"{repo_id}@{revision}: {why}, and the weights of this revision are not in the "
+            "local cache (a batch removes its downloads once converted); download them again "
+            "with the Hub reachable and offline mode off"
+        )
     sha256 = {}
     for path in folder.iterdir():
         # The cache stores large files under their sha256; the link's target names it.
