@@ -3,7 +3,8 @@
 The model is built from the file's own ``tl_config`` (so a processed file gives the "LNPre" model
 it was processed for, and is not processed again), its weights are copied in tensor by tensor
 (memory: the model plus one tensor), and its tokenizer is found from the file's record of it.
-TransformerLens 2.x and 3.x have ``HookedTransformer``; 4.x removed it.
+TransformerLens 2.x and 3.x have ``HookedTransformer``; 4.x removed it. 2.x needs transformers
+4.x, which cannot share an environment with pythia-tl's huggingface_hub 1.x: 3.x is the one to use.
 
 The module is not called ``load``: importing it would replace the package attribute
 ``pythia_tl.load`` (the function) with the module.
@@ -12,6 +13,7 @@ The module is not called ``load``: importing it would replace the package attrib
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -84,10 +86,13 @@ def _transformer_lens() -> tuple[Any, Any]:
     """TransformerLens' HookedTransformer and its config class, or one line saying what to do."""
     try:
         transformer_lens = importlib.import_module("transformer_lens")
-    except ImportError:
+    except ImportError as exc:
+        if importlib.util.find_spec("transformer_lens") is not None:  # there, but broken
+            raise DependencyError(
+                f"TransformerLens cannot be imported ({' '.join(str(exc).split())})"
+            ) from None
         raise DependencyError(
-            'TransformerLens is not installed: pip install "pythia-tl[tl]" (TransformerLens '
-            "2.x or 3.x)"
+            'TransformerLens is not installed: pip install "pythia-tl[tl]" (TransformerLens 3.x)'
         ) from None
     try:
         return transformer_lens.HookedTransformer, transformer_lens.HookedTransformerConfig

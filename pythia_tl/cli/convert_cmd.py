@@ -35,10 +35,11 @@ def convert(
         ),
     ],
     output: Annotated[
-        Optional[Path],  # noqa: UP045
+        Optional[str],  # noqa: UP045 (a str: Path would drop the trailing "/" of a folder)
         typer.Option(
             "--output",
             "-o",
+            metavar="PATH",
             help="Output file, or a folder to write the default name in (default: "
             "<model-name>[-<revision>].safetensors here).",
         ),
@@ -58,25 +59,26 @@ def convert(
     from pythia_tl.engine import convert as run_conversion
     from pythia_tl.source import resolve_source
 
-    into_folder = output is not None and (str(output).endswith(os.sep) or output.is_dir())
-    if output is not None and not into_folder:
-        _check_target(output, force)  # before anything is downloaded or converted
+    given = None if output is None else Path(output)
+    into_folder = output is not None and (output.endswith(os.sep) or Path(output).is_dir())
+    if given is not None and not into_folder:
+        _check_target(given, force)  # before anything is downloaded or converted
     resolved = resolve_source(
         source, revision=revision, step=step, cache_dir=cache_dir, checkpoint_index=checkpoint_index
     )
     name = default_output_name(
         resolved.provenance, any(x is not None for x in (revision, step, checkpoint_index))
     )
-    if output is None or into_folder:
-        folder = output or Path()
+    if given is None or into_folder:
+        folder = given or Path()
         folder.mkdir(parents=True, exist_ok=True)
-        output = folder / name
-        _check_target(output, force)
+        given = folder / name
+        _check_target(given, force)
     options = ConvertOptions(
         dtype=choice.dtype, overwrite=force, hash_output=json_output, processing=choice.processing
     )
     with byte_progress(f"converting {resolved.provenance.model_name}", quiet or json_output) as bar:
-        result = run_conversion(resolved, output, options, on_bytes=bar)
+        result = run_conversion(resolved, given, options, on_bytes=bar)
     if json_output:
         print_json(result.to_json())
     elif not quiet:

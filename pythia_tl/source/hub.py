@@ -290,7 +290,7 @@ def _from_cache(repo_id: str, revision: str, cache_dir: Path | None, why: str) -
         raise SourceError(
             f"{repo_id}@{revision}: {why} and this revision is not in the local cache"
         ) from None
-    if weight_files_for({path.name for path in folder.iterdir()}) is None:
+    if not _weights_cached(folder):
         raise SourceError(
             f"{repo_id}@{revision}: {why}, and the weights of this revision are not in the "
             "local cache (a batch removes its downloads once converted); download them again "
@@ -306,6 +306,22 @@ def _from_cache(repo_id: str, revision: str, cache_dir: Path | None, why: str) -
     return HubRevision(
         repo_id, revision, folder.name, folder, sha256, tokenizer_files=tokenizer_files
     )
+
+
+def _weights_cached(folder: Path) -> bool:
+    """Whether a cached snapshot holds its weights: the single file, or every shard its index
+    names (a batch keeps config.json and the index when it removes the weights)."""
+    found = weight_files_for({path.name for path in folder.iterdir()})
+    if found is None:
+        return False
+    _, (entry,) = found
+    if not entry.endswith(".index.json"):
+        return True
+    try:
+        shards = set(load_weight_map(folder / entry).values())
+    except CheckpointError:
+        return True  # opening the checkpoint reports what is wrong with the index
+    return all((folder / shard).is_file() for shard in shards)
 
 
 def _explain(exc: HfHubHTTPError, repo_id: str, revision: str | None) -> SourceError:
