@@ -1,39 +1,22 @@
-"""Load a pythia-tl output into TransformerLens 2.x or 3.x and run it.
+"""Load a pythia-tl output into TransformerLens 2.x or 3.x and run it on text.
 
-    pip install "transformer-lens<4"
-    python examples/load_in_transformer_lens.py pythia-70m-step1000.safetensors
+    pip install "pythia-tl[tl]"
+    python examples/load_in_transformer_lens.py pythia-70m-step1000.safetensors "Paris is"
 
-The file carries its own TransformerLens config, so no Hub access is needed to build the model.
+The file carries its own TransformerLens config and a record of its tokenizer, so this works
+offline (HF_HUB_OFFLINE=1) once the file has been converted.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 
-import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+import pythia_tl
 
-
-def load(path: str) -> HookedTransformer:
-    with safe_open(path, framework="pt") as f:
-        cfg = json.loads(f.metadata()["tl_config"])
-    cfg["tokenizer_name"] = None  # build offline; set it back to fetch the tokenizer
-    model = HookedTransformer(HookedTransformerConfig(**cfg))
-    state_dict = load_file(path)
-    # strict=False: the model builds its own attention masks and rotary tables (buffers).
-    missing, unexpected = model.load_state_dict(state_dict, strict=False)
-    assert not unexpected, unexpected
-    assert all(k.endswith(("mask", "IGNORE", "rotary_sin", "rotary_cos")) for k in missing), missing
-    return model
-
-
-if __name__ == "__main__":
-    model = load(sys.argv[1])
-    tokens = torch.arange(8).unsqueeze(0) % model.cfg.d_vocab
-    logits = model(tokens)
-    print(
-        f"{model.cfg.model_name}: logits {tuple(logits.shape)}, first {logits[0, -1, :5].tolist()}"
-    )
+path, text = sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "the model was a layer of the head"
+model = pythia_tl.load(path)  # a HookedTransformer; the file's dtype, its tokenizer
+logits, cache = model.run_with_cache(text)
+top = logits[0, -1].topk(3).indices.tolist()
+print(f"{model.cfg.model_name} (step {model.cfg.checkpoint_value}): {model.cfg.n_layers} layers")
+print(f"next-token candidates after {text!r}: {[model.tokenizer.decode(t) for t in top]}")
+print(f"attention pattern of layer 0: {tuple(cache['pattern', 0].shape)}")

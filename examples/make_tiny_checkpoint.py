@@ -4,7 +4,8 @@
     pythia-tl convert tiny-pythia -o tiny-pythia.safetensors
 
 The folder gets a real GPT-NeoX config.json and float16 weights in the layout you choose, with
-the same tensor names and shapes as a Pythia checkpoint on the Hub (only smaller).
+the same tensor names and shapes as a Pythia checkpoint on the Hub (only smaller), and a tiny
+word-level tokenizer (a few common English words) whose ids fit the model.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 # The random Pythia-shaped checkpoints come from the tests' fixture module.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from synthetic import LAYOUTS, PYTHIA_SHAPES, PythiaShape, write_checkpoint
+from tiny_tokenizer import write_tokenizer
 
 
 def main() -> None:
@@ -37,6 +39,7 @@ def main() -> None:
     )
     args.folder.mkdir(parents=True, exist_ok=True)
     write_checkpoint(args.folder, shape, layout=args.layout, seed=args.seed)
+    write_tokenizer(args.folder, shape.d_vocab)
     print(f"wrote a random {args.size} checkpoint ({args.layout}) to {args.folder}")
 
 

@@ -1,10 +1,24 @@
-"""Convert Pythia (GPT-NeoX) checkpoints into TransformerLens state dicts."""
+"""Convert Pythia (GPT-NeoX) checkpoints into TransformerLens state dicts.
+
+``pythia_tl.load(path)`` gives a converted file as a TransformerLens ``HookedTransformer``;
+``pythia_tl.export_hf_folder(path, folder)`` writes it back as a Hugging Face GPT-NeoX folder.
+Both, and ``__version__``, are looked up on first use: importing the package (and starting the
+command line, which must catch Ctrl-C from its first moment) imports neither torch nor
+TransformerLens.
+"""
 
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING, Any
 
 CONVERTER_NAME = "pythia-tl"
+
+if TYPE_CHECKING:
+    from pythia_tl.export import export_hf_folder
+    from pythia_tl.loading import load
+
+    __version__: str
 
 
 @functools.cache
@@ -17,9 +31,18 @@ def _version() -> str:
         return "0.0.0"
 
 
-def __getattr__(name: str) -> str:
-    # Looked up on first use, not on import: importing the package stays instant, so the
-    # command line can catch Ctrl-C from its first moment (pythia_tl.launch).
+def __getattr__(name: str) -> Any:
     if name == "__version__":
         return _version()
-    raise AttributeError(f"module 'pythia_tl' has no attribute {name!r}")
+    if name == "load":
+        from pythia_tl.loading import load
+
+        return load
+    if name == "export_hf_folder":
+        from pythia_tl.export import export_hf_folder
+
+        return export_hf_folder
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["CONVERTER_NAME", "__version__", "export_hf_folder", "load"]

@@ -1,21 +1,34 @@
-"""The dtypes pythia-tl knows: one row each, with every name the formats give it."""
+"""The dtypes pythia-tl knows: one row each, with every name the formats give it.
+
+torch is imported only when a torch dtype is asked for: commands that convert nothing (``inspect``,
+``checkpoints``, ``--help``) read this table without paying for torch's import.
+"""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
 class DType:
-    """One dtype: its name (as the ``dtype`` option and the metadata spell it), torch's dtype, the
+    """One dtype: its name (as the ``dtype`` option, the metadata and torch spell it), the
     safetensors header's code and the bytes of one element."""
 
     name: str
-    torch: torch.dtype
     safetensors: str
     itemsize: int
+
+    @property
+    def torch(self) -> torch.dtype:
+        import torch
+
+        dtype: torch.dtype = getattr(torch, self.name)
+        return dtype
 
     @property
     def is_float(self) -> bool:
@@ -23,20 +36,19 @@ class DType:
 
 
 DTYPES: tuple[DType, ...] = (
-    DType("float64", torch.float64, "F64", 8),
-    DType("float32", torch.float32, "F32", 4),
-    DType("float16", torch.float16, "F16", 2),
-    DType("bfloat16", torch.bfloat16, "BF16", 2),
-    DType("int64", torch.int64, "I64", 8),
-    DType("int32", torch.int32, "I32", 4),
-    DType("int16", torch.int16, "I16", 2),
-    DType("int8", torch.int8, "I8", 1),
-    DType("uint8", torch.uint8, "U8", 1),
-    DType("bool", torch.bool, "BOOL", 1),
+    DType("float64", "F64", 8),
+    DType("float32", "F32", 4),
+    DType("float16", "F16", 2),
+    DType("bfloat16", "BF16", 2),
+    DType("int64", "I64", 8),
+    DType("int32", "I32", 4),
+    DType("int16", "I16", 2),
+    DType("int8", "I8", 1),
+    DType("uint8", "U8", 1),
+    DType("bool", "BOOL", 1),
 )
 
 BY_NAME = {dtype.name: dtype for dtype in DTYPES}
-BY_TORCH = {dtype.torch: dtype for dtype in DTYPES}
 BY_SAFETENSORS = {dtype.safetensors: dtype for dtype in DTYPES}
 
 # What a converted file may hold (and ``dtype`` may ask for), in the order help texts list them.
@@ -44,12 +56,29 @@ OUTPUT_DTYPES: tuple[DType, ...] = (BY_NAME["float32"], BY_NAME["float16"], BY_N
 OUTPUT_DTYPE_NAMES: tuple[str, ...] = tuple(dtype.name for dtype in OUTPUT_DTYPES)
 
 
+@functools.cache
+def by_torch() -> dict[torch.dtype, DType]:
+    """The table keyed by torch dtype (imports torch)."""
+    return {dtype.torch: dtype for dtype in DTYPES}
+
+
+if TYPE_CHECKING:
+    BY_TORCH: dict[torch.dtype, DType]
+
+
+def __getattr__(name: str) -> object:
+    # ``BY_TORCH`` is built on first use, so that importing this module does not import torch.
+    if name == "BY_TORCH":
+        return by_torch()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     """``torch.float16`` -> ``"float16"`` (any torch dtype, known here or not)."""
-    known = BY_TORCH.get(dtype)
+    known = by_torch().get(dtype)
     return known.name if known is not None else str(dtype).removeprefix("torch.")
 
 
 def safetensors_code(dtype: torch.dtype) -> str:
     """``torch.float16`` -> ``"F16"``."""
-    return BY_TORCH[dtype].safetensors
+    return by_torch()[dtype].safetensors

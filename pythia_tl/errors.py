@@ -67,3 +67,8 @@ class OutputError(PythiaTLError):
 
 class OutputFileError(PythiaTLError):
     """A file that should be a pythia-tl output is unreadable or lacks its metadata."""
+
+
+class DependencyError(PythiaTLError):
+    """An optional package (TransformerLens, transformers) is missing or of a version that
+    cannot do what was asked."""

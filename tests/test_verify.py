@@ -379,7 +379,10 @@ def test_logits_without_transformers_is_a_usage_error(
     ("args", "fragment"),
     [
         (["--no-source", "--logits"], "--logits runs the source model"),
-        (["--revision", "main"], "--revision and --step select a revision of SOURCE"),
+        (
+            ["--revision", "main"],
+            "--revision, --step and --checkpoint-index select a revision of SOURCE",
+        ),
         (["somewhere", "--no-source"], "--no-source contradicts SOURCE"),
     ],
 )

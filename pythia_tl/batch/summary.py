@@ -222,7 +222,9 @@ class BatchSummary:
             "converter_version": __version__,
             "command": self._command,
             "work_list_size": self._work_list_size,
-            "complete": all(entry.get("status") != "pending" for entry in entries),
+            # An interrupted or fail-fast batch records its unfinished revisions as cancelled:
+            # it is not complete.
+            "complete": all(e.get("status") not in ("pending", "cancelled") for e in entries),
             "seconds": round(seconds, 3),
             "counts": counts,
             "revisions": entries,

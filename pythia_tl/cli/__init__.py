@@ -1,19 +1,33 @@
 """The ``pythia-tl`` command line.
 
 Every failure is reported as one line on stderr (``error: ...``) with exit code 2 for usage errors
-and 1 for anything else; ``--debug`` shows the Python traceback instead.
+and 1 for anything else (with ``--json``, also as a JSON object on stdout); ``--debug`` shows the
+Python traceback instead. Command modules import torch and the heavy parts of the package inside
+their functions, so ``--help``, ``--version`` and the commands that convert nothing start fast.
 """
 
 from __future__ import annotations
 
 import gc
+import json
 import sys
 import warnings
+from typing import Any
 
 import typer
 import typer.main
 
-from pythia_tl.cli import batch_cmd, checkpoints_cmd, convert_cmd, inspect_cmd, plan_cmd, verify_cmd
+import pythia_tl
+from pythia_tl.cli import (
+    batch_cmd,
+    checkpoints_cmd,
+    convert_cmd,
+    export_cmd,
+    inspect_cmd,
+    json_output,
+    plan_cmd,
+    verify_cmd,
+)
 from pythia_tl.cli.errors import in_flags
 from pythia_tl.cli.signals import StopSignal, stop_signals_raise
 from pythia_tl.errors import PythiaTLError
@@ -28,9 +42,22 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"pythia-tl {pythia_tl.__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Show Python tracebacks on errors."),
+    version: bool = typer.Option(
+        False,
+        "--version",
+        help="Print the version and exit.",
+        is_eager=True,
+        callback=_print_version,
+    ),
 ) -> None:
     """Convert Pythia (GPT-NeoX) checkpoints into TransformerLens state dicts (safetensors)."""
 
@@ -41,16 +68,22 @@ app.command("inspect")(inspect_cmd.inspect)
 app.command("verify")(verify_cmd.verify)
 app.command("checkpoints")(checkpoints_cmd.checkpoints)
 app.command("batch")(batch_cmd.batch)
+app.command("export")(export_cmd.export)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script; exits with the command's status."""
     args = sys.argv[1:] if argv is None else argv
+    if not args:  # bare `pythia-tl`: the help, which is not an error
+        args = ["--help"]
     debug = "--debug" in args
     if debug:  # accepted anywhere on the line, not only before the command
         args = ["--debug", *(arg for arg in args if arg != "--debug")]
+    json_errors = "--json" in args
+    json_output.reset()
     try:
         command = typer.main.get_command(app)
+        _hide_flag_types(command)
         # torch's hundreds of thousands of objects live until exit: frozen, they are left out of
         # every garbage collection a conversion triggers (a few percent of its CPU time, profiled).
         gc.freeze()
@@ -61,21 +94,23 @@ def main(argv: list[str] | None = None) -> None:
                 warnings.simplefilter("ignore")
             status = command.main(args=args, prog_name="pythia-tl", standalone_mode=False)
     except (typer.Abort, KeyboardInterrupt):
-        _fail("interrupted", 130)
+        _fail("interrupted", 130, json_errors)
     except StopSignal as exc:
-        _fail(exc.message, exc.exit_code)
+        _fail(exc.message, exc.exit_code, json_errors)
     except PythiaTLError as exc:
         if debug:
             raise
-        _fail(in_flags(exc), exc.exit_code)
+        _fail(in_flags(exc), exc.exit_code, json_errors)
     except Exception as exc:
         if _is_command_line_error(exc):
             ctx = getattr(exc, "ctx", None)
             hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-            _fail(f"{exc.format_message()}{hint}", exc.exit_code)  # type: ignore[attr-defined]
+            code = exc.exit_code  # type: ignore[attr-defined]
+            _fail(f"{exc.format_message()}{hint}", code, json_errors)  # type: ignore[attr-defined]
         if debug:
             raise
-        _fail(f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for details)", 1)
+        message = f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for details)"
+        _fail(message, 1, json_errors)
     sys.exit(status if isinstance(status, int) else 0)
 
 
@@ -87,9 +122,25 @@ def _is_command_line_error(exc: Exception) -> bool:
     )
 
 
-def _fail(message: str, code: int) -> None:
+def _fail(message: str, code: int, json_errors: bool) -> None:
+    """Report and exit; with ``--json`` (``json_errors``), also as a JSON object on stdout."""
     # Messages quote names from files and the network: their control characters are escaped,
     # so that no name can move the cursor, recolour the terminal or start a line of its own.
     one_line = " ".join(printable(message).split())
+    if json_errors and not json_output.printed():
+        print(json.dumps({"error": one_line, "exit_code": code}))
     print(f"error: {one_line}", file=sys.stderr)
     sys.exit(code)
+
+
+def _hide_flag_types(command: Any) -> None:
+    """Show boolean flags (and --help) without a ``<bool>`` type: they take no value."""
+    params = list(command.params)
+    help_option = command.get_help_option(command.context_class(command, info_name=command.name))
+    if help_option is not None:
+        params.append(help_option)
+    for param in params:
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+    for sub in getattr(command, "commands", {}).values():
+        _hide_flag_types(sub)

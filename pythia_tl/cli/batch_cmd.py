@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import threading
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from huggingface_hub.utils import disable_progress_bars
@@ -21,17 +20,8 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from pythia_tl.batch import (
-    BatchRequest,
-    BatchSummary,
-    RevisionResult,
-    list_work,
-    parse_shard,
-    parse_step_spec,
-    run_batch,
-)
-from pythia_tl.batch.dry_run import BatchCost, estimate
-from pythia_tl.batch.summary import read_entries
+from pythia_tl.cli.hub_model import hub_model
+from pythia_tl.cli.json_output import print_json
 from pythia_tl.cli.options import (
     AllowNonfinite,
     CacheDir,
@@ -40,10 +30,12 @@ from pythia_tl.cli.options import (
     Quiet,
     with_output_options,
 )
-from pythia_tl.engine import ConvertOptions
 from pythia_tl.errors import PythiaTLError
-from pythia_tl.source.names import resolve_model_name
 from pythia_tl.text import printable
+
+if TYPE_CHECKING:
+    from pythia_tl.batch import BatchSummary, RevisionResult
+    from pythia_tl.batch.dry_run import BatchCost
 
 
 @with_output_options
@@ -113,8 +105,11 @@ def batch(
     choice: OutputChoice,
 ) -> None:
     """Convert many models and training steps; rerunning skips every output already done."""
+    from pythia_tl.batch import BatchRequest, list_work, parse_shard, parse_step_spec, run_batch
+    from pythia_tl.engine import ConvertOptions
+
     request = BatchRequest(
-        models=tuple(resolve_model_name(model) for model in models),
+        models=tuple(hub_model(model, "batch") for model in models),
         steps=parse_step_spec(steps),
         output_dir=output,
         options=ConvertOptions(
@@ -132,6 +127,8 @@ def batch(
     )
     work = list_work(request)
     if dry_run:
+        from pythia_tl.batch.dry_run import estimate
+
         _print_cost(estimate(request, work), json_output)
         return
     # Per-file download bars from several threads would garble the batch's own output.
@@ -139,29 +136,33 @@ def batch(
     with _LineReporter(quiet or json_output) as reporter:
         summary = run_batch(request, work, reporter)
     if json_output:  # the summary as written: merged with the records of other runs
-        print(json.dumps(summary.to_json(read_entries(summary.path))))
+        from pythia_tl.batch.summary import read_entries
+
+        print_json(summary.to_json(read_entries(summary.path)))
     elif not quiet:
         print(printable(_totals(summary, work.work_list_size)), file=sys.stderr)
     failed = summary.failed
     if failed:
         first = failed[0]
         raise PythiaTLError(
-            f"{len(failed)} of {len(summary.items)} revisions failed, first {first.item.label}: "
+            f"{len(failed)} of {_revisions(len(summary.items))} failed, first {first.item.label}: "
             f"{first.reason} (see {summary.path})"
         )
 
 
 def _print_cost(cost: BatchCost, json_output: bool) -> None:
     if json_output:
-        print(json.dumps(cost.to_json()))
+        print_json(cost.to_json())
         return
     for r in cost.revisions:
         note = (
             f" (= {r.duplicate_of})" if r.duplicate_of else (f" ({r.reason})" if r.reason else "")
         )
         print(
-            f"{r.item.label}  {(r.commit or '-')[:12]}  {r.status}{note}  fetch "
-            f"{decimal(r.fetch_bytes)}  write {decimal(r.write_bytes)}"
+            printable(
+                f"{r.item.label}  {(r.commit or '-')[:12]}  {r.status}{note}  fetch "
+                f"{decimal(r.fetch_bytes)}  write {decimal(r.write_bytes)}"
+            )
         )
     print(f"total: fetch {decimal(cost.fetch_bytes)}, write {decimal(cost.write_bytes)}")
 
@@ -169,11 +170,15 @@ def _print_cost(cost: BatchCost, json_output: bool) -> None:
 def _totals(summary: BatchSummary, work_list_size: int) -> str:
     counts = ", ".join(f"{n} {status}" for status, n in summary.counts().items() if n)
     scope = (
-        f"{len(summary.items)} of {work_list_size} revisions (this shard)"
+        f"{len(summary.items)} of {_revisions(work_list_size)} (this shard)"
         if len(summary.items) != work_list_size
-        else f"{work_list_size} revisions"
+        else _revisions(work_list_size)
     )
     return f"batch: {scope}: {counts or 'nothing to do'}; summary in {summary.path}"
+
+
+def _revisions(count: int) -> str:
+    return f"{count} revision{'' if count == 1 else 's'}"
 
 
 def _line(result: RevisionResult) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 import typer
@@ -10,8 +9,9 @@ from rich.console import Console
 from rich.table import Table
 
 from pythia_tl.cli.cells import cell
+from pythia_tl.cli.hub_model import hub_model
+from pythia_tl.cli.json_output import print_json
 from pythia_tl.cli.options import Json
-from pythia_tl.source.names import resolve_model_name
 from pythia_tl.source.schedule import hub_checkpoints
 
 _ORIGINS = {"hub": "the Hub's branches", "schedule": "the known schedule (Hub not reachable)"}
@@ -28,7 +28,7 @@ def checkpoints(
     From the Hub's step branches when it answers, else from Pythia's known schedule. The index
     is what --checkpoint-index takes.
     """
-    listing = hub_checkpoints(resolve_model_name(model))
+    listing = hub_checkpoints(hub_model(model, "checkpoints"))
     rows = [
         {
             "index": checkpoint.index,
@@ -40,15 +40,13 @@ def checkpoints(
         for checkpoint in listing.checkpoints
     ]
     if json_output:
-        print(
-            json.dumps(
-                {
-                    "model": listing.model.repo_id,
-                    "origin": listing.origin,
-                    "count": len(rows),
-                    "checkpoints": rows,
-                }
-            )
+        print_json(
+            {
+                "model": listing.model.repo_id,
+                "origin": listing.origin,
+                "count": len(rows),
+                "checkpoints": rows,
+            }
         )
         return
     table = Table(

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from pythia_tl.cli.clock import seconds_since_start
+from pythia_tl.cli.json_output import print_json
 from pythia_tl.cli.options import (
     AllowNonfinite,
     CacheDir,
@@ -22,9 +24,8 @@ from pythia_tl.cli.options import (
     with_output_options,
 )
 from pythia_tl.cli.progress import byte_progress
-from pythia_tl.engine import ConvertOptions, default_output_name
-from pythia_tl.engine import convert as run_conversion
-from pythia_tl.source import resolve_source
+from pythia_tl.errors import OutputError
+from pythia_tl.output.atomic import exists_error
 from pythia_tl.text import printable
 
 
@@ -37,11 +38,13 @@ def convert(
         ),
     ],
     output: Annotated[
-        Optional[Path],  # noqa: UP045
+        Optional[str],  # noqa: UP045 (a str: Path would drop the trailing "/" of a folder)
         typer.Option(
             "--output",
             "-o",
-            help="Output file (default: <model-name>[-<revision>].safetensors here).",
+            metavar="PATH",
+            help="Output file, or a folder to write the default name in (default: "
+            "<model-name>[-<revision>].safetensors here).",
         ),
     ] = None,
     revision: Revision = None,
@@ -60,6 +63,14 @@ def convert(
 
     A Hub revision not in the cache is streamed: converted while its bytes arrive, and not
     stored (unless --keep-downloads)."""
+    from pythia_tl.engine import ConvertOptions, default_output_name
+    from pythia_tl.engine import convert as run_conversion
+    from pythia_tl.source import resolve_source
+
+    given = None if output is None else Path(output)
+    into_folder = output is not None and (output.endswith(os.sep) or Path(output).is_dir())
+    if given is not None and not into_folder:
+        _check_target(given, force)  # before anything is downloaded or converted
     resolved = resolve_source(
         source,
         revision=revision,
@@ -68,11 +79,14 @@ def convert(
         checkpoint_index=checkpoint_index,
         download=keep_downloads,
     )
-    target = output or Path(
-        default_output_name(
-            resolved.provenance, any(x is not None for x in (revision, step, checkpoint_index))
-        )
+    name = default_output_name(
+        resolved.provenance, any(x is not None for x in (revision, step, checkpoint_index))
     )
+    if given is None or into_folder:
+        folder = given or Path()
+        folder.mkdir(parents=True, exist_ok=True)
+        given = folder / name
+        _check_target(given, force)
     options = ConvertOptions(
         dtype=choice.dtype,
         overwrite=force,
@@ -83,17 +97,26 @@ def convert(
     )
     label = printable(f"converting {resolved.provenance.model_name}")
     with byte_progress(label, quiet or json_output) as bar:
-        result = run_conversion(resolved, target, options, on_bytes=bar)
+        result = run_conversion(resolved, given, options, on_bytes=bar)
     if json_output:
-        print(json.dumps(result.to_json()))
+        print_json(result.to_json())
     elif not quiet:
         print(
             printable(
                 f"wrote {result.output} ({result.tensors} tensors, {result.bytes / 1e6:.1f} MB, "
-                f"{result.dtype}{_processed(result.processing)}) in {result.seconds:.1f} s"
+                f"{result.dtype}{_processed(result.processing)}) in {seconds_since_start():.1f} s"
             ),
             file=sys.stderr,
         )
+
+
+def _check_target(target: Path, force: bool) -> None:
+    if target.is_dir():
+        raise OutputError(f"{target}: is a folder")
+    if target.exists() and not force:
+        raise exists_error(target)
+    if not target.parent.is_dir():
+        raise OutputError(f"{target}: cannot create a file there (no such folder {target.parent})")
 
 
 def _processed(passes: tuple[str, ...]) -> str:

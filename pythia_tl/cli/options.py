@@ -17,7 +17,6 @@ from typing import Annotated, Any, Optional, TypeVar
 import typer
 
 from pythia_tl.dtypes import OUTPUT_DTYPE_NAMES
-from pythia_tl.mapping.plan import check_dtype
 from pythia_tl.mapping.selection import Selection, parse_selection
 from pythia_tl.processing import Processing
 
@@ -180,6 +179,8 @@ def with_output_options(command: Command) -> Command:
     def with_choice(**values: Any) -> Any:
         chosen = {name: values.pop(name) for name, _, _ in _OUTPUT_OPTIONS}
         dtype = chosen.pop("dtype")
+        from pythia_tl.mapping.plan import check_dtype  # imports torch: only when run
+
         check_dtype(dtype)
         selection = parse_selection(chosen.pop("tensors"), chosen.pop("layers"))
         processing = Processing.choose(**chosen)

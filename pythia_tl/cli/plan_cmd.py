@@ -2,27 +2,27 @@
 
 from __future__ import annotations
 
-import json
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
-from pythia_tl.cli.cells import cell
+from pythia_tl.cli.json_output import print_json
 from pythia_tl.cli.options import (
     CacheDir,
+    CheckpointIndex,
     Json,
     OutputChoice,
     Revision,
     Step,
     with_output_options,
 )
+from pythia_tl.cli.tables import print_table
 from pythia_tl.dtypes import dtype_name
-from pythia_tl.engine.output_plan import OutputPlan, plan_output
-from pythia_tl.mapping.plan import plan_conversion
-from pythia_tl.source import resolve_source
-from pythia_tl.source.checkpoint import Checkpoint
+
+if TYPE_CHECKING:
+    from pythia_tl.engine.output_plan import OutputPlan
+    from pythia_tl.source.checkpoint import Checkpoint
 
 
 @with_output_options
@@ -30,6 +30,7 @@ def plan(
     source: Annotated[str, typer.Argument(help="A local folder, a Hub repo id or a short name.")],
     revision: Revision = None,
     step: Step = None,
+    checkpoint_index: CheckpointIndex = None,
     cache_dir: CacheDir = None,
     json_output: Json = False,
     *,
@@ -37,8 +38,18 @@ def plan(
 ) -> None:
     """Show every output tensor: its source key, the ops, shapes and dtypes (reads no tensor
     data: of a Hub revision, only the files' headers are fetched)."""
+    from pythia_tl.engine.output_plan import plan_output
+    from pythia_tl.mapping.plan import plan_conversion
+    from pythia_tl.source import resolve_source
+
     processing = choice.processing
-    resolved = resolve_source(source, revision=revision, step=step, cache_dir=cache_dir)
+    resolved = resolve_source(
+        source,
+        revision=revision,
+        step=step,
+        cache_dir=cache_dir,
+        checkpoint_index=checkpoint_index,
+    )
     planned = plan_conversion(resolved.checkpoint, choice.dtype)
     out = plan_output(planned, processing, choice.selection)
     written = out.processing
@@ -56,29 +67,25 @@ def plan(
         for t in out.tensors
     ]
     if json_output:
-        print(
-            json.dumps(
-                {
-                    "tensors": rows,
-                    "ignored": list(planned.ignored),
-                    "bytes": out.nbytes,
-                    "read_bytes": _read_bytes(resolved.checkpoint, out),
-                    "selection": choice.selection.to_json(),
-                    "processing": list(processing.passes),
-                    "not_written": list(written.dropped),
-                    "normalization_type": processing.normalization_type,
-                }
-            )
+        print_json(
+            {
+                "tensors": rows,
+                "ignored": list(planned.ignored),
+                "bytes": out.nbytes,
+                "read_bytes": _read_bytes(resolved.checkpoint, out),
+                "selection": choice.selection.to_json(),
+                "processing": list(processing.passes),
+                "not_written": list(written.dropped),
+                "normalization_type": processing.normalization_type,
+            }
         )
         return
     passes = processing.passes
     title = f"{resolved.provenance.source}: {len(rows)} tensors, {out.nbytes / 1e6:.1f} MB"
-    table = Table(title=cell(title + (f", processing: {', '.join(passes)}" if passes else "")))
     columns = ["output key", "shape", "dtype", "source key", "source shape", "ops"]
-    for column in columns + (["processing"] if passes else []):
-        table.add_column(column)
+    cells = []
     for t in out.tensors:
-        cells = [
+        row = [
             t.key,
             str(list(t.shape)),
             dtype_name(t.dtype),
@@ -86,18 +93,24 @@ def plan(
             str(list(t.source_shape)) if t.source else "-",
             " -> ".join(t.ops) or "as is",
         ]
-        extra = [", ".join(written.passes_for(t.key)) or "-"] if passes else []
-        table.add_row(*(cell(text) for text in (*cells, *extra)))
+        cells.append(row + ([", ".join(written.passes_for(t.key)) or "-"] if passes else []))
     console = Console()
-    console.print(table)
+    print_table(
+        console,
+        columns + (["processing"] if passes else []),
+        cells,
+        title=title + (f", processing: {', '.join(passes)}" if passes else ""),
+    )
     if written.dropped:
         console.print(
             f"not written: {len(written.dropped)} LayerNorm tensors, folded into their readers "
-            f"(normalization_type {processing.normalization_type})"
+            f"(normalization_type {processing.normalization_type})",
+            soft_wrap=True,
         )
     if planned.ignored:
         console.print(
-            f"skipped {len(planned.ignored)} non-weight buffers (attention masks, inv_freq)"
+            f"skipped {len(planned.ignored)} non-weight buffers (attention masks, inv_freq)",
+            soft_wrap=True,
         )
 
 

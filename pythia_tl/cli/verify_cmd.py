@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from pythia_tl.cli.errors import flag
-from pythia_tl.cli.options import CacheDir, Json, Quiet, Revision, Step
+from pythia_tl.cli.json_output import print_json
+from pythia_tl.cli.options import CacheDir, CheckpointIndex, Json, Quiet, Revision, Step
 from pythia_tl.cli.progress import byte_progress
 from pythia_tl.text import printable
-from pythia_tl.verify import VerifyOptions, VerifyReport, verify_file
+
+if TYPE_CHECKING:
+    from pythia_tl.verify import VerifyReport
 
 _MARKS = {"ok": "ok", "failed": "FAIL", "skipped": "skip"}
 
@@ -29,6 +31,7 @@ def verify(
     ] = None,
     revision: Revision = None,
     step: Step = None,
+    checkpoint_index: CheckpointIndex = None,
     cache_dir: CacheDir = None,
     no_source: Annotated[
         bool,
@@ -46,10 +49,13 @@ def verify(
     json_output: Json = False,
 ) -> None:
     """Check a converted file: integrity, metadata, every tensor against its source."""
+    from pythia_tl.verify import VerifyOptions, verify_file
+
     options = VerifyOptions(
         source=source,
         revision=revision,
         step=step,
+        checkpoint_index=checkpoint_index,
         cache_dir=cache_dir,
         check_source=not no_source,
         logits=logits,
@@ -57,7 +63,7 @@ def verify(
     with byte_progress(printable(f"verifying {file.name}"), quiet or json_output) as bar:
         report = verify_file(file, options, on_bytes=bar)
     if json_output:
-        print(json.dumps(report.to_json(flag)))
+        print_json(report.to_json(flag))
     elif not quiet:
         _print(report)
     report.raise_if_failed()

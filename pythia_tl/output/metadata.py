@@ -1,9 +1,11 @@
 """The metadata schema of a pythia-tl file, in one place: built, read, parsed and validated.
 
 safetensors metadata maps strings to strings; structured values (``tl_config``,
-``source_files``, ``processing``) are JSON inside those strings. ``build_metadata`` writes the
-schema, ``read_output`` reads a file's header (no tensor data), ``OutputFile`` gives the raw
-fields, and ``parse_metadata`` checks every field and gives a ``ConversionRecord``.
+``source_files``, ``processing``, and the optional ``tokenizer`` and ``selection``) are JSON inside
+those strings; files written before an optional key existed lack it and still parse.
+``build_metadata`` writes the schema, ``read_output`` reads a file's header (no tensor data),
+``OutputFile`` gives the raw fields, and ``parse_metadata`` checks every field and gives a
+``ConversionRecord``.
 """
 
 from __future__ import annotations
@@ -15,10 +17,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeGuard
-
-import torch
-from safetensors import SafetensorError, safe_open
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from pythia_tl import CONVERTER_NAME, __version__
 from pythia_tl.dtypes import BY_NAME, OUTPUT_DTYPE_NAMES, dtype_name
@@ -27,7 +26,11 @@ from pythia_tl.mapping.selection import EVERY_TENSOR, Selection, parse_selection
 from pythia_tl.mapping.tl_config import tl_config
 from pythia_tl.processing.passes import NO_PROCESSING, TL_ORDER, Processing
 from pythia_tl.source.config import NeoXConfig
-from pythia_tl.source.resolve import Provenance
+
+if TYPE_CHECKING:
+    import torch
+
+    from pythia_tl.source.resolve import Provenance
 
 REQUIRED_KEYS = (
     "format",
@@ -41,10 +44,13 @@ REQUIRED_KEYS = (
     "dtype",
     "processing",
 )
-JSON_KEYS = ("tl_config", "source_files", "processing", "selection")
-# Optional: files written before it existed refused non-finite values, as "refused" says.
+# Optional keys. ``nonfinite``: files written before it existed refused non-finite values, as
+# "refused" says. ``tokenizer``: where the tokenizer files are (source.tokenizer_files).
+# ``selection``: present in a partial file only, holding some tensors or layers.
 NONFINITE_KEY = "nonfinite"
 NONFINITE_VALUES = ("refused", "allowed")
+OPTIONAL_KEYS = (NONFINITE_KEY, "tokenizer", "selection")
+JSON_KEYS = ("tl_config", "source_files", "processing", "tokenizer", "selection")
 _POSITIVE_INTS = ("d_model", "d_head", "n_heads", "d_mlp", "n_layers", "n_ctx", "d_vocab")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -64,6 +70,11 @@ def build_metadata(
     cfg = tl_config(
         config, utf8(provenance.model_name), provenance.repo_id, processing.normalization_type
     )
+    optional = {}
+    if provenance.tokenizer is not None:
+        optional["tokenizer"] = json.dumps(provenance.tokenizer)
+    if not selection.is_all:
+        optional["selection"] = json.dumps(selection.to_json())
     return {
         "format": "pt",
         "tl_config": json.dumps(cfg),
@@ -76,7 +87,8 @@ def build_metadata(
         "dtype": dtype_name(dtype),
         "processing": json.dumps(list(processing.passes)),
         NONFINITE_KEY: "allowed" if allow_nonfinite else "refused",
-    } | ({} if selection.is_all else {"selection": json.dumps(selection.to_json())})
+        **optional,
+    }
 
 
 def utf8(text: str) -> str:
@@ -112,10 +124,10 @@ class OutputFile:
     @property
     def selection(self) -> Selection:
         """The tensors a partial file was limited to (every tensor when it records none)."""
-        if "selection" not in self.metadata:
+        recorded = self._optional_json_field("selection")
+        if recorded is None:
             return EVERY_TENSOR
-        recorded = self._json_field("selection", dict)
-        tensors, layers = recorded.get("tensors"), recorded.get("layers")
+        tensors, layers = recorded.get("tensors") or [], recorded.get("layers")
         if not (
             isinstance(tensors, list)
             and all(isinstance(glob, str) for glob in tensors)
@@ -126,6 +138,22 @@ class OutputFile:
             return parse_selection(",".join(tensors) if tensors else None, layers)
         except UsageError:
             raise OutputFileError(f"{self.path}: metadata 'selection' is malformed") from None
+
+    @property
+    def tokenizer(self) -> dict[str, Any] | None:
+        """Where the tokenizer files are recorded to be (None: no record)."""
+        return self._optional_json_field("tokenizer")
+
+    @property
+    def is_pythia_tl(self) -> bool:
+        """Whether the metadata says pythia-tl wrote the file."""
+        return self.metadata.get("converter") == CONVERTER_NAME
+
+    def _optional_json_field(self, key: str) -> dict[str, Any] | None:
+        if self.metadata.get(key) in (None, "", "null"):
+            return None
+        value: dict[str, Any] = self._json_field(key, dict)
+        return value
 
     def _json_field(self, key: str, kind: type) -> Any:
         raw = self.metadata.get(key)
@@ -156,10 +184,13 @@ class OutputFile:
 
 def read_output(path: Path) -> OutputFile:
     """The header of a safetensors file (no tensor data is read)."""
+    # safetensors' own reader checks the header; with the numpy framework it needs no torch.
+    from safetensors import SafetensorError, safe_open
+
     if not path.is_file():
         raise OutputFileError(f"{path}: no such file")
     try:
-        with safe_open(path, framework="pt") as handle:
+        with safe_open(path, framework="numpy") as handle:
             metadata = dict(handle.metadata() or {})
             tensors = {}
             for name in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)

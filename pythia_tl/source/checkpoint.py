@@ -10,35 +10,21 @@ back once used (``pythia_tl.source.reader``).
 
 from __future__ import annotations
 
-import json
 import os
 import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 
 from pythia_tl.errors import CheckpointError
 from pythia_tl.formats.safetensors import LENGTH_BYTES, header_length, parse_header
 from pythia_tl.formats.torch_bin import is_little_endian, load_bin
-from pythia_tl.small_files import NotASmallFile, read_small_file
 from pythia_tl.source.config import NeoXConfig, read_config
+from pythia_tl.source.layouts import LAYOUTS, MAX_SHARDS, Format, load_weight_map, weight_files_for
 from pythia_tl.source.mapped import Span, check_span, contiguous_stride
 from pythia_tl.source.remote import RemoteFile, SparseFile
-
-Format = Literal["safetensors", "bin"]
-
-# Far above any real checkpoint (pythia-12b's index is about 40 kB and names 3 shards).
-MAX_INDEX_BYTES = 16 << 20
-MAX_SHARDS = 1024
-
-# (format, single file, index file) in order of preference.
-LAYOUTS: tuple[tuple[Format, str, str], ...] = (
-    ("safetensors", "model.safetensors", "model.safetensors.index.json"),
-    ("bin", "pytorch_model.bin", "pytorch_model.bin.index.json"),
-)
 
 
 @dataclass(frozen=True)
@@ -84,17 +70,6 @@ class Checkpoint:
     @property
     def is_remote(self) -> bool:
         return bool(self.remote)
-
-
-def weight_files_for(filenames: set[str]) -> tuple[Format, list[str]] | None:
-    """Which files of a listing hold the weights (without their shards): the preferred layout's
-    single file or index file, or None when no layout is present."""
-    for fmt, single, index in LAYOUTS:
-        if index in filenames:
-            return fmt, [index]
-        if single in filenames:
-            return fmt, [single]
-    return None
 
 
 def open_checkpoint(
@@ -154,27 +129,6 @@ def _read_index(path: Path, folder: Path, remote: Mapping[str, RemoteFile]) -> l
         if not (folder / shard).is_file() and shard not in remote:
             raise CheckpointError(f"{path}: names shard {shard!r}, which is missing from {folder}")
     return shards
-
-
-def load_weight_map(path: Path) -> dict[str, str]:
-    try:
-        index = json.loads(read_small_file(path, MAX_INDEX_BYTES).decode("utf-8"))
-    except NotASmallFile as exc:
-        raise CheckpointError(f"{path}: {exc}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise CheckpointError(f"{path}: not a readable JSON index ({exc})") from None
-    except ValueError:  # an integer of thousands of digits: Python refuses to convert it
-        raise CheckpointError(f"{path}: not a readable JSON index (a number is too long)") from None
-    weight_map = index.get("weight_map") if isinstance(index, dict) else None
-    if not isinstance(weight_map, dict) or not weight_map:
-        raise CheckpointError(f"{path}: expected a non-empty 'weight_map' object")
-    for name, shard in weight_map.items():
-        if not isinstance(shard, str) or not shard or Path(shard).name != shard:
-            raise CheckpointError(
-                f"{path}: weight_map[{name!r}] is {shard!r}, expected a file name in the "
-                "checkpoint folder"
-            )
-    return weight_map
 
 
 def _inside(path: Path, root: Path, named_by: Path) -> Path:

@@ -12,7 +12,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from pythia_tl.errors import CheckpointError
-from pythia_tl.source.checkpoint import LAYOUTS, Checkpoint
+from pythia_tl.source.checkpoint import Checkpoint
+from pythia_tl.source.layouts import LAYOUTS
 
 
 def read_by(checkpoint: Checkpoint) -> list[Path]:

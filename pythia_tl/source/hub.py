@@ -1,9 +1,10 @@
 """One revision of a model on the Hugging Face Hub, through huggingface_hub.
 
-The revision is resolved to its commit once; config.json and the index file of that commit go to
-huggingface_hub's cache (its token, endpoint and offline settings apply), and the weight files are
-either downloaded there too or described as ``RemoteFile``s, to be read by byte ranges. Offline,
-or when the Hub cannot be reached, the revision is served from the cache if it is there.
+The revision is resolved to its commit once; config.json, the index file and the small tokenizer
+files of that commit go to huggingface_hub's cache (its token, endpoint and offline settings
+apply), and the weight files are either downloaded there too or described as ``RemoteFile``s,
+to be read by byte ranges. Offline, or when the Hub cannot be reached, the revision is served
+from the cache if it is there.
 
 Asking the Hub what a revision holds (``describe_revision``) is separate from fetching it
 (``download_revision``), so a caller can decide from the listing (its commit, its files' sizes
@@ -30,9 +31,10 @@ from huggingface_hub.errors import (
 )
 
 from pythia_tl.errors import CheckpointError, SourceError
-from pythia_tl.source.checkpoint import Format, load_weight_map, weight_files_for
 from pythia_tl.source.hub_errors import broken_download
+from pythia_tl.source.layouts import Format, load_weight_map, weight_files_for
 from pythia_tl.source.remote import RemoteFile
+from pythia_tl.source.tokenizer_files import TOKENIZER_FILES
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -84,6 +86,8 @@ class HubRevision:
     sha256: dict[str, str] = field(default_factory=dict)
     # Weight files not in the cache, to be read from the Hub by ranges (not downloaded).
     remote: dict[str, RemoteFile] = field(default_factory=dict)
+    # The tokenizer files of the revision now in the cache (small; never weights).
+    tokenizer_files: tuple[str, ...] = ()
 
     @property
     def cache_root(self) -> Path:
@@ -188,8 +192,15 @@ def download_revision(
         for name in names:
             if name not in remote:
                 download(name)
+        # The tokenizer travels with the weights: a file converted from this revision can then
+        # be loaded with its tokenizer offline.
+        tokenizer_files = tuple(name for name in TOKENIZER_FILES if name in listing.files)
+        for name in tokenizer_files:
+            download(name)
     sha256 = {name: listing.lfs_sha256[name] for name in names if name in listing.lfs_sha256}
-    return HubRevision(repo_id, revision, commit, config_path.parent, sha256, remote)
+    return HubRevision(
+        repo_id, revision, commit, config_path.parent, sha256, remote, tokenizer_files
+    )
 
 
 def _in_cache(repo_id: str, name: str, commit: str, cache_dir: Path | None) -> bool:
@@ -254,13 +265,38 @@ def _from_cache(repo_id: str, revision: str, cache_dir: Path | None, why: str) -
         raise SourceError(
             f"{repo_id}@{revision}: {why} and this revision is not in the local cache"
         ) from None
+    if not _weights_cached(folder):
+        raise SourceError(
+            f"{repo_id}@{revision}: {why}, and the weights of this revision are not in the "
+            "local cache (streamed conversions do not store them); read them from the Hub "
+            "with it reachable and offline mode off, or keep the downloads"
+        )
     sha256 = {}
     for path in folder.iterdir():
         # The cache stores large files under their sha256; the link's target names it.
         blob = path.resolve().name
         if path.is_symlink() and _SHA256.fullmatch(blob):
             sha256[path.name] = blob
-    return HubRevision(repo_id, revision, folder.name, folder, sha256)
+    tokenizer_files = tuple(name for name in TOKENIZER_FILES if (folder / name).is_file())
+    return HubRevision(
+        repo_id, revision, folder.name, folder, sha256, tokenizer_files=tokenizer_files
+    )
+
+
+def _weights_cached(folder: Path) -> bool:
+    """Whether a cached snapshot holds its weights: the single file, or every shard its index
+    names (a streamed conversion caches config.json and the index, not the weights)."""
+    found = weight_files_for({path.name for path in folder.iterdir()})
+    if found is None:
+        return False
+    _, (entry,) = found
+    if not entry.endswith(".index.json"):
+        return True
+    try:
+        shards = set(load_weight_map(folder / entry).values())
+    except CheckpointError:
+        return True  # opening the checkpoint reports what is wrong with the index
+    return all((folder / shard).is_file() for shard in shards)
 
 
 def _explain(exc: HfHubHTTPError, repo_id: str, revision: str | None) -> SourceError:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import bisect
+import difflib
 import re
 from dataclasses import dataclass
 
@@ -76,13 +78,16 @@ def resolve_model_name(name: str) -> ModelName:
     match = _SHORT_NAME.fullmatch(name)
     if match is None:
         raise UsageError(
-            f"unknown model name {name!r}: expected a folder, a Hub repo id such as "
-            "'EleutherAI/pythia-70m', or a short name such as 'pythia-70m' or 'pythia-410m-deduped'"
+            f"unknown model name {name!r}{_did_you_mean(name)}: expected a folder, a Hub repo id "
+            "such as 'EleutherAI/pythia-70m', or a short name such as 'pythia-70m' or "
+            "'pythia-410m-deduped'"
         )
     size = OLD_SIZES.get(match["size"], match["size"])
     if size not in SIZES:
         known = ", ".join(SIZES)
-        raise UsageError(f"unknown model name {name!r}: Pythia comes in sizes {known}")
+        raise UsageError(
+            f"unknown model name {name!r}{_did_you_mean(name)}: Pythia comes in sizes {known}"
+        )
     suffix = (match["deduped"] or "") + (match["v0"] or "") + (match["seed"] or "")
     return ModelName(f"{ORGANISATION}/pythia-{size}{suffix}")
 
@@ -94,12 +99,34 @@ def step_revision(step: int, model: ModelName | None) -> str:
         if step not in schedule:
             raise UsageError(
                 Param("step"),
-                f" {step}: {model.name} has no checkpoint at that step; steps are "
+                f" {step}: {model.name} has no checkpoint at that step (nearest: "
+                f"{' and '.join(map(str, nearest_steps(step, schedule)))}); steps are "
                 f"{_describe(schedule)}",
             )
     elif step < 0:
         raise UsageError(Param("step"), f" {step}: expected a non-negative step number")
     return f"step{step}"
+
+
+def known_short_names() -> list[str]:
+    """Every short name of the suite's main models (sizes x deduped x v0)."""
+    return [
+        f"pythia-{size}{deduped}{v0}"
+        for size in SIZES
+        for deduped in ("", "-deduped")
+        for v0 in ("", "-v0")
+    ]
+
+
+def nearest_steps(step: int, schedule: list[int]) -> list[int]:
+    """The schedule's steps just below and just above ``step`` (one at either end)."""
+    at = bisect.bisect_left(schedule, step)
+    return [schedule[i] for i in (at - 1, at) if 0 <= i < len(schedule)]
+
+
+def _did_you_mean(name: str) -> str:
+    close = difflib.get_close_matches(name.lower(), known_short_names(), n=3, cutoff=0.75)
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
 
 
 def _describe(schedule: list[int]) -> str:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pythia_tl.errors import Param, UsageError
 from pythia_tl.source.checkpoint import Checkpoint, open_checkpoint
 from pythia_tl.source.hub import HubRevision, fetch_revision
 from pythia_tl.source.names import ModelName, resolve_model_name, step_revision
 from pythia_tl.source.schedule import checkpoint_schedule
+from pythia_tl.source.tokenizer_files import folder_tokenizer, hub_tokenizer
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,8 @@ class Provenance:
     commit: str | None
     # The sha256 the Hub announced for each weight file; downloads are checked against it.
     expected_sha256: dict[str, str] = field(default_factory=dict)
+    # Where the tokenizer files are (see source.tokenizer_files); None when there are none.
+    tokenizer: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,9 @@ def resolve_source(
         if chosen:
             raise UsageError(f"{source} is a local folder: ", chosen[0], " applies to Hub sources")
         folder = folder.resolve()
-        provenance = Provenance(str(folder), folder.name, None, None, None)
+        provenance = Provenance(
+            str(folder), folder.name, None, None, None, tokenizer=folder_tokenizer(folder)
+        )
         return ResolvedSource(open_checkpoint(folder), provenance)
     if source.startswith((".", "/", "~")) or folder.exists():
         raise UsageError(f"{source}: no such folder")
@@ -78,6 +84,7 @@ def open_hub_revision(model: ModelName, fetched: HubRevision) -> ResolvedSource:
         revision=fetched.revision,
         commit=fetched.commit,
         expected_sha256=fetched.sha256,
+        tokenizer=hub_tokenizer(model.repo_id, fetched.commit, fetched.tokenizer_files),
     )
     return ResolvedSource(
         open_checkpoint(fetched.folder, fetched.cache_root, fetched.remote), provenance

@@ -37,6 +37,8 @@ class VerifyOptions:
     step: int | None = None
     cache_dir: Path | None = None
     check_source: bool = True
+    # TransformerLens' checkpoint_index: an index into the model's checkpoints (-1 the last).
+    checkpoint_index: int | None = None
     logits: bool = False
 
 
@@ -90,11 +92,14 @@ def verify_file(
 
 
 def _check_options(options: VerifyOptions) -> None:
-    if options.source is None and (options.revision is not None or options.step is not None):
+    chosen = (options.revision, options.step, options.checkpoint_index)
+    if options.source is None and any(value is not None for value in chosen):
         raise UsageError(
             Param("revision"),
-            " and ",
+            ", ",
             Param("step"),
+            " and ",
+            Param("checkpoint_index"),
             " select a revision of ",
             Param("source"),
             "; without it the commit recorded in the file is used",
@@ -117,7 +122,9 @@ def _check_options(options: VerifyOptions) -> None:
 
 
 def _request(options: VerifyOptions) -> SourceRequest:
-    return SourceRequest(options.source, options.revision, options.step, options.cache_dir)
+    return SourceRequest(
+        options.source, options.revision, options.step, options.cache_dir, options.checkpoint_index
+    )
 
 
 def _finish(path: Path, checks: list[Check], *why: MessagePart) -> VerifyReport:

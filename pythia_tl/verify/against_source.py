@@ -44,6 +44,7 @@ class SourceRequest:
     revision: str | None = None
     step: int | None = None
     cache_dir: Path | None = None
+    checkpoint_index: int | None = None
 
 
 def locate_source(recorded: ConversionRecord, request: SourceRequest) -> ResolvedSource:
@@ -64,10 +65,15 @@ def locate_source(recorded: ConversionRecord, request: SourceRequest) -> Resolve
             recorded.source, revision=recorded.commit, cache_dir=request.cache_dir
         )
     revision = request.revision
-    if revision is None and request.step is None and _names_repo(request.source, recorded.source):
+    chose = request.step is not None or request.checkpoint_index is not None
+    if revision is None and not chose and _names_repo(request.source, recorded.source):
         revision = recorded.commit  # the same repository: the commit that was converted
     return resolve_source(
-        request.source, revision=revision, step=request.step, cache_dir=request.cache_dir
+        request.source,
+        revision=revision,
+        step=request.step,
+        cache_dir=request.cache_dir,
+        checkpoint_index=request.checkpoint_index,
     )
 
 

@@ -1,0 +1,58 @@
+"""Which files hold a checkpoint's weights: the layouts pythia-tl reads, and index files.
+
+Kept apart from ``checkpoint`` (which opens weights and needs torch) so that listing a Hub
+revision needs no torch.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pythia_tl.errors import CheckpointError
+from pythia_tl.small_files import NotASmallFile, read_small_file
+
+Format = Literal["safetensors", "bin"]
+
+# Far above any real checkpoint (pythia-12b's index is about 40 kB and names 3 shards).
+MAX_INDEX_BYTES = 16 << 20
+MAX_SHARDS = 1024
+
+# (format, single file, index file) in order of preference.
+LAYOUTS: tuple[tuple[Format, str, str], ...] = (
+    ("safetensors", "model.safetensors", "model.safetensors.index.json"),
+    ("bin", "pytorch_model.bin", "pytorch_model.bin.index.json"),
+)
+
+
+def weight_files_for(filenames: set[str]) -> tuple[Format, list[str]] | None:
+    """Which files of a listing hold the weights (without their shards): the preferred layout's
+    single file or index file, or None when no layout is present."""
+    for fmt, single, index in LAYOUTS:
+        if index in filenames:
+            return fmt, [index]
+        if single in filenames:
+            return fmt, [single]
+    return None
+
+
+def load_weight_map(path: Path) -> dict[str, str]:
+    try:
+        index = json.loads(read_small_file(path, MAX_INDEX_BYTES).decode("utf-8"))
+    except NotASmallFile as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise CheckpointError(f"{path}: not a readable JSON index ({exc})") from None
+    except ValueError:  # an integer of thousands of digits: Python refuses to convert it
+        raise CheckpointError(f"{path}: not a readable JSON index (a number is too long)") from None
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{path}: expected a non-empty 'weight_map' object")
+    for name, shard in weight_map.items():
+        if not isinstance(shard, str) or not shard or Path(shard).name != shard:
+            raise CheckpointError(
+                f"{path}: weight_map[{name!r}] is {shard!r}, expected a file name in the "
+                "checkpoint folder"
+            )
+    return weight_map
