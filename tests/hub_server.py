@@ -26,6 +26,7 @@ import contextlib
 import hashlib
 import json
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -441,6 +442,12 @@ class _Server(ThreadingHTTPServer):
         with self._connections_lock:
             self._connections.discard(request)
         super().shutdown_request(request)
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        # A client that hangs up mid-body (a reader that stopped, a killed process) is not the
+        # server's error; socketserver would print a traceback on the tests' stderr.
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            super().handle_error(request, client_address)  # type: ignore[arg-type]
 
     def close_connections(self) -> None:
         """Drop idle keep-alive connections so that their handler threads end."""

@@ -217,7 +217,7 @@ def test_verify_after_a_batch_removed_the_downloads_says_the_source_is_not_cache
     verified = run_cli(["verify", str(file)], env=offline)
     assert verified.returncode == 1
     line = verified.stderr.strip().splitlines()[-1]
-    assert "not in the local cache" in line and "a batch removes its downloads" in line
+    assert "not in the local cache" in line and "streamed conversions do not store" in line
     assert "no weights" not in verified.stdout + verified.stderr
     online = run_cli(["verify", str(file)])
     assert online.returncode == 0, online.stdout + online.stderr

@@ -24,10 +24,11 @@ from conftest import REPO_ROOT, HfEnv, Run, TinyCheckpoints
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from pythia_tl.engine import hashing
-from pythia_tl.errors import CheckpointError
+from pythia_tl.engine import ConvertOptions, convert, hashing
+from pythia_tl.errors import CheckpointError, OutputError
 from pythia_tl.output.atomic import remove_stale_temporaries, temp_path_for
 from pythia_tl.output.metadata import parse_metadata, read_output
+from pythia_tl.source import resolve_source
 from pythia_tl.source.checkpoint import open_checkpoint
 
 
@@ -122,13 +123,28 @@ def _null_device(path: Path) -> None:
     os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, 3))  # what /dev/null is
 
 
-@pytest.mark.parametrize("kind", ["directory", "fifo", "socket", "device"])
+def test_force_never_replaces_a_directory(
+    cli: Run, tiny_checkpoints: TinyCheckpoints, tmp_path: Path
+) -> None:
+    target = tmp_path / "out.safetensors"
+    target.mkdir()
+    source = resolve_source(str(tiny_checkpoints["safetensors"]))
+    with pytest.raises(OutputError, match="replaces regular files only"):
+        convert(source, target, ConvertOptions(overwrite=True))
+    # The command line takes an existing folder as where to write the default name.
+    status, _, stderr = cli(
+        ["convert", str(tiny_checkpoints["safetensors"]), "-o", str(target), "--force"]
+    )
+    assert status == 0, stderr
+    assert target.is_dir() and (target / "safetensors.safetensors").is_file()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "socket", "device"])
 def test_force_replaces_regular_files_only(
     kind: str, cli: Run, tiny_checkpoints: TinyCheckpoints, tmp_path: Path
 ) -> None:
     target = tmp_path / "out.safetensors"
     make = {
-        "directory": target.mkdir,
         "fifo": lambda: os.mkfifo(target),
         "socket": lambda: _unix_socket(target),
         "device": lambda: _null_device(target),

@@ -80,7 +80,6 @@ def main(argv: list[str] | None = None) -> None:
     if debug:  # accepted anywhere on the line, not only before the command
         args = ["--debug", *(arg for arg in args if arg != "--debug")]
     json_errors = "--json" in args
-    json_output.reset()
     try:
         command = typer.main.get_command(app)
         _hide_flag_types(command)
@@ -100,7 +99,8 @@ def main(argv: list[str] | None = None) -> None:
     except PythiaTLError as exc:
         if debug:
             raise
-        _fail(in_flags(exc), exc.exit_code, json_errors)
+        reported = isinstance(exc, json_output.ReportedFailure)
+        _fail(in_flags(exc), exc.exit_code, json_errors and not reported)
     except Exception as exc:
         if _is_command_line_error(exc):
             ctx = getattr(exc, "ctx", None)
@@ -127,7 +127,7 @@ def _fail(message: str, code: int, json_errors: bool) -> None:
     # Messages quote names from files and the network: their control characters are escaped,
     # so that no name can move the cursor, recolour the terminal or start a line of its own.
     one_line = " ".join(printable(message).split())
-    if json_errors and not json_output.printed():
+    if json_errors:
         print(json.dumps({"error": one_line, "exit_code": code}))
     print(f"error: {one_line}", file=sys.stderr)
     sys.exit(code)

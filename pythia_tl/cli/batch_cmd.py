@@ -21,7 +21,7 @@ from rich.progress import (
 )
 
 from pythia_tl.cli.hub_model import hub_model
-from pythia_tl.cli.json_output import print_json
+from pythia_tl.cli.json_output import ReportedFailure, print_json
 from pythia_tl.cli.options import (
     AllowNonfinite,
     CacheDir,
@@ -30,7 +30,6 @@ from pythia_tl.cli.options import (
     Quiet,
     with_output_options,
 )
-from pythia_tl.errors import PythiaTLError
 from pythia_tl.text import printable
 
 if TYPE_CHECKING:
@@ -144,7 +143,7 @@ def batch(
     failed = summary.failed
     if failed:
         first = failed[0]
-        raise PythiaTLError(
+        raise ReportedFailure(
             f"{len(failed)} of {_revisions(len(summary.items))} failed, first {first.item.label}: "
             f"{first.reason} (see {summary.path})"
         )

@@ -1,26 +1,20 @@
 """The one JSON object a ``--json`` command prints on stdout.
 
-A command that fails after printing its report (``verify``, ``batch``) has said everything in
-it; one that fails before gets ``{"error": ..., "exit_code": ...}`` instead (``cli.main``).
+A command that fails after printing its report (``verify``, ``batch``) has said everything in it
+and raises ``ReportedFailure``; one that fails before gets ``{"error": ..., "exit_code": ...}``
+instead (``cli.main``).
 """
 
 from __future__ import annotations
 
 import json
 
-_printed = False
+from pythia_tl.errors import PythiaTLError
+
+
+class ReportedFailure(PythiaTLError):
+    """A failure the command's own report (on stdout, with ``--json``) already describes."""
 
 
 def print_json(value: object) -> None:
-    global _printed
     print(json.dumps(value))
-    _printed = True
-
-
-def reset() -> None:
-    global _printed
-    _printed = False
-
-
-def printed() -> bool:
-    return _printed

@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from pythia_tl.cli.errors import flag
-from pythia_tl.cli.json_output import print_json
+from pythia_tl.cli.json_output import ReportedFailure, print_json
 from pythia_tl.cli.options import CacheDir, CheckpointIndex, Json, Quiet, Revision, Step
 from pythia_tl.cli.progress import byte_progress
+from pythia_tl.errors import PythiaTLError
 from pythia_tl.text import printable
 
 if TYPE_CHECKING:
@@ -66,7 +67,10 @@ def verify(
         print_json(report.to_json(flag))
     elif not quiet:
         _print(report)
-    report.raise_if_failed()
+    try:
+        report.raise_if_failed()
+    except PythiaTLError as exc:
+        raise ReportedFailure(*exc.parts) from None
 
 
 def _print(report: VerifyReport) -> None:

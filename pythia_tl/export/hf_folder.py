@@ -155,9 +155,12 @@ def _write_weights(
             TensorEntry(str(rule.source), record.dtype, rule.source_shape(dims)) for rule in sourced
         ]
 
-        def rebuilt() -> Iterator[Any]:
+        def rebuilt() -> Iterator[tuple[str, Any]]:
             for rule in sourced:
-                yield rule.invert([handle.get_tensor(key) for key in rule.outputs], dims)
+                yield (
+                    str(rule.source),
+                    rule.invert([handle.get_tensor(key) for key in rule.outputs], dims),
+                )
 
         metadata = {"format": "pt"}
         size = write_safetensors(
