@@ -29,6 +29,7 @@ from pythia_tl.cli import (
     verify_cmd,
 )
 from pythia_tl.cli.errors import in_flags
+from pythia_tl.cli.memory import return_large_frees
 from pythia_tl.cli.signals import StopSignal, stop_signals_raise
 from pythia_tl.errors import PythiaTLError
 from pythia_tl.text import printable
@@ -86,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
         # torch's hundreds of thousands of objects live until exit: frozen, they are left out of
         # every garbage collection a conversion triggers (a few percent of its CPU time, profiled).
         gc.freeze()
+        return_large_frees()
         with stop_signals_raise(), warnings.catch_warnings():
             if not debug:
                 # Libraries' warnings (huggingface_hub's free-space estimate before a full disk,
