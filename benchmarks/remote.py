@@ -150,7 +150,9 @@ def bench(size: str, folder: Path, weights: list[str], weight_bytes: int, rate: 
         "rate": rate,
         "weight_bytes": weight_bytes,
         "download_s": download.seconds,
+        "download_cpu": download.cpu,
         "streamed_s": streamed.seconds,
+        "streamed_cpu": streamed.cpu,
         "streamed_fetched": streamed_fetched,
         "rss": streamed.max_rss,
         "rss_bound": 2 * largest + 400 * 2**20,
@@ -196,8 +198,8 @@ def max_tensor_bytes(path: Path) -> int:
 
 def render(rows: list[dict]) -> str:
     lines = [
-        "| checkpoint | link | `hf_hub_download` | streamed convert | ratio (target <= 1.1) | "
-        "peak RSS (bound) | peak disk (output) | cache after | `plan` fetched | "
+        "| checkpoint | link | `hf_hub_download` (CPU) | streamed convert (CPU) | ratio (target "
+        "<= 1.1) | peak RSS (bound) | peak disk (output) | cache after | `plan` fetched | "
         "`--tensors embed.W_E` fetched (W_E) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -205,7 +207,8 @@ def render(rows: list[dict]) -> str:
         ratio = r["streamed_s"] / r["download_s"]
         lines.append(
             f"| pythia-{r['size']} ({r['weight_bytes'] / 1e9:.2f} GB) | {r['rate'] / MB:.0f} MB/s "
-            f"| {r['download_s']:.1f} s | {r['streamed_s']:.1f} s | {ratio:.2f} "
+            f"| {r['download_s']:.1f} s ({r['download_cpu']:.1f} s) "
+            f"| {r['streamed_s']:.1f} s ({r['streamed_cpu']:.1f} s) | {ratio:.2f} "
             f"{'✓' if ratio <= 1.1 else '✗'} | {r['rss'] / 2**20:.0f} MB "
             f"({r['rss_bound'] / 2**20:.0f}) {'✓' if r['rss'] <= r['rss_bound'] else '✗'} "
             f"| {r['disk_peak'] / 1e9:.2f} GB ({r['output_bytes'] / 1e9:.2f}) "

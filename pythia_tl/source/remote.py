@@ -42,8 +42,6 @@ class RemoteFile:
         self.name = name
         self.size = size
         self.sha256 = sha256
-        self._fetched = 0
-        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"RemoteFile({self.repo_id}@{self.commit[:12]}/{self.name})"
@@ -52,11 +50,6 @@ class RemoteFile:
     def where(self) -> str:
         """How messages name the file."""
         return f"{self.repo_id}@{self.commit[:12]}/{self.name}"
-
-    @property
-    def fetched(self) -> int:
-        """Bytes fetched from this file so far (all threads)."""
-        return self._fetched
 
     @property
     def fs_path(self) -> str:
@@ -85,8 +78,6 @@ class RemoteFile:
                 problem = exc
                 continue
             if len(data) == end - start:
-                with self._lock:
-                    self._fetched += len(data)
                 return data
             problem = OSError(f"got {len(data)} of {end - start} bytes")
         raise SourceError(

@@ -118,10 +118,6 @@ class StreamReader:
             raise self._error
         return {name: digest.hexdigest() for name, digest in self._hashes.items()}
 
-    @property
-    def fetched(self) -> int:
-        return sum(r.fetched for r in {id(b.file): b.file for b in self._ranges}.values())
-
     # --- the stream's side ------------------------------------------------------------------
 
     def _run(self) -> None:
