@@ -7,6 +7,8 @@ torch is imported only when a torch dtype is asked for: commands that convert no
 from __future__ import annotations
 
 import functools
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -82,3 +84,8 @@ def dtype_name(dtype: torch.dtype) -> str:
 def safetensors_code(dtype: torch.dtype) -> str:
     """``torch.float16`` -> ``"F16"``."""
     return by_torch()[dtype].safetensors
+
+
+def tensor_bytes(dtype: torch.dtype, shape: Iterable[int]) -> int:
+    """The bytes a contiguous tensor of ``dtype`` and ``shape`` takes."""
+    return dtype.itemsize * math.prod(shape)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pythia_tl.dtypes import BY_SAFETENSORS, safetensors_code
+from pythia_tl.dtypes import BY_SAFETENSORS, safetensors_code, tensor_bytes
 from pythia_tl.errors import CheckpointError
 
 LENGTH_BYTES = 8
@@ -62,10 +62,7 @@ class TensorEntry:
 
     @property
     def nbytes(self) -> int:
-        n = self.dtype.itemsize
-        for size in self.shape:
-            n *= size
-        return n
+        return tensor_bytes(self.dtype, self.shape)
 
 
 def encode_header(

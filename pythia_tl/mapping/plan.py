@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from pythia_tl.dtypes import BY_NAME, OUTPUT_DTYPE_NAMES, OUTPUT_DTYPES, dtype_name
+from pythia_tl.dtypes import BY_NAME, OUTPUT_DTYPE_NAMES, OUTPUT_DTYPES, dtype_name, tensor_bytes
 from pythia_tl.errors import CheckpointError, Param, PlanError, UsageError
 from pythia_tl.mapping.pythia import IGNORED_SOURCE_KEYS, PYTHIA_TO_TL
 from pythia_tl.mapping.rules import Rule, RuleError, Shape, expand
@@ -39,10 +39,7 @@ class PlannedTensor:
 
     @property
     def nbytes(self) -> int:
-        n = self.dtype.itemsize
-        for size in self.shape:
-            n *= size
-        return n
+        return tensor_bytes(self.dtype, self.shape)
 
 
 @dataclass(frozen=True)

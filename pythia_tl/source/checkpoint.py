@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from pythia_tl.dtypes import tensor_bytes
 from pythia_tl.errors import CheckpointError
 from pythia_tl.formats.safetensors import LENGTH_BYTES, header_length, parse_header
 from pythia_tl.formats.torch_bin import is_little_endian, load_bin
@@ -46,10 +47,7 @@ class TensorInfo:
         """The bytes of the file its data takes."""
         if self.span is not None:
             return self.span.nbytes
-        count = self.dtype.itemsize
-        for size in self.shape:
-            count *= size
-        return count
+        return tensor_bytes(self.dtype, self.shape)
 
 
 @dataclass(frozen=True)
