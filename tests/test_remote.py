@@ -232,3 +232,27 @@ def test_verify_streams_the_recorded_commit(
     assert (status, stderr) == (0, ""), stderr
     assert json.loads(stdout)["ok"] is True
     assert weights_on_disk(hf_env.cache) == []
+
+
+def test_a_remote_bin_cannot_make_the_header_read_unbounded(
+    stand_in_hub: StandInHub, hf_env: HfEnv, cli: Run, tmp_path: Path
+) -> None:
+    """A .bin whose end-of-central-directory record declares a directory of 100 MB: the header
+    read refuses it instead of fetching (and holding) that much."""
+    folder = tmp_path / "hostile"
+    write_checkpoint(
+        folder, PythiaShape(n_layers=1, d_model=32, n_heads=2, d_vocab=64), layout="bin"
+    )
+    weights = folder / "pytorch_model.bin"
+    data = bytearray(weights.read_bytes())
+    eocd = data.rfind(b"PK\x05\x06")
+    data[eocd + 12 : eocd + 16] = (100 << 20).to_bytes(4, "little")  # size of the directory
+    data[eocd + 16 : eocd + 20] = (0).to_bytes(4, "little")  # where it starts
+    # 120 MB of room before the record, so that the "directory" lies within the file.
+    weights.write_bytes(bytes(data[:eocd]) + bytes(120 << 20) + bytes(data[eocd:]))
+    stand_in_hub.add_revision(REPO, "main", folder)
+    stand_in_hub.clear_requests()
+    status, _, stderr = cli(["plan", REPO])
+    assert status == 1, stderr
+    assert len(stderr.strip().splitlines()) == 1, stderr
+    assert stand_in_hub.served_bytes("pytorch_model.bin") < 20 << 20

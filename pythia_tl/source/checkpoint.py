@@ -21,7 +21,7 @@ import torch
 from pythia_tl.dtypes import tensor_bytes
 from pythia_tl.errors import CheckpointError
 from pythia_tl.formats.safetensors import LENGTH_BYTES, header_length, parse_header
-from pythia_tl.formats.torch_bin import is_little_endian, load_bin
+from pythia_tl.formats.torch_bin import MAX_PICKLE_BYTES, is_little_endian, load_bin
 from pythia_tl.source.config import NeoXConfig, read_config
 from pythia_tl.source.layouts import LAYOUTS, MAX_SHARDS, Format, load_weight_map, weight_files_for
 from pythia_tl.source.mapped import Span, check_span, contiguous_stride
@@ -223,6 +223,8 @@ def _bin_headers(file: Path | RemoteFile) -> Iterator[TensorInfo]:
 # Bytes read at a remote .bin file's end: its end-of-central-directory record and, for Pythia's
 # files (a few hundred records), the whole central directory.
 _TAIL_BYTES = 1 << 16
+# Far more records than a checkpoint's archive holds (one per tensor, plus a few).
+_MAX_RECORDS = 1 << 16
 # A local file header: 30 bytes, the name, and an extra field (torch pads data to 64 bytes).
 _LOCAL_HEADER_BYTES = 30 + 256 + 128
 
@@ -239,10 +241,20 @@ def bin_index(file: RemoteFile) -> SparseFile:
             records = archive.infolist()
     except (OSError, zipfile.BadZipFile) as exc:
         raise CheckpointError(f"{file.where}: not a readable PyTorch checkpoint ({exc})") from None
+    if len(records) > _MAX_RECORDS:
+        raise CheckpointError(
+            f"{file.where}: its archive lists {len(records)} records, more than the "
+            f"{_MAX_RECORDS} allowed"
+        )
     spans = []
     for record in records:
         end = record.header_offset + _LOCAL_HEADER_BYTES
         if record.filename.endswith("/data.pkl"):
+            if record.compress_size > MAX_PICKLE_BYTES:
+                raise CheckpointError(
+                    f"{file.where}: its pickle holds {record.compress_size} bytes, more than the "
+                    f"{MAX_PICKLE_BYTES} allowed"
+                )
             end += record.compress_size
         spans.append((record.header_offset, min(end, file.size)))
     sparse.prefetch(spans)

@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 from huggingface_hub.errors import HfHubHTTPError
 
-from pythia_tl.errors import SourceError
+from pythia_tl.errors import CheckpointError, SourceError
 
 # Bytes per request: large enough that request overhead is small, small enough that a retry
 # after a dropped connection repeats little.
@@ -152,11 +152,19 @@ def stream(
 class SparseFile(io.RawIOBase):
     """A seekable read-only view of a remote file of which some ranges were fetched up front;
     reading anywhere else fetches that range (so parsers that seek, such as ``zipfile`` and
-    ``torch.load``, work unchanged, at the cost of a request per miss)."""
+    ``torch.load``, work unchanged, at the cost of a request per miss). A miss larger than
+    ``max_miss`` bytes is refused: the file's own (untrusted) directory must not make us fetch
+    and hold gigabytes."""
 
-    def __init__(self, file: RemoteFile, ranges: Iterable[tuple[int, bytes]] = ()) -> None:
+    def __init__(
+        self,
+        file: RemoteFile,
+        ranges: Iterable[tuple[int, bytes]] = (),
+        max_miss: int = 16 << 20,
+    ) -> None:
         super().__init__()
         self.file = file
+        self.max_miss = max_miss
         self._position = 0
         self._starts: list[int] = []
         self._pieces: list[bytes] = []
@@ -200,6 +208,11 @@ class SparseFile(io.RawIOBase):
             return 0
         data = self._cached(self._position, end)
         if data is None:
+            if end - self._position > self.max_miss:
+                raise CheckpointError(
+                    f"{self.file.where}: asked to read {end - self._position} bytes at byte "
+                    f"{self._position} for its headers, more than the {self.max_miss} allowed"
+                )
             data = self.file.read(self._position, end)
             self._add(self._position, data)
         view[: len(data)] = data
