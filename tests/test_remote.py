@@ -92,6 +92,8 @@ def test_plan_fetches_headers_only(
     folder = tmp_path / "big"
     shape = PythiaShape(n_layers=2, d_model=256, n_heads=4, d_vocab=4096)  # ~ 7 MB of weights
     write_checkpoint(folder, shape, layout=layout, shard_bytes=2 << 20)
+    # A Pythia repository's tokenizer.json is about 2 MB: a plan has no use for it.
+    (folder / "tokenizer.json").write_text(json.dumps({"model": {"vocab": "x" * (2 << 20)}}))
     stand_in_hub.add_revision(REPO, "main", folder)
     stand_in_hub.clear_requests()
     status, stdout, stderr = cli(["plan", REPO, "--json"])
@@ -101,6 +103,7 @@ def test_plan_fetches_headers_only(
     fetched = sum(stand_in_hub.served_bytes(p.name) for p in weights)
     assert fetched <= header_bytes(folder) + (1 << 20)
     assert fetched < sum(p.stat().st_size for p in weights) / 5
+    assert stand_in_hub.served_bytes() <= header_bytes(folder) + (1 << 20)  # every file
     assert weights_on_disk(hf_env.cache) == []
 
 

@@ -109,7 +109,7 @@ def estimate(request: BatchRequest, work: WorkList) -> BatchCost:
 def _conversion_cost(
     request: BatchRequest, item: WorkItem, listing: RevisionListing
 ) -> RevisionCost:
-    fetched = download_revision(listing, request.cache_dir, weights=False)
+    fetched = download_revision(listing, request.cache_dir, weights=False, tokenizer=False)
     source = open_hub_revision(item.model, fetched)
     options = request.options
     full = plan_conversion(source.checkpoint, options.dtype)

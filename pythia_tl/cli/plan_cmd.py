@@ -49,6 +49,7 @@ def plan(
         step=step,
         cache_dir=cache_dir,
         checkpoint_index=checkpoint_index,
+        tokenizer=False,
     )
     planned = plan_conversion(resolved.checkpoint, choice.dtype)
     out = plan_output(planned, processing, choice.selection)

@@ -96,16 +96,22 @@ class HubRevision:
 
 
 def fetch_revision(
-    repo_id: str, revision: str, cache_dir: Path | None = None, *, weights: bool = True
+    repo_id: str,
+    revision: str,
+    cache_dir: Path | None = None,
+    *,
+    weights: bool = True,
+    tokenizer: bool = True,
 ) -> HubRevision:
     """config.json and the weights of ``repo_id`` at ``revision``: downloaded into the cache
     (``weights``), or left on the Hub to be read by ranges; found in the cache when they are
-    there already, and when the Hub cannot be asked."""
+    there already, and when the Hub cannot be asked. ``tokenizer``: also the revision's small
+    tokenizer files (for a conversion; planning or verifying needs none)."""
     try:
         listing = describe_revision(repo_id, revision)
     except HubUnreachable as exc:
         return _from_cache(repo_id, revision, cache_dir, exc.why)
-    return download_revision(listing, cache_dir, weights=weights)
+    return download_revision(listing, cache_dir, weights=weights, tokenizer=tokenizer)
 
 
 def describe_revision(repo_id: str, revision: str) -> RevisionListing:
@@ -141,11 +147,15 @@ def describe_revision(repo_id: str, revision: str) -> RevisionListing:
 
 
 def download_revision(
-    listing: RevisionListing, cache_dir: Path | None = None, *, weights: bool = True
+    listing: RevisionListing,
+    cache_dir: Path | None = None,
+    *,
+    weights: bool = True,
+    tokenizer: bool = True,
 ) -> HubRevision:
     """Download config.json and the weight files of a listed revision (cached ones are reused);
     without ``weights``, only config.json and the index: the weight files not cached are left on
-    the Hub, to be read by ranges."""
+    the Hub, to be read by ranges. ``tokenizer``: also its tokenizer files (a few MB)."""
     repo_id, revision, commit = listing.repo_id, listing.revision, listing.commit
 
     def download(filename: str, at: str = commit) -> Path:
@@ -194,7 +204,9 @@ def download_revision(
                 download(name)
         # The tokenizer travels with the weights: a file converted from this revision can then
         # be loaded with its tokenizer offline.
-        tokenizer_files = tuple(name for name in TOKENIZER_FILES if name in listing.files)
+        tokenizer_files = tuple(
+            name for name in TOKENIZER_FILES if tokenizer and name in listing.files
+        )
         for name in tokenizer_files:
             download(name)
     sha256 = {name: listing.lfs_sha256[name] for name in names if name in listing.lfs_sha256}

@@ -44,13 +44,15 @@ def resolve_source(
     checkpoint_index: int | None = None,
     *,
     download: bool = False,
+    tokenizer: bool = True,
 ) -> ResolvedSource:
     """Open ``source``: a folder, a Hub repo id, or a short name such as ``pythia-70m``.
 
     ``checkpoint_index`` is TransformerLens' ``checkpoint_index``: an index into the model's
     checkpoint schedule (-1 the last). A Hub revision's weights are read from the cache when they
     are there; otherwise they are downloaded into it (``download``) or read from the Hub by
-    byte ranges, headers first, without being stored.
+    byte ranges, headers first, without being stored. ``tokenizer``: also put the revision's
+    tokenizer files in the cache, as a conversion does (planning and verifying pass False).
     """
     given = {"revision": revision, "step": step, "checkpoint_index": checkpoint_index}
     chosen = [Param(name) for name, value in given.items() if value is not None]
@@ -71,7 +73,9 @@ def resolve_source(
     if checkpoint_index is not None:
         step = checkpoint_schedule(model).at_index(checkpoint_index).step
     rev = step_revision(step, model) if step is not None else (revision or "main")
-    return open_hub_revision(model, fetch_revision(model.repo_id, rev, cache_dir, weights=download))
+    return open_hub_revision(
+        model, fetch_revision(model.repo_id, rev, cache_dir, weights=download, tokenizer=tokenizer)
+    )
 
 
 def open_hub_revision(model: ModelName, fetched: HubRevision) -> ResolvedSource:

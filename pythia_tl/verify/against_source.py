@@ -62,7 +62,7 @@ def locate_source(recorded: ConversionRecord, request: SourceRequest) -> Resolve
                 )
             return resolve_source(recorded.source)
         return resolve_source(
-            recorded.source, revision=recorded.commit, cache_dir=request.cache_dir
+            recorded.source, revision=recorded.commit, cache_dir=request.cache_dir, tokenizer=False
         )
     revision = request.revision
     chose = request.step is not None or request.checkpoint_index is not None
@@ -74,6 +74,7 @@ def locate_source(recorded: ConversionRecord, request: SourceRequest) -> Resolve
         step=request.step,
         cache_dir=request.cache_dir,
         checkpoint_index=request.checkpoint_index,
+        tokenizer=False,
     )
 
 
