@@ -16,8 +16,8 @@ from pythia_tl.errors import CheckpointError
 from pythia_tl.mapping.plan import plan_conversion
 from pythia_tl.source import checkpoint as checkpoint_module
 from pythia_tl.source.checkpoint import open_checkpoint
-from pythia_tl.source.mapped import Span, check_span, contiguous_stride
 from pythia_tl.source.reader import TensorReader
+from pythia_tl.source.spans import Span, check_span, contiguous_stride
 from pythia_tl.source.weight_file import WeightFile
 
 

@@ -64,10 +64,6 @@ class SourceHashes:
             future.cancel()
         self._pool.shutdown(wait=True)
 
-    @property
-    def names(self) -> tuple[str, ...]:
-        return tuple(file.name for file in self._files)
-
     def digests(self) -> dict[str, str]:
         """Every file's sha256 (waits for the hashing to finish)."""
         return {name: future.result() for name, future in self._futures.items()}

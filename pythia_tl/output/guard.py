@@ -8,20 +8,11 @@ paths, so a symbolic link, a hard link or ``..`` cannot make an output land on a
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterable
 from pathlib import Path
 
 from pythia_tl.errors import OutputError
-
-# Names a checkpoint folder is read by: its config, the four weight layouts and their shards.
-SOURCE_FILE_NAMES = re.compile(
-    r"config\.json"
-    r"|model\.safetensors(\.index\.json)?"
-    r"|pytorch_model\.bin(\.index\.json)?"
-    r"|model-\d+-of-\d+\.safetensors"
-    r"|pytorch_model-\d+-of-\d+\.bin"
-)
+from pythia_tl.source.layouts import is_layout_name
 
 
 def check_not_source(target: Path, source_files: Iterable[Path], source_folder: Path) -> None:
@@ -34,7 +25,7 @@ def check_not_source(target: Path, source_files: Iterable[Path], source_folder: 
                 "there would destroy the checkpoint (choose another output path)"
             )
     for folder, name in _places(target):
-        if SOURCE_FILE_NAMES.fullmatch(name) and _same_file(folder, source_folder):
+        if is_layout_name(name) and _same_file(folder, source_folder):
             raise OutputError(
                 f"{target}: a {name} in the source folder {source_folder} would change how the "
                 "checkpoint reads (choose another output path)"

@@ -34,8 +34,15 @@ _FLUSH_BYTES = 64 << 20
 
 def output_size(entries: Sequence[TensorEntry], reserve_metadata: Mapping[str, str]) -> int:
     """The size of the file ``write_safetensors`` writes for ``entries``."""
-    header_size = len(encode_header(entries, reserve_metadata)) + _HEADER_SLACK
-    return LENGTH_BYTES + header_size + sum(entry.nbytes for entry in entries)
+    return LENGTH_BYTES + _header_size(entries, reserve_metadata) + _data_size(entries)
+
+
+def _header_size(entries: Sequence[TensorEntry], reserve_metadata: Mapping[str, str]) -> int:
+    return len(encode_header(entries, reserve_metadata)) + _HEADER_SLACK
+
+
+def _data_size(entries: Sequence[TensorEntry]) -> int:
+    return sum(entry.nbytes for entry in entries)
 
 
 def write_safetensors(
@@ -59,8 +66,7 @@ def write_safetensors(
         raise exists_error(target)
     if overwrite:
         check_replaceable(target)
-    header_size = len(encode_header(entries, reserve_metadata)) + _HEADER_SLACK
-    total = sum(entry.nbytes for entry in entries)
+    header_size, total = _header_size(entries, reserve_metadata), _data_size(entries)
     remove_stale_temporaries(target.parent)
     try:
         with atomic_path(target, overwrite=overwrite) as temp:
@@ -79,7 +85,8 @@ def write_safetensors(
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise OutputError(
-                f"{target}: no space left on device for the {LENGTH_BYTES + header_size + total:,}"
+                f"{target}: no space left on device for the "
+                f"{LENGTH_BYTES + header_size + total:,}"
                 "-byte output (the partial file was removed)"
             ) from None
         raise OutputError(f"{target}: write failed ({_reason(exc)})") from None

@@ -24,8 +24,8 @@ from pythia_tl.formats.safetensors import LENGTH_BYTES, header_length, parse_hea
 from pythia_tl.formats.torch_bin import MAX_PICKLE_BYTES, is_little_endian, load_bin
 from pythia_tl.source.config import NeoXConfig, read_config
 from pythia_tl.source.layouts import LAYOUTS, MAX_SHARDS, Format, load_weight_map, weight_files_for
-from pythia_tl.source.mapped import Span, check_span, contiguous_stride
 from pythia_tl.source.remote import RemoteFile, SparseFile
+from pythia_tl.source.spans import Span, check_span, contiguous_stride
 
 
 @dataclass(frozen=True)

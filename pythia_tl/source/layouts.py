@@ -7,6 +7,7 @@ revision needs no torch.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -24,6 +25,19 @@ LAYOUTS: tuple[tuple[Format, str, str], ...] = (
     ("safetensors", "model.safetensors", "model.safetensors.index.json"),
     ("bin", "pytorch_model.bin", "pytorch_model.bin.index.json"),
 )
+
+
+def is_layout_name(name: str) -> bool:
+    """Whether a checkpoint folder is read by a file of this name: config.json, a layout's single
+    or index file, or one of its shards (``model-00001-of-00003.safetensors``)."""
+    if name == "config.json" or any(name in (single, index) for _, single, index in LAYOUTS):
+        return True
+    for _, single, _ in LAYOUTS:
+        stem, _, suffix = single.rpartition(".")
+        shard = re.fullmatch(rf"{re.escape(stem)}-\d+-of-\d+\.{re.escape(suffix)}", name)
+        if shard is not None:
+            return True
+    return False
 
 
 def weight_files_for(filenames: set[str]) -> tuple[Format, list[str]] | None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from pythia_tl.errors import CheckpointError
-from pythia_tl.source.mapped import Span
+from pythia_tl.source.spans import Span
 
 # Bytes per read call: small enough that a signal is handled promptly between calls.
 _READ_BYTES = 64 << 20

@@ -18,7 +18,7 @@ import torch
 
 from pythia_tl.errors import CheckpointError, OutputFileError
 from pythia_tl.formats.safetensors import LENGTH_BYTES, header_length, parse_header
-from pythia_tl.source.mapped import Span, contiguous_stride
+from pythia_tl.source.spans import Span, contiguous_stride
 from pythia_tl.source.weight_file import WeightFile
 
 
