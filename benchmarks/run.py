@@ -375,7 +375,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
 def measure_baseline(cache: Path, runs: int) -> Measurement:
     """Wall time and peak RSS of a Python that only imports torch and pythia-tl (the price of
     starting, paid by every conversion)."""
-    code = "import torch, pythia_tl.cli, pythia_tl.engine"
+    code = "import torch, pythia_tl.cli, pythia_tl.engine.convert"
     return median(
         [measure([sys.executable, "-c", code], cache / "baseline.log") for _ in range(runs)]
     )

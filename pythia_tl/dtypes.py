@@ -1,7 +1,8 @@
 """The dtypes pythia-tl knows: one row each, with every name the formats give it.
 
-torch is imported only when a torch dtype is asked for: commands that convert nothing (``inspect``,
-``checkpoints``, ``--help``) read this table without paying for torch's import.
+Headers, plans and metadata speak in ``DType``; torch is imported only when a torch dtype is asked
+for, so commands that convert nothing (``inspect``, ``checkpoints``, ``plan`` of safetensors) never
+pay for torch's import.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class DType:
     """One dtype: its name (as the ``dtype`` option, the metadata and torch spell it), the
-    safetensors header's code and the bytes of one element."""
+    safetensors header's code, and the bytes of one element."""
 
     name: str
     safetensors: str
@@ -32,9 +33,8 @@ class DType:
         dtype: torch.dtype = getattr(torch, self.name)
         return dtype
 
-    @property
-    def is_float(self) -> bool:
-        return self.torch.is_floating_point
+    def __str__(self) -> str:
+        return self.name
 
 
 DTYPES: tuple[DType, ...] = (
@@ -53,6 +53,7 @@ DTYPES: tuple[DType, ...] = (
 BY_NAME = {dtype.name: dtype for dtype in DTYPES}
 BY_SAFETENSORS = {dtype.safetensors: dtype for dtype in DTYPES}
 
+FLOAT32 = BY_NAME["float32"]
 # What a converted file may hold (and ``dtype`` may ask for), in the order help texts list them.
 OUTPUT_DTYPES: tuple[DType, ...] = (BY_NAME["float32"], BY_NAME["float16"], BY_NAME["bfloat16"])
 OUTPUT_DTYPE_NAMES: tuple[str, ...] = tuple(dtype.name for dtype in OUTPUT_DTYPES)
@@ -64,28 +65,11 @@ def by_torch() -> dict[torch.dtype, DType]:
     return {dtype.torch: dtype for dtype in DTYPES}
 
 
-if TYPE_CHECKING:
-    BY_TORCH: dict[torch.dtype, DType]
+def of_torch(dtype: torch.dtype) -> DType | None:
+    """The row of a torch dtype (None: not one pythia-tl knows)."""
+    return by_torch().get(dtype)
 
 
-def __getattr__(name: str) -> object:
-    # ``BY_TORCH`` is built on first use, so that importing this module does not import torch.
-    if name == "BY_TORCH":
-        return by_torch()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    """``torch.float16`` -> ``"float16"`` (any torch dtype, known here or not)."""
-    known = by_torch().get(dtype)
-    return known.name if known is not None else str(dtype).removeprefix("torch.")
-
-
-def safetensors_code(dtype: torch.dtype) -> str:
-    """``torch.float16`` -> ``"F16"``."""
-    return by_torch()[dtype].safetensors
-
-
-def tensor_bytes(dtype: torch.dtype, shape: Iterable[int]) -> int:
+def tensor_bytes(dtype: DType, shape: Iterable[int]) -> int:
     """The bytes a contiguous tensor of ``dtype`` and ``shape`` takes."""
     return dtype.itemsize * math.prod(shape)

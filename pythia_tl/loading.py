@@ -67,7 +67,7 @@ def load(
             " to load it with the other weights left at their initial values",
         )
     cfg = dict(record.tl_config)
-    cfg["dtype"] = _torch_dtype(dtype) if dtype is not None else record.dtype
+    cfg["dtype"] = _torch_dtype(dtype) if dtype is not None else record.dtype.torch
     if device is not None:
         cfg["device"] = str(device)
     cfg.update(_checkpoint_fields(record.source, record.revision))

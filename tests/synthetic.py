@@ -23,7 +23,7 @@ from typing import Literal
 
 import torch
 
-from pythia_tl.dtypes import BY_TORCH
+from pythia_tl.dtypes import by_torch
 
 Layout = Literal["safetensors", "safetensors-sharded", "bin", "bin-sharded"]
 ConfigStyle = Literal["hub", "v5"]
@@ -92,7 +92,7 @@ class PythiaShape:
             "hidden_dropout": 0.0,
             "use_cache": True,
         }
-        dtype_name = BY_TORCH[dtype].name
+        dtype_name = by_torch()[dtype].name
         if style == "hub":
             config["rotary_pct"] = self.rotary_pct
             config["rotary_emb_base"] = ROTARY_BASE
@@ -263,7 +263,7 @@ def _write_safetensors(path: Path, specs: list[_Spec], shape: PythiaShape, seed:
     for spec in specs:
         end = offset + spec.nbytes
         header[spec.name] = {
-            "dtype": BY_TORCH[spec.dtype].safetensors,
+            "dtype": by_torch()[spec.dtype].safetensors,
             "shape": list(spec.shape),
             "data_offsets": [offset, end],
         }

@@ -17,7 +17,7 @@ from safetensors import safe_open
 from synthetic import PythiaShape, write_checkpoint
 from transformers import GPTNeoXForCausalLM
 
-from pythia_tl.engine import convert
+from pythia_tl.engine.convert import convert
 from pythia_tl.source import resolve_source
 
 transformer_lens = pytest.importorskip("transformer_lens")

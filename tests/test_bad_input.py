@@ -164,6 +164,33 @@ def test_extra_weight(cli: Run, ckpt, tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("layout", "dtype", "fragment"),
+    [
+        ("bin", torch.int32, "has dtype int32, expected a float dtype"),
+        ("safetensors", torch.int32, "has dtype int32, expected a float dtype"),
+        ("bin", torch.complex64, "has dtype complex64, which pythia-tl does not read"),
+    ],
+)
+def test_a_weight_that_is_not_a_float(
+    layout: str, dtype: torch.dtype, fragment: str, cli: Run, ckpt, tmp_path: Path
+) -> None:
+    from safetensors.torch import load_file, save_file
+
+    folder = ckpt(layout)
+    name = "gpt_neox.layers.0.attention.dense.bias"
+    if layout == "bin":
+        state = torch.load(folder / "pytorch_model.bin", weights_only=True)
+        state[name] = state[name].to(dtype)
+        torch.save(state, folder / "pytorch_model.bin")
+    else:
+        state = load_file(folder / "model.safetensors")
+        state[name] = state[name].to(dtype)
+        save_file(state, folder / "model.safetensors")
+    result = cli(["plan", str(folder)])
+    assert_fails_cleanly(result, tmp_path, 1, name, fragment)
+
+
 def test_output_folder_that_does_not_exist(
     cli: Run, tiny_checkpoints: TinyCheckpoints, tmp_path: Path
 ) -> None:

@@ -23,7 +23,7 @@ from hub_server import StandInHub
 from safetensors.torch import load_file
 
 from pythia_tl.cli import main
-from pythia_tl.engine import convert
+from pythia_tl.engine.convert import convert
 from pythia_tl.source import resolve_source
 
 MODELS = ["pythia-70m", "pythia-160m"]

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from pythia_tl.batch.dedupe import link_output, weights_key
 from pythia_tl.batch.resume import Requirements, judge_existing
-from pythia_tl.engine import ConvertOptions, convert
+from pythia_tl.engine.convert import ConvertOptions, convert
 from pythia_tl.processing import Processing
 from pythia_tl.source import resolve_source
 

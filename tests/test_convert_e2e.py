@@ -14,7 +14,7 @@ from synthetic import PythiaShape, write_checkpoint
 from tl_reference import tl_forward
 from transformers import GPTNeoXForCausalLM
 
-from pythia_tl.engine import ConvertOptions, convert
+from pythia_tl.engine.convert import ConvertOptions, convert
 from pythia_tl.source import resolve_source
 
 ATOL = 1e-4

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pythia_tl.dtypes import BY_SAFETENSORS as DTYPES
-from pythia_tl.engine import convert
+from pythia_tl.engine.convert import convert
 from pythia_tl.errors import CheckpointError
 from pythia_tl.formats.safetensors import (
     LENGTH_BYTES,

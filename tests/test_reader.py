@@ -11,6 +11,7 @@ import torch
 from safetensors import safe_open
 from synthetic import LAYOUTS
 
+from pythia_tl.dtypes import BY_NAME
 from pythia_tl.engine.pipeline import convert_tensors
 from pythia_tl.errors import CheckpointError
 from pythia_tl.mapping.plan import plan_conversion
@@ -87,7 +88,7 @@ def test_bin_without_storage_offsets_is_read_through_torch(
 
 
 def test_check_span_refuses_ranges_outside_the_file_or_storage() -> None:
-    f16 = torch.float16
+    f16 = BY_NAME["float16"]
     assert check_span(Span(0, 24, (3, 1)), (4, 3), f16, 24) is None
     assert "outside the file" in str(check_span(Span(8, 24, (3, 1)), (4, 3), f16, 24))
     assert "outside the file" in str(check_span(Span(-2, 4, (1,)), (2,), f16, 24))
@@ -160,7 +161,7 @@ def test_converted_tensors_widen_losslessly_only(tiny_checkpoints, dtype, expect
     with TensorReader(checkpoint) as reader:
         for planned, tensor in convert_tensors(plan, reader):
             # Tensors with no source (the zero unembedding bias) are made in the output dtype.
-            assert tensor.dtype == (expected if planned.source else plan.dtype), planned.key
+            assert tensor.dtype == (expected if planned.source else plan.dtype.torch), planned.key
             if planned.key == "embed.W_E":
                 assert torch.equal(tensor, sources["gpt_neox.embed_in.weight"].to(expected))
 
@@ -170,9 +171,9 @@ def test_a_closed_or_shrunk_file_refuses_to_read(tmp_path: Path) -> None:
     path.write_bytes(bytes(64))
     opened = WeightFile(path)
     with pytest.raises(CheckpointError, match=r"w\.bin: ends at byte 64, before the 64 bytes"):
-        opened.tensor(Span(32, 64, (1,)), (64,), torch.uint8)
-    view = opened.tensor(Span(0, 64, (1,)), (64,), torch.uint8)
+        opened.tensor(Span(32, 64, (1,)), (64,), BY_NAME["uint8"])
+    view = opened.tensor(Span(0, 64, (1,)), (64,), BY_NAME["uint8"])
     opened.close()
     assert int(view.sum()) == 0  # a tensor read before closing stays readable
     with pytest.raises(CheckpointError, match="read after its reader was closed"):
-        opened.tensor(Span(0, 64, (1,)), (64,), torch.uint8)
+        opened.tensor(Span(0, 64, (1,)), (64,), BY_NAME["uint8"])

@@ -62,6 +62,9 @@ def test_commands_that_convert_nothing_do_not_import_torch(
         ["inspect", str(out)],
         ["inspect", str(out), "--json"],
         ["inspect", str(out), "--config"],
+        ["plan", str(tiny_checkpoints["safetensors"])],
+        ["plan", str(tiny_checkpoints["safetensors-sharded"]), "--process", "--json"],
+        ["plan", str(tiny_checkpoints["v5-lm_head"]), "--layers", "0", "--dtype", "float32"],
     ):
         result = subprocess.run(
             [sys.executable, "-c", TORCH_PROBE, *args],

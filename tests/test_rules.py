@@ -1,4 +1,5 @@
-"""Rules: shapes from shapes alone (checked by einops), the computation, and running backwards."""
+"""Rules: shapes from the pattern alone (as einops computes them), the computation, and running
+backwards."""
 
 from __future__ import annotations
 
@@ -28,7 +29,6 @@ def test_planned_shapes_equal_computed_shapes(n_heads: int, d_head: int) -> None
     sizes = dims(n_heads, d_head)
     d_model = sizes["d_model"]
     assert QKV.source_shape(sizes) == (3 * d_model, d_model)
-    QKV.check(sizes)
     outputs = QKV.apply(torch.randn(3 * d_model, d_model), sizes)
     assert [tuple(o.shape) for o in outputs] == [QKV.output_shape(sizes)] * 3
     assert QKV.output_shape(sizes) == (n_heads, d_model, d_head)
@@ -63,6 +63,34 @@ def test_shape_errors_are_reported_before_any_data() -> None:
         Rule("x", "a b -> b a", ("y", "z"))
     with pytest.raises(RuleError, match="does not fit"):
         Rule(None, "a -> a", ("y",))
+
+
+@pytest.mark.parametrize(
+    ("pattern", "reason"),
+    [
+        ("(a b -> a b", "unclosed"),
+        ("a ... -> a", "unexpected '.'"),
+        ("a 1 -> a", "unexpected '1'"),
+        ("a a -> a", "twice"),
+        ("a b -> a", "same axes"),
+        ("((a b) c) -> a b c", "unexpected '\\('"),
+    ],
+)
+def test_patterns_beyond_axes_and_groups_are_refused(pattern: str, reason: str) -> None:
+    with pytest.raises(RuleError, match=reason):
+        Rule("x", pattern, ("y",))
+
+
+@pytest.mark.parametrize("rule", [QKV, W_O, W_IN])
+def test_shapes_read_from_the_pattern_are_the_ones_einops_computes(rule: Rule) -> None:
+    sizes = dims(3, 5)
+    source = torch.empty(rule.source_shape(sizes), device="meta")
+    outputs = rule.apply(source, sizes)
+    assert [tuple(o.shape) for o in outputs] == [rule.output_shape(sizes)] * len(rule.outputs)
+    # einops names a wrong shape instead of guessing from it
+    wrong = torch.empty((rule.source_shape(sizes)[0] + 1, *rule.source_shape(sizes)[1:]))
+    with pytest.raises(RuleError, match="does not fit"):
+        rule.apply(wrong.to("meta"), sizes)
 
 
 def test_zeros_read_no_source_take_the_requested_dtype_and_give_nothing_back() -> None:

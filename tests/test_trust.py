@@ -24,7 +24,8 @@ from conftest import REPO_ROOT, HfEnv, Run, TinyCheckpoints
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from pythia_tl.engine import ConvertOptions, convert, hashing
+from pythia_tl.engine import hashing
+from pythia_tl.engine.convert import ConvertOptions, convert
 from pythia_tl.errors import CheckpointError, OutputError
 from pythia_tl.output.atomic import remove_stale_temporaries, temp_path_for
 from pythia_tl.output.metadata import parse_metadata, read_output

@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from pythia_tl.dtypes import by_torch
 from pythia_tl.errors import OutputError
 from pythia_tl.formats.safetensors import TensorEntry
 from pythia_tl.output.writer import write_safetensors
@@ -20,7 +21,7 @@ TENSORS = {
     "c": torch.arange(12, dtype=torch.float16).reshape(2, 2, 3).transpose(0, 2),  # not contiguous
     "scalar": torch.tensor(2.5),
 }
-ENTRIES = [TensorEntry(name, t.dtype, tuple(t.shape)) for name, t in TENSORS.items()]
+ENTRIES = [TensorEntry(name, by_torch()[t.dtype], tuple(t.shape)) for name, t in TENSORS.items()]
 
 
 Named = tuple[str, torch.Tensor]

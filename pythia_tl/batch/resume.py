@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 from pythia_tl import CONVERTER_NAME
-from pythia_tl.engine import ConvertOptions
+from pythia_tl.engine.convert import ConvertOptions
 from pythia_tl.errors import OutputFileError
 from pythia_tl.mapping.selection import EVERY_TENSOR, Selection
 from pythia_tl.output.metadata import NONFINITE_KEY, read_output

@@ -12,7 +12,7 @@ from pythia_tl.batch.dedupe import link_output
 from pythia_tl.batch.resume import ExistingOutput
 from pythia_tl.batch.summary import FileIdentity, RevisionResult
 from pythia_tl.batch.work import WorkItem
-from pythia_tl.engine import ConvertOptions, convert
+from pythia_tl.engine.convert import ConvertOptions, convert
 from pythia_tl.errors import PythiaTLError
 from pythia_tl.output.metadata import read_output
 from pythia_tl.source import open_hub_revision

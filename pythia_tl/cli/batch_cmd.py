@@ -105,7 +105,7 @@ def batch(
 ) -> None:
     """Convert many models and training steps; rerunning skips every output already done."""
     from pythia_tl.batch import BatchRequest, list_work, parse_shard, parse_step_spec, run_batch
-    from pythia_tl.engine import ConvertOptions
+    from pythia_tl.engine.convert import ConvertOptions
 
     request = BatchRequest(
         models=tuple(hub_model(model, "batch") for model in models),

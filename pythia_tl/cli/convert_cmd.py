@@ -63,8 +63,8 @@ def convert(
 
     A Hub revision not in the cache is streamed: converted while its bytes arrive, and not
     stored (unless --keep-downloads)."""
-    from pythia_tl.engine import ConvertOptions, default_output_name
-    from pythia_tl.engine import convert as run_conversion
+    from pythia_tl.engine.convert import ConvertOptions, default_output_name
+    from pythia_tl.engine.convert import convert as run_conversion
     from pythia_tl.source import resolve_source
 
     given = None if output is None else Path(output)

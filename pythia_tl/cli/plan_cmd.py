@@ -18,7 +18,6 @@ from pythia_tl.cli.options import (
     with_output_options,
 )
 from pythia_tl.cli.tables import print_table
-from pythia_tl.dtypes import dtype_name
 
 if TYPE_CHECKING:
     from pythia_tl.engine.output_plan import OutputPlan
@@ -59,10 +58,10 @@ def plan(
             "key": t.key,
             "source": t.source,
             "source_shape": list(t.source_shape) if t.source else None,
-            "source_dtype": dtype_name(t.source_dtype) if t.source_dtype else None,
+            "source_dtype": t.source_dtype.name if t.source_dtype else None,
             "ops": list(t.ops),
             "shape": list(t.shape),
-            "dtype": dtype_name(t.dtype),
+            "dtype": t.dtype.name,
             "processing": list(written.passes_for(t.key)),
         }
         for t in out.tensors
@@ -89,7 +88,7 @@ def plan(
         row = [
             t.key,
             str(list(t.shape)),
-            dtype_name(t.dtype),
+            t.dtype.name,
             t.source or "-",
             str(list(t.source_shape)) if t.source else "-",
             " -> ".join(t.ops) or "as is",

@@ -1,5 +1,3 @@
-"""The conversion engine: copy kernels, the buffer pool, the streaming pipeline and ``convert``."""
-
-from pythia_tl.engine.convert import ConversionResult, ConvertOptions, convert, default_output_name
-
-__all__ = ["ConversionResult", "ConvertOptions", "convert", "default_output_name"]
+"""The conversion engine: copy kernels, the buffer pool, the streaming pipeline and ``convert``
+(``pythia_tl.engine.convert``). Nothing is imported here, so that planning an output
+(``output_plan``) does not import torch."""

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import torch
 
-from pythia_tl.dtypes import dtype_name
 from pythia_tl.engine.finite import refuse_nonfinite
 from pythia_tl.engine.hashing import file_sha256
 from pythia_tl.engine.output_plan import plan_output
@@ -146,7 +145,7 @@ def convert(
         source=provenance.source,
         revision=provenance.revision,
         commit=provenance.commit,
-        dtype=dtype_name(full.dtype),
+        dtype=full.dtype.name,
         processing=processing.passes,
     )
 

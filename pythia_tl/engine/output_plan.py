@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from pythia_tl.mapping.plan import ConversionPlan, PlannedTensor
 from pythia_tl.mapping.selection import EVERY_TENSOR, Selection
 from pythia_tl.processing import Processing, ProcessingPlan, plan_processing
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)

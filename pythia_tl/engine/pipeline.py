@@ -92,8 +92,11 @@ def _convert(source: PlannedSource, reader: Reader, pool: BufferPool) -> list[Co
 
 def _working_dtype(planned: PlannedTensor) -> torch.dtype:
     """The output dtype when casting to it loses nothing (a wider float), else the source's."""
-    source, output = planned.source_dtype, planned.dtype
-    if source is None or (
+    output = planned.dtype.torch
+    if planned.source_dtype is None:
+        return output
+    source = planned.source_dtype.torch
+    if (
         source.is_floating_point
         and output.is_floating_point
         and torch.promote_types(source, output) == output
@@ -104,4 +107,4 @@ def _working_dtype(planned: PlannedTensor) -> torch.dtype:
 
 def finish(tensor: torch.Tensor, planned: PlannedTensor) -> torch.Tensor:
     """Cast to the output dtype and lay out contiguously (a no-op when already so)."""
-    return tensor.to(planned.dtype).contiguous()
+    return tensor.to(planned.dtype.torch).contiguous()

@@ -20,9 +20,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import torch
-
-from pythia_tl.dtypes import BY_SAFETENSORS, safetensors_code, tensor_bytes
+from pythia_tl.dtypes import BY_SAFETENSORS, DType, tensor_bytes
 from pythia_tl.errors import CheckpointError
 
 LENGTH_BYTES = 8
@@ -39,7 +37,7 @@ class HeaderTensor:
     """One tensor of a header: its dtype, shape, and byte range relative to the data area."""
 
     name: str
-    dtype: torch.dtype
+    dtype: DType
     shape: tuple[int, ...]
     begin: int
     end: int
@@ -57,7 +55,7 @@ class TensorEntry:
     """A tensor to be written: its name, dtype and shape."""
 
     name: str
-    dtype: torch.dtype
+    dtype: DType
     shape: tuple[int, ...]
 
     @property
@@ -74,7 +72,7 @@ def encode_header(
     offset = 0
     for entry in entries:
         header[entry.name] = {
-            "dtype": safetensors_code(entry.dtype),
+            "dtype": entry.dtype.safetensors,
             "shape": list(entry.shape),
             "data_offsets": [offset, offset + entry.nbytes],
         }
@@ -170,15 +168,13 @@ def _tensor(name: str, entry: object, where: str) -> HeaderTensor:
     missing = [key for key in ("dtype", "shape", "data_offsets") if key not in entry]
     if missing:
         raise _invalid(where, f"{name_at}: missing {', '.join(missing)}")
-    dtype_name, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-    known = BY_SAFETENSORS.get(dtype_name) if isinstance(dtype_name, str) else None
-    if known is None:
+    code, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    dtype = BY_SAFETENSORS.get(code) if isinstance(code, str) else None
+    if dtype is None:
         raise _invalid(
             where,
-            f"{name_at}: unsupported dtype {dtype_name!r}; expected one of "
-            f"{', '.join(BY_SAFETENSORS)}",
+            f"{name_at}: unsupported dtype {code!r}; expected one of {', '.join(BY_SAFETENSORS)}",
         )
-    dtype = known.torch
     if not isinstance(shape, list) or not all(_is_count(size) for size in shape):
         raise _invalid(where, f"{name_at}: shape {shape!r} is not a list of non-negative integers")
     if len(shape) > MAX_DIMS:  # bounds the size computation below, whatever the sizes
@@ -198,7 +194,7 @@ def _tensor(name: str, entry: object, where: str) -> HeaderTensor:
     if end - begin != needed:
         raise _invalid(
             where,
-            f"{name_at}: shape {shape} of {dtype_name} takes {needed} bytes, but data_offsets "
+            f"{name_at}: shape {shape} of {code} takes {needed} bytes, but data_offsets "
             f"[{begin}, {end}] span {end - begin}",
         )
     return HeaderTensor(name, dtype, tuple(shape), begin, end)

@@ -9,11 +9,12 @@ import sys
 import zipfile
 from contextlib import nullcontext
 from pathlib import Path
-from typing import IO, Any, cast
-
-import torch
+from typing import IO, TYPE_CHECKING, Any, cast
 
 from pythia_tl.errors import CheckpointError
+
+if TYPE_CHECKING:
+    import torch
 
 # A path, or a seekable binary file object (such as a remote file read by ranges).
 Archive = Path | IO[bytes] | io.RawIOBase
@@ -92,6 +93,8 @@ def load_bin(
     """A ``.bin`` state dict, memory-mapped (or on the meta device: shapes only); only tensors
     are accepted and no code ever runs. A file object needs ``size`` (and ``where`` names it in
     messages)."""
+    import torch  # only a .bin source needs its unpickler
+
     where = where or Path(str(file))
     if isinstance(file, Path):
         if zipfile.is_zipfile(file):  # legacy (non-zip) files hold no compressed records

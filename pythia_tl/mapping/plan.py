@@ -9,17 +9,24 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
-import torch
-
-from pythia_tl.dtypes import BY_NAME, OUTPUT_DTYPE_NAMES, OUTPUT_DTYPES, dtype_name, tensor_bytes
+from pythia_tl.dtypes import (
+    BY_NAME,
+    FLOAT32,
+    OUTPUT_DTYPE_NAMES,
+    OUTPUT_DTYPES,
+    DType,
+    tensor_bytes,
+)
 from pythia_tl.errors import CheckpointError, Param, PlanError, UsageError
 from pythia_tl.mapping.pythia import IGNORED_SOURCE_KEYS, PYTHIA_TO_TL
 from pythia_tl.mapping.rules import Rule, RuleError, Shape, expand
 from pythia_tl.source.checkpoint import Checkpoint
 from pythia_tl.source.config import NeoXConfig
 
-_OUTPUT_TORCH_DTYPES = frozenset(dtype.torch for dtype in OUTPUT_DTYPES)
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -28,10 +35,10 @@ class PlannedTensor:
 
     key: str
     shape: Shape
-    dtype: torch.dtype
+    dtype: DType
     source: str | None
     source_shape: Shape
-    source_dtype: torch.dtype | None
+    source_dtype: DType | None
     # How the source becomes this tensor, in words (empty: as it is).
     ops: tuple[str, ...]
     # Which of its rule's outputs this is.
@@ -62,14 +69,14 @@ class PlannedSource:
 
     def made(self) -> torch.Tensor:
         """The output of a rule that reads no source."""
-        return self.rule.zeros(dict(self.dims), self.outputs[0].dtype)
+        return self.rule.zeros(dict(self.dims), self.outputs[0].dtype.torch)
 
 
 @dataclass(frozen=True)
 class ConversionPlan:
     config: NeoXConfig
     sources: tuple[PlannedSource, ...]
-    dtype: torch.dtype
+    dtype: DType
     ignored: tuple[str, ...]
 
     @property
@@ -144,7 +151,7 @@ def plan_conversion(
 
 
 def expected_plan(
-    config: NeoXConfig, dtype: torch.dtype, table: Sequence[Rule] = PYTHIA_TO_TL
+    config: NeoXConfig, dtype: DType, table: Sequence[Rule] = PYTHIA_TO_TL
 ) -> ConversionPlan:
     """The plan ``config`` implies for any checkpoint with canonical names (no file needed)."""
     dims = config.dims()
@@ -157,12 +164,11 @@ def expected_plan(
 def _planned(
     rule: Rule,
     dims: dict[str, int],
-    dtype: torch.dtype,
+    dtype: DType,
     name: str | None,
-    source_dtype: torch.dtype | None,
+    source_dtype: DType | None,
 ) -> PlannedSource:
     try:
-        rule.check(dims)
         shape, source_shape = rule.output_shape(dims), rule.source_shape(dims)
     except RuleError as exc:
         raise PlanError(f"rule for {', '.join(rule.outputs)}: {exc}") from None
@@ -199,19 +205,19 @@ def _where(checkpoint: Checkpoint) -> str:
     return f"{checkpoint.folder} ({len(checkpoint.files)} shards)"
 
 
-def _source_float_dtype(checkpoint: Checkpoint, used: list[str]) -> torch.dtype:
+def _source_float_dtype(checkpoint: Checkpoint, used: list[str]) -> DType:
     for name in used:
         info = checkpoint.tensors[name]
-        if info.dtype not in _OUTPUT_TORCH_DTYPES:
+        if info.dtype not in OUTPUT_DTYPES:
             raise CheckpointError(
-                f"{info.file}: {name} has dtype {dtype_name(info.dtype)}, expected a float dtype"
+                f"{info.file}: {name} has dtype {info.dtype}, expected a float dtype"
             )
     dtypes = {checkpoint.tensors[name].dtype for name in used}
     if len(dtypes) > 1:
         # Mixed sources (rare): 'auto' keeps the widest so no tensor loses precision.
-        return max(dtypes, key=lambda d: (d.itemsize, d == torch.float32))
+        return max(dtypes, key=lambda d: (d.itemsize, d == FLOAT32))
     return dtypes.pop()
 
 
-def _output_dtype(requested: str, source: torch.dtype) -> torch.dtype:
-    return source if requested == "auto" else BY_NAME[requested].torch
+def _output_dtype(requested: str, source: DType) -> DType:
+    return source if requested == "auto" else BY_NAME[requested]

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeGuard
 
 from pythia_tl import CONVERTER_NAME, __version__
-from pythia_tl.dtypes import BY_NAME, OUTPUT_DTYPE_NAMES, dtype_name
+from pythia_tl.dtypes import BY_NAME, OUTPUT_DTYPE_NAMES, DType
 from pythia_tl.errors import OutputFileError, UsageError
 from pythia_tl.mapping.selection import EVERY_TENSOR, Selection, parse_selection
 from pythia_tl.mapping.tl_config import tl_config
@@ -28,8 +28,6 @@ from pythia_tl.processing.passes import NO_PROCESSING, TL_ORDER, Processing
 from pythia_tl.source.config import NeoXConfig
 
 if TYPE_CHECKING:
-    import torch
-
     from pythia_tl.source.resolve import Provenance
 
 REQUIRED_KEYS = (
@@ -58,7 +56,7 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 def build_metadata(
     config: NeoXConfig,
-    dtype: torch.dtype,
+    dtype: DType,
     provenance: Provenance,
     source_sha256: Mapping[str, str],
     processing: Processing = NO_PROCESSING,
@@ -84,7 +82,7 @@ def build_metadata(
         "source_files": json.dumps(dict(sorted(source_sha256.items()))),
         "converter": CONVERTER_NAME,
         "converter_version": __version__,
-        "dtype": dtype_name(dtype),
+        "dtype": dtype.name,
         "processing": json.dumps(list(processing.passes)),
         NONFINITE_KEY: "allowed" if allow_nonfinite else "refused",
         **optional,
@@ -207,7 +205,7 @@ class ConversionRecord:
 
     tl_config: dict[str, Any]
     config: NeoXConfig
-    dtype: torch.dtype
+    dtype: DType
     source: str
     revision: str
     commit: str
@@ -271,7 +269,7 @@ def parse_metadata(info: OutputFile) -> ConversionRecord:
     return ConversionRecord(
         tl_config=cfg,
         config=config,
-        dtype=BY_NAME[dtype].torch,
+        dtype=BY_NAME[dtype],
         source=source,
         revision=revision,
         commit=commit,

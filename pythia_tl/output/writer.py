@@ -112,7 +112,7 @@ def _write_body(
         if name not in places:
             raise ValueError(f"{name}: not planned, or written twice")
         entry, at = places.pop(name)
-        if tuple(tensor.shape) != entry.shape or tensor.dtype != entry.dtype:
+        if tuple(tensor.shape) != entry.shape or tensor.dtype != entry.dtype.torch:
             raise ValueError(
                 f"{entry.name}: got {tensor.dtype} {list(tensor.shape)}, planned "
                 f"{entry.dtype} {list(entry.shape)}"

@@ -66,7 +66,7 @@ def _own_copy(planned: PlannedTensor, group: Group, tensor: torch.Tensor) -> tor
     (or float32, which the output's cast then rounds once): a bfloat16 source for a float16
     output is processed as a float32 copy, like a block.
     """
-    if group.local(planned.key) in CHUNKED and tensor.dtype in (planned.dtype, torch.float32):
+    if group.local(planned.key) in CHUNKED and tensor.dtype in (planned.dtype.torch, torch.float32):
         if _sole_user(tensor):
             return tensor
         return tensor.clone(memory_format=torch.contiguous_format)

@@ -16,9 +16,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
-from pythia_tl.dtypes import tensor_bytes
+from pythia_tl.dtypes import DType, of_torch, tensor_bytes
 from pythia_tl.errors import CheckpointError
 from pythia_tl.formats.safetensors import LENGTH_BYTES, header_length, parse_header
 from pythia_tl.formats.torch_bin import MAX_PICKLE_BYTES, is_little_endian, load_bin
@@ -38,7 +36,7 @@ class TensorInfo:
 
     name: str
     shape: tuple[int, ...]
-    dtype: torch.dtype
+    dtype: DType
     file: Path
     span: Span | None = None
 
@@ -198,7 +196,12 @@ def _bin_headers(file: Path | RemoteFile) -> Iterator[TensorInfo]:
     little = is_little_endian(source, where=where)
     for name, tensor in state.items():
         offset = getattr(tensor.untyped_storage(), "_checkpoint_offset", None)
-        shape, dtype = tuple(tensor.shape), tensor.dtype
+        shape, dtype = tuple(tensor.shape), of_torch(tensor.dtype)
+        if dtype is None:
+            raise CheckpointError(
+                f"{where}: tensor {name} has dtype {str(tensor.dtype).removeprefix('torch.')}, "
+                "which pythia-tl does not read"
+            )
         if not little or not isinstance(offset, int):
             # Older torch, or bytes that need swapping: torch.load(mmap=True) reads this file.
             if isinstance(file, RemoteFile):

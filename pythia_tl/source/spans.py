@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
+from pythia_tl.dtypes import DType
 
 
 @dataclass(frozen=True)
@@ -27,9 +27,7 @@ def contiguous_stride(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(reversed(stride))
 
 
-def check_span(
-    span: Span, shape: tuple[int, ...], dtype: torch.dtype, file_size: int
-) -> str | None:
+def check_span(span: Span, shape: tuple[int, ...], dtype: DType, file_size: int) -> str | None:
     """Why ``span`` cannot describe a tensor of ``shape`` and ``dtype`` in a file of
     ``file_size`` bytes, or None when it can."""
     if span.offset < 0 or span.nbytes < 0 or span.offset + span.nbytes > file_size:

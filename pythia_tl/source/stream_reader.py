@@ -168,10 +168,10 @@ class StreamReader:
         info = item.info
         assert info.span is not None
         if item.buffer is not None:
-            storage = torch.from_numpy(item.buffer).view(info.dtype)
+            storage = torch.from_numpy(item.buffer).view(info.dtype.torch)
             tensor = storage.as_strided(info.shape, info.span.stride, info.span.storage_offset)
         else:
-            tensor = torch.empty(info.shape, dtype=info.dtype)
+            tensor = torch.empty(info.shape, dtype=info.dtype.torch)
         with self._cond:
             # Hold at most one finished tensor beyond ``ahead`` bytes for a slow reader.
             while self._ready and self._waiting_bytes > self._ahead and not self._stop:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from pythia_tl.dtypes import DType
 from pythia_tl.errors import CheckpointError
 from pythia_tl.source.spans import Span
 
@@ -37,17 +38,17 @@ class WeightFile:
         # can be reused by the next file opened.
         self._lock = threading.Lock()
 
-    def tensor(self, span: Span, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    def tensor(self, span: Span, shape: tuple[int, ...], dtype: DType) -> torch.Tensor:
         """A tensor of ``span``'s bytes, read into a buffer of its own."""
         if not span.nbytes:
-            return torch.empty(shape, dtype=dtype)
+            return torch.empty(shape, dtype=dtype.torch)
         # Anonymous memory of its own, unmapped when the last tensor using it is freed: from
         # malloc, freed tensors of tens of MB stay in the heap and peak memory creeps up.
         memory = mmap.mmap(-1, span.nbytes)
         with memoryview(memory) as view:
             self._read_into(view, span.offset)
         storage = torch.frombuffer(memory, dtype=torch.uint8)
-        return storage.view(dtype).as_strided(shape, span.stride, span.storage_offset)
+        return storage.view(dtype.torch).as_strided(shape, span.stride, span.storage_offset)
 
     def _read_into(self, buffer: memoryview, offset: int) -> None:
         done = 0

@@ -15,7 +15,6 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from pythia_tl.dtypes import dtype_name
 from pythia_tl.engine.output_plan import OutputPlan, plan_output
 from pythia_tl.engine.pipeline import Converted, convert_tensors, finish
 from pythia_tl.engine.reading import open_source
@@ -88,7 +87,7 @@ def check_against_source(
     where = _describe(source)
     checkpoint = source.checkpoint
     try:
-        full = plan_conversion(checkpoint, dtype_name(recorded.dtype))
+        full = plan_conversion(checkpoint, recorded.dtype.name)
         out = plan_output(full, recorded.processing, recorded.selection)
     except PythiaTLError as exc:
         return Check.failed("source", f"{where}: {exc}")
@@ -194,8 +193,8 @@ def _files_problem(recorded: ConversionRecord, files: tuple[Path, ...]) -> str |
 
 def _rule(written: ProcessingPlan, planned: tuple[PlannedTensor, ...]) -> str:
     """How the tensors were compared, in words."""
-    sources = sorted({dtype_name(t.source_dtype) for t in planned if t.source_dtype is not None})
-    target = dtype_name(planned[0].dtype) if planned else "?"
+    sources = sorted({t.source_dtype.name for t in planned if t.source_dtype is not None})
+    target = planned[0].dtype.name if planned else "?"
     if sources == [target]:
         cast = f"{target}, as in the source"
     else:

@@ -27,7 +27,7 @@ N_SEQUENCES = 4
 SEQUENCE_LENGTH = 64
 TOKEN_SEED = 0
 UNPROCESSED_TOLERANCE = 1e-3
-PROCESSED_TOLERANCE = {torch.float32: 1e-3, torch.float16: 2e-2, torch.bfloat16: 1.5e-1}
+PROCESSED_TOLERANCE = {"float32": 1e-3, "float16": 2e-2, "bfloat16": 1.5e-1}
 
 
 def require_transformers() -> None:
@@ -42,7 +42,7 @@ def require_transformers() -> None:
 
 def tolerance_for(recorded: ConversionRecord) -> float:
     if recorded.processing.passes:
-        return PROCESSED_TOLERANCE[recorded.dtype]
+        return PROCESSED_TOLERANCE[recorded.dtype.name]
     return UNPROCESSED_TOLERANCE
 
 
@@ -101,6 +101,6 @@ def _source_logits(folder: Path, recorded: ConversionRecord, tokens: torch.Tenso
             # The file holds the source's weights rounded to its dtype: give transformers the
             # same. Parameters only: its buffers (the rotary frequencies) stay float32.
             for parameter in model.parameters():
-                parameter.copy_(parameter.to(recorded.dtype))
+                parameter.copy_(parameter.to(recorded.dtype.torch))
         logits: torch.Tensor = model.eval()(input_ids=tokens).logits
     return logits.to(torch.float32)

@@ -7,7 +7,6 @@ sizes ``tl_config`` states: same keys, shapes and dtype.
 
 from __future__ import annotations
 
-from pythia_tl.dtypes import dtype_name, safetensors_code
 from pythia_tl.engine.output_plan import plan_output
 from pythia_tl.errors import OutputFileError, PythiaTLError, UsageError
 from pythia_tl.mapping.plan import expected_plan
@@ -34,7 +33,7 @@ def check_metadata(info: OutputFile) -> tuple[Check, ConversionRecord | None]:
     steps = ", ".join(recorded.processing.passes) or "none"
     detail = (
         f"complete; tl_config consistent; {len(expected)} tensors with the keys, shapes and "
-        f"dtype ({dtype_name(recorded.dtype)}) it implies; processing: {steps}"
+        f"dtype ({recorded.dtype}) it implies; processing: {steps}"
     )
     return Check.ok("metadata", detail), recorded
 
@@ -53,7 +52,7 @@ def expected_tensors(recorded: ConversionRecord) -> dict[str, tuple[int, ...]]:
 def _check_tensors(
     info: OutputFile, recorded: ConversionRecord, expected: dict[str, tuple[int, ...]]
 ) -> None:
-    dtype = safetensors_code(recorded.dtype)
+    dtype = recorded.dtype.safetensors
     missing = [key for key in expected if key not in info.tensors]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
