@@ -49,7 +49,7 @@ def converted(cli: Run, source: Path, out: Path) -> Path:
 
 
 def imports_torch(args: list[str]) -> bool:
-    """Whether the CLI, run with ``args`` in a fresh interpreter, imported torch (it must exit 0)."""
+    """Whether the CLI, run with ``args`` in a fresh interpreter, imported torch (exiting 0)."""
     result = subprocess.run(
         [sys.executable, "-c", TORCH_PROBE, *args],
         env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
