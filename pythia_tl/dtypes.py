@@ -54,8 +54,9 @@ BY_NAME = {dtype.name: dtype for dtype in DTYPES}
 BY_SAFETENSORS = {dtype.safetensors: dtype for dtype in DTYPES}
 
 FLOAT32 = BY_NAME["float32"]
+
 # What a converted file may hold (and ``dtype`` may ask for), in the order help texts list them.
-OUTPUT_DTYPES: tuple[DType, ...] = (BY_NAME["float32"], BY_NAME["float16"], BY_NAME["bfloat16"])
+OUTPUT_DTYPES: tuple[DType, ...] = (FLOAT32, BY_NAME["float16"], BY_NAME["bfloat16"])
 OUTPUT_DTYPE_NAMES: tuple[str, ...] = tuple(dtype.name for dtype in OUTPUT_DTYPES)
 
 

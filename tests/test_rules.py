@@ -81,7 +81,10 @@ def test_patterns_beyond_axes_and_groups_are_refused(pattern: str, reason: str) 
         Rule("x", pattern, ("y",))
 
 
-@pytest.mark.parametrize("rule", [QKV, W_O, W_IN])
+FLATTEN = Rule("up", "d_mlp d_model -> (d_model d_mlp)", ("flat",))
+
+
+@pytest.mark.parametrize("rule", [QKV, W_O, W_IN, FLATTEN])
 def test_shapes_read_from_the_pattern_are_the_ones_einops_computes(rule: Rule) -> None:
     sizes = dims(3, 5)
     source = torch.empty(rule.source_shape(sizes), device="meta")

@@ -103,18 +103,19 @@ class Rule:
         return {name: known[name] for name in names}
 
     def output_shape(self, dims: Mapping[str, int]) -> Shape:
-        """The shape of each output."""
-        sizes = self.sizes(dims)
-        return tuple(sizes[axis] for axis in self.output_axes)
+        """The shape of each output: each axis, or group of axes, of the pattern's right side
+        (``part`` aside)."""
+        groups = _groups(self.pattern.partition("->")[2], self.pattern)
+        return self._shape(groups[1:] if len(self.outputs) > 1 else groups, dims)
 
     def source_shape(self, dims: Mapping[str, int]) -> Shape:
         """The shape ``dims`` give the source: each axis, or group of axes, of the pattern's
         left side."""
-        if self.source is None:
-            return ()
+        return self._shape(_groups(self.source_axes, self.pattern), dims)
+
+    def _shape(self, groups: list[tuple[str, ...]], dims: Mapping[str, int]) -> Shape:
         sizes = self.sizes(dims)
-        left = self.source_axes
-        return tuple(math.prod(sizes[a] for a in group) for group in _groups(left, self.pattern))
+        return tuple(math.prod(sizes[axis] for axis in group) for group in groups)
 
     def apply(self, tensor: torch.Tensor, dims: Mapping[str, int]) -> tuple[torch.Tensor, ...]:
         """The outputs of ``tensor`` (views of it where einops can make them)."""
