@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
-from huggingface_hub.utils import disable_progress_bars
 from rich.console import Console
 from rich.filesize import decimal
 from rich.progress import (
@@ -130,6 +129,8 @@ def batch(
 
         _print_cost(estimate(request, work), json_output)
         return
+    from huggingface_hub.utils import disable_progress_bars
+
     # Per-file download bars from several threads would garble the batch's own output.
     disable_progress_bars()
     with _LineReporter(quiet or json_output) as reporter:

@@ -12,7 +12,6 @@ from pythia_tl.cli.cells import cell
 from pythia_tl.cli.hub_model import hub_model
 from pythia_tl.cli.json_output import print_json
 from pythia_tl.cli.options import Json
-from pythia_tl.source.schedule import hub_checkpoints
 
 _ORIGINS = {"hub": "the Hub's branches", "schedule": "the known schedule (Hub not reachable)"}
 
@@ -28,6 +27,8 @@ def checkpoints(
     From the Hub's step branches when it answers, else from Pythia's known schedule. The index
     is what --checkpoint-index takes.
     """
+    from pythia_tl.source.schedule import hub_checkpoints
+
     listing = hub_checkpoints(hub_model(model, "checkpoints"))
     rows = [
         {
