@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from huggingface_hub.errors import HfHubHTTPError
-
 from pythia_tl.errors import CheckpointError, SourceError
 
 # Bytes per request: large enough that request overhead is small, small enough that a retry
@@ -60,6 +58,8 @@ class RemoteFile:
         end = min(end, self.size)
         if end <= start:
             return b""
+        from huggingface_hub.errors import HfHubHTTPError
+
         problem: Exception | None = None
         for _ in range(_ATTEMPTS):
             try:

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pythia_tl.errors import Param, UsageError
 from pythia_tl.source.checkpoint import Checkpoint, open_checkpoint
-from pythia_tl.source.hub import HubRevision, fetch_revision
 from pythia_tl.source.names import ModelName, resolve_model_name, step_revision
-from pythia_tl.source.schedule import checkpoint_schedule
 from pythia_tl.source.tokenizer_files import folder_tokenizer, hub_tokenizer
+
+if TYPE_CHECKING:
+    from pythia_tl.source.hub import HubRevision
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,10 @@ def resolve_source(
         return ResolvedSource(open_checkpoint(folder), provenance)
     if source.startswith((".", "/", "~")) or folder.exists():
         raise UsageError(f"{source}: no such folder")
+    # Imported here: a folder source needs no Hub client (huggingface_hub takes ~0.2 s to import).
+    from pythia_tl.source.hub import fetch_revision
+    from pythia_tl.source.schedule import checkpoint_schedule
+
     model = resolve_model_name(source)
     if checkpoint_index is not None:
         step = checkpoint_schedule(model).at_index(checkpoint_index).step
