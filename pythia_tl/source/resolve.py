@@ -70,7 +70,7 @@ def resolve_source(
         return ResolvedSource(open_checkpoint(folder), provenance)
     if source.startswith((".", "/", "~")) or folder.exists():
         raise UsageError(f"{source}: no such folder")
-    # Imported here: a folder source needs no Hub client (huggingface_hub takes ~0.2 s to import).
+    # Imported here: a folder source needs no Hub client, whose import is slow.
     from pythia_tl.source.hub import fetch_revision
     from pythia_tl.source.schedule import checkpoint_schedule
 
