@@ -251,9 +251,13 @@ def test_fail_fast_cancels_what_has_not_started(
     out = tmp_path / "out"
     result = run_batch_cli(run_cli, out, "--fail-fast")
     assert result.returncode == 1
-    by_status = statuses(summary_of(out))
+    summary = summary_of(out)
+    by_status = statuses(summary)
     assert by_status[suite.items()[0]] == "failed"
     assert {by_status[item] for item in suite.items()[1:]} == {"cancelled"}
+    assert set(list(by_status.values())[1:]) == {"cancelled"}
+    assert len(summary["revisions"]) == len(suite.items())
+    assert summary["complete"] is False
     assert not list(out.rglob("*.safetensors"))
 
 

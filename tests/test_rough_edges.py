@@ -15,9 +15,9 @@ from conftest import REPO_ROOT, UNREACHABLE_ENDPOINT, HfEnv, Run, TinyCheckpoint
 from hub_server import StandInHub
 from safetensors.torch import save_file
 from synthetic import PythiaShape, write_checkpoint
-from test_batch import run_batch_cli, statuses, summary_of
 
 from pythia_tl.cli.clock import seconds_since_start
+from pythia_tl.output.metadata import REQUIRED_KEYS
 
 REPO = "EleutherAI/pythia-70m"
 # Enough layers for blocks.10 to exist, so that natural order can be told from text order.
@@ -167,18 +167,7 @@ def test_plan_and_inspect_into_a_pipe_keep_every_character_in_natural_order(
     assert digest in text  # the whole sha256, not cut to the width
     assert text.index("blocks.2.attn.W_Q") < text.index("blocks.10.attn.W_Q")
     keys = [line.split()[0] for line in text.splitlines()[1:11]]
-    assert keys == [
-        "format",
-        "tl_config",
-        "source",
-        "revision",
-        "commit",
-        "source_files",
-        "converter",
-        "converter_version",
-        "dtype",
-        "processing",
-    ]
+    assert keys == list(REQUIRED_KEYS)  # the schema's order
     listed = json.loads(run_cli(["inspect", str(out), "--json"]).stdout)["tensors"]
     assert list(listed).index("blocks.2.attn.W_Q") < list(listed).index("blocks.10.attn.W_Q")
     planned = run_cli(["plan", str(eleven_layers)], env={"COLUMNS": "60"})
@@ -255,21 +244,6 @@ def test_plan_and_verify_take_a_checkpoint_index(
     status, stdout, stderr = cli(["verify", str(out), "pythia-70m", "--checkpoint-index", "0"])
     assert status == 1 and "source" in stderr
     assert suite.commit(REPO, 0) != suite.commit(REPO, 1000)
-
-
-def test_an_interrupted_or_fail_fast_batch_is_not_complete(
-    stand_in_hub: StandInHub, tmp_path: Path, run_cli
-) -> None:
-    suite = publish_suite(stand_in_hub, tmp_path / "hub-src")
-    stand_in_hub.break_file(
-        "EleutherAI/pythia-160m", "pytorch_model.bin", kind="status", status=404
-    )
-    out = tmp_path / "out"
-    assert run_batch_cli(run_cli, out, "--fail-fast").returncode == 1
-    summary = summary_of(out)
-    assert summary["complete"] is False
-    assert set(list(statuses(summary).values())[1:]) == {"cancelled"}
-    assert len(summary["revisions"]) == len(suite.items())
 
 
 def test_the_reported_time_counts_from_the_process_start() -> None:
