@@ -59,7 +59,7 @@ def load(
     path = Path(path)
     info = read_output(path)
     record = parse_metadata(info)
-    selection = info.selection
+    selection = record.selection
     if not selection.is_all and strict:
         raise OutputFileError(
             f"{path}: a partial file (it holds only {_describe(selection)}); pass ",

@@ -153,3 +153,42 @@ def test_an_existing_folder_is_replaced_only_with_force(
     assert status == 0, err
     assert sorted(p.name for p in target.iterdir()) == ["config.json", "model.safetensors"]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "fragment"),
+    [
+        ("n_layers", 10**8, "tl_config n_layers is 100000000, expected an integer in [1, 1024]"),
+        ("selection", {"layers": "0-999999"}, "metadata 'selection' is malformed"),
+    ],
+)
+def test_sizes_a_file_records_are_bounded_before_load_or_export_plans_from_them(
+    field: str,
+    value: object,
+    fragment: str,
+    tiny_checkpoints: TinyCheckpoints,
+    tmp_path: Path,
+    cli: Run,
+) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    import pythia_tl
+
+    out = converted(cli, tiny_checkpoints["safetensors"], tmp_path / "x.safetensors")
+    with safe_open(out, framework="pt") as handle:
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+        metadata = dict(handle.metadata())
+    if field == "selection":
+        metadata["selection"] = json.dumps(value)
+    else:
+        cfg = json.loads(metadata["tl_config"])
+        cfg[field] = value
+        metadata["tl_config"] = json.dumps(cfg)
+    save_file(tensors, out, metadata=metadata)
+    with pytest.raises(OutputFileError) as refused:
+        export_hf_folder(out, tmp_path / "hf")
+    assert fragment in str(refused.value)
+    with pytest.raises(OutputFileError) as refused:
+        pythia_tl.load(out)
+    assert fragment in str(refused.value)

@@ -4,6 +4,7 @@ streams that own their memory."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -177,3 +178,17 @@ def test_a_closed_or_shrunk_file_refuses_to_read(tmp_path: Path) -> None:
     assert int(view.sum()) == 0  # a tensor read before closing stays readable
     with pytest.raises(CheckpointError, match="read after its reader was closed"):
         opened.tensor(Span(0, 64, (1,)), (64,), BY_NAME["uint8"])
+
+
+def test_auto_writes_float32_for_a_source_mixing_float16_and_bfloat16(
+    tiny_checkpoints, tmp_path: Path
+) -> None:
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "mixed"
+    shutil.copytree(tiny_checkpoints["safetensors"], folder)
+    state = load_file(folder / "model.safetensors")
+    state["gpt_neox.embed_in.weight"] = state["gpt_neox.embed_in.weight"].to(torch.bfloat16)
+    save_file(state, folder / "model.safetensors")
+    # float32 holds both exactly; either half-width dtype would round the other's values.
+    assert plan_conversion(open_checkpoint(folder)).dtype == BY_NAME["float32"]

@@ -100,7 +100,7 @@ def export_hf_folder(
 
 
 def _check_exportable(info: OutputFile, record: ConversionRecord) -> None:
-    if not info.selection.is_all:
+    if not record.selection.is_all:
         raise OutputFileError(
             f"{info.path}: a partial file (it holds only some tensors); a GPT-NeoX folder needs "
             "every weight: export a whole conversion"

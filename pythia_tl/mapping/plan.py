@@ -213,10 +213,8 @@ def _source_float_dtype(checkpoint: Checkpoint, used: list[str]) -> DType:
                 f"{info.file}: {name} has dtype {info.dtype}, expected a float dtype"
             )
     dtypes = {checkpoint.tensors[name].dtype for name in used}
-    if len(dtypes) > 1:
-        # Mixed sources (rare): 'auto' keeps the widest so no tensor loses precision.
-        return max(dtypes, key=lambda d: (d.itemsize, d == FLOAT32))
-    return dtypes.pop()
+    # Mixed sources (rare): float32 holds every float16 and bfloat16 value exactly.
+    return dtypes.pop() if len(dtypes) == 1 else FLOAT32
 
 
 def _output_dtype(requested: str, source: DType) -> DType:

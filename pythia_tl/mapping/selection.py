@@ -14,9 +14,13 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from pythia_tl.errors import Param, UsageError
+from pythia_tl.source.config import MAX_LAYERS
 
 _BLOCK = re.compile(r"blocks\.(\d+)\.")
 _LAYER_ITEM = re.compile(r"\s*(\d{1,6})\s*(?:-\s*(\d{1,6})\s*)?")
+# Far more than any list a user types; a file's recorded selection is parsed too, so its work is
+# bounded (as is each range, by MAX_LAYERS).
+MAX_SPEC_CHARS = 4096
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,11 @@ class Selection:
 
 def parse_selection(tensors: str | None, layers: str | None) -> Selection:
     """Parse the ``tensors`` globs and the ``layers`` spec (None: not given)."""
+    for name, spec in (("tensors", tensors), ("layers", layers)):
+        if spec is not None and len(spec) > MAX_SPEC_CHARS:
+            raise UsageError(
+                Param(name), f": {len(spec)} characters, more than the {MAX_SPEC_CHARS} allowed"
+            )
     globs: tuple[str, ...] = ()
     if tensors is not None:
         globs = tuple(glob.strip() for glob in tensors.split(","))
@@ -85,6 +94,10 @@ def parse_selection(tensors: str | None, layers: str | None) -> Selection:
             if last < first:
                 raise UsageError(
                     Param("layers"), f" {layers!r}: range {item.strip()!r} ends before it starts"
+                )
+            if last >= MAX_LAYERS:
+                raise UsageError(
+                    Param("layers"), f" {layers!r}: layer {last} is beyond the {MAX_LAYERS} allowed"
                 )
             numbers.update(range(first, last + 1))
         chosen = frozenset(numbers)

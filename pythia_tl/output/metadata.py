@@ -25,7 +25,7 @@ from pythia_tl.errors import OutputFileError, UsageError
 from pythia_tl.mapping.selection import EVERY_TENSOR, Selection, parse_selection
 from pythia_tl.mapping.tl_config import tl_config
 from pythia_tl.processing.passes import NO_PROCESSING, TL_ORDER, Processing
-from pythia_tl.source.config import NeoXConfig
+from pythia_tl.source.config import SIZE_LIMITS, NeoXConfig
 
 if TYPE_CHECKING:
     from pythia_tl.source.resolve import Provenance
@@ -283,8 +283,11 @@ def parse_metadata(info: OutputFile) -> ConversionRecord:
 def _config_from_tl(cfg: dict[str, Any]) -> NeoXConfig:
     """The model's sizes as pythia-tl's config type, from a recorded ``tl_config``."""
     for key in _POSITIVE_INTS:
-        value = cfg.get(key)
-        _expect(_is_int(value) and value >= 1, f"tl_config {key}", value, "a positive integer")
+        # Bounded as in config.json, so that a file cannot make load or export plan without end
+        # (d_head divides d_model).
+        value, high = cfg.get(key), SIZE_LIMITS.get(key, SIZE_LIMITS["d_model"])
+        in_range = _is_int(value) and 1 <= value <= high
+        _expect(in_range, f"tl_config {key}", value, f"an integer in [1, {high}]")
     d_model, n_heads, d_head = cfg["d_model"], cfg["n_heads"], cfg["d_head"]
     _expect(d_head * n_heads == d_model, "tl_config d_head", d_head, "d_model / n_heads")
     rotary_dim = cfg.get("rotary_dim")

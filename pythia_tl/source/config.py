@@ -9,13 +9,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pythia_tl.dtypes import OUTPUT_DTYPE_NAMES
 from pythia_tl.errors import ConfigError
 from pythia_tl.small_files import NotASmallFile, read_small_file
 
 # Far above any real model, low enough to refuse a config that would plan terabytes of tensors.
 MAX_LAYERS = 1024
 _MAX_WIDTH = 1 << 20
-_FLOAT_DTYPES = ("float16", "bfloat16", "float32")
+# The largest each size may be, by NeoXConfig field: in config.json and in a file's tl_config.
+SIZE_LIMITS = {
+    "n_layers": MAX_LAYERS,
+    "d_model": _MAX_WIDTH,
+    "n_heads": _MAX_WIDTH,
+    "d_mlp": _MAX_WIDTH * 8,
+    "d_vocab": _MAX_WIDTH * 4,
+    "n_ctx": _MAX_WIDTH * 4,
+}
 # A GPT-NeoX config.json is about 1 kB.
 _MAX_CONFIG_BYTES = 1 << 20
 _MAX_FLOAT = sys.float_info.max  # finite: refuses Infinity, which JSON parsing lets through
@@ -85,8 +94,8 @@ def parse_config(raw: dict[str, Any], origin: str = "config.json") -> NeoXConfig
     if model_type is not None and model_type != "gpt_neox":
         raise ConfigError(f"{origin}: model_type is {model_type!r}, expected 'gpt_neox'")
 
-    d_model = fields.integer("hidden_size", 1, _MAX_WIDTH)
-    n_heads = fields.integer("num_attention_heads", 1, _MAX_WIDTH)
+    d_model = fields.integer("hidden_size", 1, SIZE_LIMITS["d_model"])
+    n_heads = fields.integer("num_attention_heads", 1, SIZE_LIMITS["n_heads"])
     if d_model % n_heads:
         raise ConfigError(
             f"{origin}: hidden_size {d_model} is not divisible by num_attention_heads {n_heads}"
@@ -113,18 +122,18 @@ def parse_config(raw: dict[str, Any], origin: str = "config.json") -> NeoXConfig
         raise ConfigError(f"{origin}: hidden_act is {act_fn!r}, expected 'gelu' (Pythia)")
     dtype = raw.get("dtype", raw.get("torch_dtype"))
     return NeoXConfig(
-        n_layers=fields.integer("num_hidden_layers", 1, MAX_LAYERS),
+        n_layers=fields.integer("num_hidden_layers", 1, SIZE_LIMITS["n_layers"]),
         d_model=d_model,
         n_heads=n_heads,
-        d_mlp=fields.integer("intermediate_size", 1, _MAX_WIDTH * 8),
-        d_vocab=fields.integer("vocab_size", 1, _MAX_WIDTH * 4),
-        n_ctx=fields.integer("max_position_embeddings", 1, _MAX_WIDTH * 4),
+        d_mlp=fields.integer("intermediate_size", 1, SIZE_LIMITS["d_mlp"]),
+        d_vocab=fields.integer("vocab_size", 1, SIZE_LIMITS["d_vocab"]),
+        n_ctx=fields.integer("max_position_embeddings", 1, SIZE_LIMITS["n_ctx"]),
         eps=fields.number("layer_norm_eps", 0.0, 1.0, default=1e-5),
         rotary_pct=rotary_pct,
         rotary_base=rotary_base,
         parallel_residual=fields.boolean("use_parallel_residual", default=True),
         act_fn=act_fn,
-        dtype=dtype if dtype in _FLOAT_DTYPES else None,
+        dtype=dtype if dtype in OUTPUT_DTYPE_NAMES else None,
     )
 
 

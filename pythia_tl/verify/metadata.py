@@ -11,7 +11,6 @@ from pythia_tl.engine.output_plan import plan_output
 from pythia_tl.errors import OutputFileError, PythiaTLError, UsageError
 from pythia_tl.mapping.plan import expected_plan
 from pythia_tl.output.metadata import ConversionRecord, OutputFile, parse_metadata
-from pythia_tl.source.config import MAX_LAYERS
 from pythia_tl.verify.report import Check
 
 
@@ -19,13 +18,6 @@ def check_metadata(info: OutputFile) -> tuple[Check, ConversionRecord | None]:
     """The check's result, and the parsed metadata when it is complete and consistent."""
     try:
         recorded = parse_metadata(info)
-        limit = MAX_LAYERS if not recorded.selection.is_all else len(info.tensors)
-        if recorded.config.n_layers > limit:
-            # Refused before the table is expanded layer by layer.
-            raise OutputFileError(
-                f"metadata tl_config n_layers is {recorded.config.n_layers}, but the file "
-                f"holds only {len(info.tensors)} tensors"
-            )
         expected = expected_tensors(recorded)
         _check_tensors(info, recorded, expected)
     except PythiaTLError as exc:
