@@ -63,3 +63,17 @@ def test_small_requests_bypass_the_pool() -> None:
     pool = BufferPool(largest=8 * MB, limit=32 * MB)
     tensor = pool.empty((3, 5), torch.float32)
     assert tensor.shape == (3, 5) and pool.held == 0
+
+
+def test_overlapping_conversions_restore_torch_threads_only_when_the_last_ends() -> None:
+    from pythia_tl.engine.convert import _OneTorchThread
+
+    before = torch.get_num_threads()
+    limit = _OneTorchThread()
+    first, second = limit.held(), limit.held()
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)  # the first ends while the second still converts
+    assert torch.get_num_threads() == 1
+    second.__exit__(None, None, None)
+    assert torch.get_num_threads() == before

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from pythia_tl.engine import hashing
 from pythia_tl.engine.convert import ConvertOptions, convert
-from pythia_tl.errors import CheckpointError, OutputError
+from pythia_tl.errors import CheckpointError, OutputError, SourceError
 from pythia_tl.output.atomic import remove_stale_temporaries, temp_path_for
 from pythia_tl.output.metadata import parse_metadata, read_output
 from pythia_tl.source import resolve_source
@@ -605,3 +605,11 @@ def test_a_shortened_temporary_name_is_still_recognised_as_stale(tmp_path: Path)
     assert len(os.fsencode(stale.name)) <= os.pathconf(tmp_path, "PC_NAME_MAX")
     stale.write_bytes(b"")
     assert remove_stale_temporaries(tmp_path) == [stale]
+
+
+def test_a_source_file_that_cannot_be_read_for_its_hash_is_named_as_the_source(
+    tmp_path: Path,
+) -> None:
+    # Not an OSError: the writer, waiting on the hashes, would report it as its own failure.
+    with pytest.raises(SourceError, match="cannot read for its sha256"):
+        hashing.file_sha256(tmp_path)  # a folder: reading it fails as EIO would

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -119,7 +120,7 @@ def convert(
     names = [file.name for file in checkpoint.files]
     with ExitStack() as stack:
         if not processing.passes:
-            stack.enter_context(_one_torch_thread())
+            stack.enter_context(_ONE_TORCH_THREAD.held())
         reader, order, digests = open_source(
             stack, checkpoint, plan, provenance.expected_sha256, whole=not out.is_partial
         )
@@ -150,18 +151,38 @@ def convert(
     )
 
 
-@contextmanager
-def _one_torch_thread() -> Iterator[None]:
+class _OneTorchThread:
     """Run torch's operations on one thread each while converting.
 
     The conversion keeps the cores busy with threads of its own (one converts, one writes, one
     hashes the source); torch's thread pool on top would only make its idle threads spin for
     work, taking the CPU the hashing needs. Processing, whose arithmetic gains from torch's
     threads, keeps them (benchmarks/RESULTS-12b.md was made with it).
+
+    torch's thread count belongs to the process, and ``batch --jobs`` converts in several
+    threads at once: the count is lowered by the first conversion in and restored by the last
+    one out, so that overlapping conversions cannot leave it at one thread or restore it early.
     """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._inside = 0
+        self._threads = 0
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        with self._lock:
+            if not self._inside:
+                self._threads = torch.get_num_threads()
+                torch.set_num_threads(1)
+            self._inside += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._inside -= 1
+                if not self._inside:
+                    torch.set_num_threads(self._threads)
+
+
+_ONE_TORCH_THREAD = _OneTorchThread()

@@ -29,11 +29,14 @@ def file_sha256(path: Path, stop: threading.Event | None = None) -> str:
     digest = hashlib.sha256()
     buffer = bytearray(_CHUNK)
     view = memoryview(buffer)
-    with open(path, "rb", buffering=0) as handle:
-        while size := handle.readinto(buffer):
-            if stop is not None and stop.is_set():
-                raise HashingStopped(path)
-            digest.update(view[:size])
+    try:
+        with open(path, "rb", buffering=0) as handle:
+            while size := handle.readinto(buffer):
+                if stop is not None and stop.is_set():
+                    raise HashingStopped(path)
+                digest.update(view[:size])
+    except OSError as exc:  # named as the source's failure, not the output being written
+        raise SourceError(f"{path}: cannot read for its sha256 ({exc.strerror or exc})") from None
     return digest.hexdigest()
 
 
