@@ -17,7 +17,9 @@ import importlib.util
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pythia_tl.errors import DependencyError, OutputFileError, Param, UsageError
+from pythia_tl.dtypes import BY_NAME
+from pythia_tl.errors import DependencyError, OutputFileError, Param
+from pythia_tl.mapping.plan import check_dtype
 from pythia_tl.mapping.selection import Selection
 from pythia_tl.output.metadata import OutputFile, parse_metadata, read_output
 from pythia_tl.source.names import resolve_model_name
@@ -36,7 +38,8 @@ _OWN_BUFFERS = ("attn.mask", "attn.IGNORE", "attn.rotary_sin", "attn.rotary_cos"
 TL4_ROUTES = (
     "TransformerLens {version} has no HookedTransformer (removed in 4.0): install "
     "'transformer-lens<4' (pip install \"pythia-tl[tl]\"), or write a Hugging Face folder with "
-    "'pythia-tl export FILE -o DIR' and load it with TransformerBridge.boot_transformers(DIR)"
+    "'pythia-tl export' (pythia_tl.export.export_hf_folder) and load it with "
+    "TransformerBridge.boot_transformers"
 )
 
 
@@ -50,7 +53,7 @@ def load(
 ) -> Any:
     """A ``HookedTransformer`` holding the converted file at ``path``.
 
-    ``dtype``: the model's dtype (default: the file's). ``device``: where the model lives
+    ``dtype``: the model's dtype (default, or "auto": the file's). ``device``: where the model lives
     (default: TransformerLens' choice). ``tokenizer``: "auto" (the one the file records, if it
     can be found; offline, from the cache), a Hub name or a folder, a tokenizer object, or None.
     ``strict=False`` also loads a partial file (the missing weights keep their initial values).
@@ -67,7 +70,7 @@ def load(
             " to load it with the other weights left at their initial values",
         )
     cfg = dict(record.tl_config)
-    cfg["dtype"] = _torch_dtype(dtype) if dtype is not None else record.dtype.torch
+    cfg["dtype"] = _torch_dtype(dtype or "auto", record.dtype.torch)
     if device is not None:
         cfg["device"] = str(device)
     cfg.update(_checkpoint_fields(record.source, record.revision))
@@ -166,15 +169,10 @@ def _describe(selection: Selection) -> str:
     return "; ".join(parts) or "a selection of tensors"
 
 
-def _torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
+def _torch_dtype(dtype: str | torch.dtype, record_dtype: torch.dtype) -> torch.dtype:
     import torch
-
-    from pythia_tl.dtypes import BY_NAME, OUTPUT_DTYPE_NAMES
 
     if isinstance(dtype, torch.dtype):
         return dtype
-    if dtype not in OUTPUT_DTYPE_NAMES:
-        raise UsageError(
-            Param("dtype"), f" {dtype!r}: expected one of {', '.join(OUTPUT_DTYPE_NAMES)}"
-        )
-    return BY_NAME[dtype].torch
+    check_dtype(dtype)
+    return record_dtype if dtype == "auto" else BY_NAME[dtype].torch

@@ -25,6 +25,7 @@ from pythia_tl.cli.options import (
     AllowNonfinite,
     CacheDir,
     Json,
+    KeepDownloads,
     OutputChoice,
     Quiet,
     with_output_options,
@@ -68,14 +69,7 @@ def batch(
             help="K/N: convert only the K-th (from 1) of N disjoint parts of the work list.",
         ),
     ] = None,
-    keep_downloads: Annotated[
-        bool,
-        typer.Option(
-            "--keep-downloads",
-            help="Download the weights into the huggingface_hub cache and keep them (default: "
-            "streamed, nothing of them stored).",
-        ),
-    ] = False,
+    keep_downloads: KeepDownloads = False,
     fail_fast: Annotated[
         bool, typer.Option("--fail-fast", help="Stop at the first failed revision.")
     ] = False,

@@ -11,6 +11,7 @@ import typer
 from pythia_tl.cli.json_output import print_json
 from pythia_tl.cli.options import Json, Quiet
 from pythia_tl.cli.progress import byte_progress
+from pythia_tl.text import printable
 
 
 def export(
@@ -33,7 +34,7 @@ def export(
     TransformerLens 4 (TransformerBridge.boot_transformers) load."""
     from pythia_tl.export import export_hf_folder
 
-    with byte_progress(f"exporting {file.name}", quiet or json_output) as bar:
+    with byte_progress(f"exporting {printable(file.name)}", quiet or json_output) as bar:
         result = export_hf_folder(file, output, overwrite=force, on_bytes=bar)
     if json_output:
         print_json(result.to_json())
@@ -44,7 +45,7 @@ def export(
             else ", no tokenizer files (none recorded or cached)"
         )
         print(
-            f"wrote {result.folder} ({result.tensors} tensors, {result.bytes / 1e6:.1f} MB"
-            f"{tokenizer})",
+            f"wrote {printable(str(result.folder))} ({result.tensors} tensors, "
+            f"{result.bytes / 1e6:.1f} MB{tokenizer})",
             file=sys.stderr,
         )

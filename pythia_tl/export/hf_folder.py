@@ -23,8 +23,9 @@ from typing import Any
 from pythia_tl.errors import OutputError, OutputFileError, Param
 from pythia_tl.output.atomic import fsync_folder, temp_path_for
 from pythia_tl.output.metadata import ConversionRecord, OutputFile, parse_metadata, read_output
+from pythia_tl.small_files import NotASmallFile, read_small_file
 from pythia_tl.source.config import NeoXConfig
-from pythia_tl.source.tokenizer_files import TOKENIZER_FILES
+from pythia_tl.source.tokenizer_files import MAX_TOKENIZER_FILE_BYTES, TOKENIZER_FILES
 
 WEIGHTS_NAME = "model.safetensors"
 
@@ -187,7 +188,13 @@ def _copy_tokenizer(record: dict[str, Any] | None, folder: Path) -> tuple[str, .
             if isinstance(cached, str):
                 found[name] = Path(cached)
     for name, source_path in found.items():
-        _write_durably(folder / name, source_path.read_bytes())
+        try:
+            data = read_small_file(source_path, MAX_TOKENIZER_FILE_BYTES)
+        except (NotASmallFile, OSError) as exc:
+            raise OutputFileError(
+                f"{source_path}: cannot copy it as a tokenizer file ({exc})"
+            ) from None
+        _write_durably(folder / name, data)
     return tuple(found)
 
 

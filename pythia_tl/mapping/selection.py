@@ -16,7 +16,8 @@ from typing import Any
 from pythia_tl.errors import Param, UsageError
 from pythia_tl.source.config import MAX_LAYERS
 
-_BLOCK = re.compile(r"blocks\.(\d+)\.")
+# A per-layer TransformerLens key; group 1 is its layer.
+BLOCK_KEY = re.compile(r"blocks\.(\d+)\.")
 _LAYER_ITEM = re.compile(r"\s*(\d{1,6})\s*(?:-\s*(\d{1,6})\s*)?")
 # Far more than any list a user types; a file's recorded selection is parsed too, so its work is
 # bounded (as is each range, by MAX_LAYERS).
@@ -41,7 +42,7 @@ class Selection:
         for glob in self.tensors:
             if not any(fnmatchcase(key, glob) for key in available):
                 raise UsageError(Param("tensors"), f": {glob!r} matches no tensor of the output")
-        present = {int(m[1]) for key in available if (m := _BLOCK.match(key))}
+        present = {int(m[1]) for key in available if (m := BLOCK_KEY.match(key))}
         for layer in sorted((self.layers or frozenset()) - present):
             raise UsageError(
                 Param("layers"),
@@ -56,7 +57,7 @@ class Selection:
         if self.tensors and not any(fnmatchcase(key, glob) for glob in self.tensors):
             return False
         if self.layers is not None:
-            block = _BLOCK.match(key)
+            block = BLOCK_KEY.match(key)
             return block is not None and int(block[1]) in self.layers
         return True
 

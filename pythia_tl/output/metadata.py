@@ -51,6 +51,7 @@ OPTIONAL_KEYS = (NONFINITE_KEY, "tokenizer", "selection")
 JSON_KEYS = ("tl_config", "source_files", "processing", "tokenizer", "selection")
 _POSITIVE_INTS = ("d_model", "d_head", "n_heads", "d_mlp", "n_layers", "n_ctx", "d_vocab")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
+_REPO_ID = re.compile(r"[^/]+/[^/]+")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -236,6 +237,7 @@ def parse_metadata(info: OutputFile) -> ConversionRecord:
     if Path(source).is_absolute():
         _expect(commit == "" and revision == "", "commit", commit, "empty for a folder source")
     else:
+        _expect(bool(_REPO_ID.fullmatch(source)), "source", source, "a repo id 'owner/name'")
         _expect(bool(_COMMIT.fullmatch(commit)), "commit", commit, "40 hex digits")
         _expect(bool(revision), "revision", revision, "the revision converted")
     processing = _processing(info.processing)

@@ -8,13 +8,13 @@ TransformerLens processing the whole state dict.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 from pythia_tl.errors import Param, PlanError
 from pythia_tl.mapping.plan import ConversionPlan, PlannedTensor
+from pythia_tl.mapping.selection import BLOCK_KEY
 from pythia_tl.processing.passes import Processing, ProcessingPass
 
 Part = Literal["embed", "block", "head"]
@@ -67,8 +67,6 @@ _WHY: dict[ProcessingPass, str] = {
     "fold_value_biases": "folding value biases needs b_V, W_O and b_O",
 }
 
-_BLOCK_KEY = re.compile(r"blocks\.(\d+)\.")
-
 
 @dataclass(frozen=True)
 class Group:
@@ -114,7 +112,7 @@ class ProcessingPlan:
 
 def part_of(key: str) -> tuple[Part, str]:
     """The part an output key belongs to, and the prefix its name within the part drops."""
-    block = _BLOCK_KEY.match(key)
+    block = BLOCK_KEY.match(key)
     if block is not None:
         return "block", block.group(0)
     if key.startswith("embed."):

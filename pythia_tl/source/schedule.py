@@ -17,7 +17,8 @@ from pythia_tl.errors import Param, SourceError, UsageError
 from pythia_tl.source.hub import HubUnreachable, list_branches
 from pythia_tl.source.names import ModelName, tokens_seen
 
-STEP_BRANCH = re.compile(r"step(\d+)")
+# Digits bounded: a branch name comes from the Hub or a file, and int() of thousands refuses.
+STEP_BRANCH = re.compile(r"step(\d{1,9})")
 
 Origin = Literal["hub", "schedule"]
 

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+# Pythia's tokenizer.json is about 2 MB; a recorded folder is untrusted, its files read whole.
+MAX_TOKENIZER_FILE_BYTES = 64 << 20
 
 
 def hub_tokenizer(repo_id: str, commit: str, files: tuple[str, ...]) -> dict[str, Any] | None:

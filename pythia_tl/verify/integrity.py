@@ -20,7 +20,7 @@ from pythia_tl.output.metadata import NONFINITE_KEY, OutputFile, read_output
 from pythia_tl.verify.file_tensors import read_tensor
 from pythia_tl.verify.report import Check
 
-FLOAT_DTYPE_CODES = frozenset(dtype.safetensors for dtype in OUTPUT_DTYPES)
+FLOAT_DTYPE_CODES = tuple(dtype.safetensors for dtype in OUTPUT_DTYPES)
 _MAX_LISTED = 10
 
 
@@ -37,7 +37,8 @@ def check_integrity(
     try:
         for name, (dtype, _) in info.tensors.items():
             if dtype not in FLOAT_DTYPE_CODES:
-                problems.append(f"{name} has dtype {dtype}, expected F32, F16 or BF16")
+                expected = ", ".join(FLOAT_DTYPE_CODES)
+                problems.append(f"{name} has dtype {dtype}, expected one of {expected}")
                 continue
             tensor = read_tensor(path, name)
             found = None if allowed else find_nonfinite(name, tensor)
