@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -20,6 +22,8 @@ from safetensors.torch import load_file
 from synthetic import LAYOUTS, PythiaShape, write_checkpoint
 
 from pythia_tl.output.metadata import read_output
+from pythia_tl.source import resolve_source
+from pythia_tl.source.stream_reader import StreamReader
 
 REPO = "EleutherAI/pythia-70m"
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
@@ -133,6 +137,39 @@ def test_tensors_fetches_only_the_selected_bytes(
     assert weights_on_disk(hf_env.cache) == []
 
 
+def test_a_partial_stream_sends_shards_in_the_order_they_are_read(
+    stand_in_hub: StandInHub, tiny_checkpoints: TinyCheckpoints, hf_env: HfEnv, tmp_path: Path
+) -> None:
+    # The Hub's index files list their keys sorted, so embed_out.weight, in the last shard, comes
+    # first: the shard read first is not the first by name. A stream sending shards by name
+    # would fill its look-ahead with the tensor read second and wait for the reader for ever.
+    folder = tmp_path / "sorted-index"
+    shutil.copytree(tiny_checkpoints["safetensors-sharded"], folder)
+    index_path = folder / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    index_path.write_text(json.dumps(index, sort_keys=True))
+    stand_in_hub.add_revision(REPO, "main", folder)
+    checkpoint = resolve_source(REPO, tokenizer=False).checkpoint
+    names = ["gpt_neox.embed_in.weight", "embed_out.weight"]
+    assert checkpoint.tensors[names[0]].file != checkpoint.tensors[names[1]].file
+    expected = {name: load_file(folder / index["weight_map"][name])[name] for name in names}
+    got: dict[str, torch.Tensor] = {}
+
+    def read_all(reader: StreamReader) -> None:
+        for name in reader.order:
+            got[name] = reader.read(name).clone()
+            reader.release(name)
+
+    with StreamReader(checkpoint, names, whole_files=False, ahead=1) as reader:
+        assert reader.order[0] == "embed_out.weight"
+        worker = threading.Thread(target=read_all, args=(reader,), daemon=True)
+        worker.start()
+        worker.join(timeout=30)
+        stuck = worker.is_alive()
+    assert not stuck
+    assert all(torch.equal(got[name], expected[name]) for name in names)
+
+
 def test_a_dropped_connection_resumes(
     tiny_checkpoints: TinyCheckpoints, stand_in_hub: StandInHub, cli: Run, tmp_path: Path
 ) -> None:
@@ -183,6 +220,29 @@ def test_keep_downloads_leaves_the_files_in_the_cache_and_a_rerun_reads_them(
     assert cli(["convert", REPO, "-o", str(second)])[0] == 0
     assert stand_in_hub.served_bytes() == 0  # weights read from the cache
     assert first.read_bytes() == second.read_bytes()
+
+
+def test_a_revision_partly_in_the_cache_is_streamed_whole(
+    tiny_checkpoints: TinyCheckpoints,
+    stand_in_hub: StandInHub,
+    hf_env: HfEnv,
+    cli: Run,
+    tmp_path: Path,
+) -> None:
+    # What an interrupted --keep-downloads leaves: one shard cached, the others not.
+    from huggingface_hub import hf_hub_download
+
+    folder = tiny_checkpoints["safetensors-sharded"]
+    stand_in_hub.add_revision(REPO, "main", folder)
+    first_shard = sorted(p.name for p in folder.glob("*.safetensors"))[0]
+    hf_hub_download(REPO, first_shard)
+    local, streamed = tmp_path / "local.safetensors", tmp_path / "streamed.safetensors"
+    assert cli(["convert", str(folder), "-o", str(local)])[0] == 0
+    status, _, stderr = cli(["convert", REPO, "-o", str(streamed)])
+    assert status == 0, stderr
+    assert load_file(streamed).keys() == load_file(local).keys()
+    for key, tensor in load_file(local).items():
+        assert torch.equal(load_file(streamed)[key], tensor), key
 
 
 def test_kill_9_while_streaming_leaves_nothing_at_the_output(

@@ -76,8 +76,9 @@ def open_checkpoint(
     """Read ``folder``'s config and weight headers.
 
     Every weight file must resolve inside ``allowed_root`` (default: the folder itself), so an
-    index cannot make us read files elsewhere on the machine. Weight files missing from the
-    folder are read from ``remote`` (by name), headers by byte ranges.
+    index cannot make us read files elsewhere on the machine. The weight files named in
+    ``remote`` are read from the Hub, headers by byte ranges, even when some are on disk too: a
+    conversion streams every file of a revision or none.
     """
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: not a folder")
@@ -95,7 +96,7 @@ def open_checkpoint(
     files: list[Path] = []
     remote_files: dict[Path, RemoteFile] = {}
     for name in shard_names or [first]:
-        if not (folder / name).exists() and name in remote:
+        if name in remote:
             file = Path(remote[name].where)
             remote_files[file] = remote[name]
         else:

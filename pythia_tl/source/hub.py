@@ -191,12 +191,7 @@ def download_revision(
                     "the revision does not have"
                 )
             names = list(shards)
-        cached = all(
-            isinstance(
-                try_to_load_from_cache(repo_id, n, cache_dir=cache_dir, revision=commit), str
-            )
-            for n in names
-        )
+        cached = all(_in_cache(repo_id, n, commit, cache_dir) for n in names)
         # A revision wholly in the cache is read from there; otherwise by ranges, every file.
         remote = {} if weights or cached else {n: _remote_file(listing, n) for n in names}
         for name in names:

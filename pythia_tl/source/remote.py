@@ -111,12 +111,12 @@ class ByteRange:
 
 
 def coalesce(ranges: Iterable[ByteRange], gap: int = 0) -> list[ByteRange]:
-    """The ranges sorted per file, with overlapping, touching (or up to ``gap`` apart) ones
-    merged."""
+    """The ranges in the order given (the order they are read in), each merged into the one
+    before when it is of the same file and starts within it or at most ``gap`` after it."""
     merged: list[ByteRange] = []
-    for r in sorted(ranges, key=lambda r: (r.file.name, r.start, r.end)):
+    for r in ranges:
         last = merged[-1] if merged else None
-        if last is not None and last.file is r.file and r.start <= last.end + gap:
+        if last is not None and last.file is r.file and last.start <= r.start <= last.end + gap:
             merged[-1] = ByteRange(r.file, last.start, max(last.end, r.end))
         else:
             merged.append(r)
