@@ -38,7 +38,7 @@ def convert_tensors(
 ) -> Iterator[Converted]:
     """The planned tensors, converted source by source in plan order (or ``order``: the order a
     stream delivers them), each contiguous and in memory of its own
-    (never a view of the mapped source). They keep the source dtype, except that a lossless
+    (never a view of the source's buffer). They keep the source dtype, except that a lossless
     widening to the output dtype (float16 -> float32) is done here already; ``finish`` casts.
 
     The worker runs up to ``AHEAD_BYTES`` ahead; a source's pages are released as soon as it has

@@ -26,7 +26,7 @@ def open_source(
     """The reader of the plan's sources, the order to read them in (None: plan order), and
     the source files' checked sha256 (called once every tensor is read).
 
-    A local checkpoint is read through memory maps, in plan order, and hashed on a second
+    A local checkpoint is read by byte ranges, in plan order, and hashed on a second
     thread. A remote one is streamed in the order its files store the tensors, nothing of it
     written to disk: ``whole`` files, hashed as the bytes pass, or only the plan's byte ranges,
     whose files' sha256 are then the ones the Hub announces (no file is read whole to check

@@ -4,8 +4,8 @@ Four layouts are read: ``model.safetensors``, sharded safetensors with
 ``model.safetensors.index.json``, ``pytorch_model.bin``, and sharded ``.bin`` with
 ``pytorch_model.bin.index.json``. Safetensors is preferred when both are present. Only headers are
 read here (for ``.bin``, the pickle, loaded onto the meta device); tensor data is read later, one
-tensor at a time, through ``TensorReader``, as views of memory-mapped files whose pages are given
-back once used (``pythia_tl.source.reader``).
+tensor at a time, by byte ranges into memory of its own (``pythia_tl.source.reader``, or the
+Hub's ``stream_reader``).
 """
 
 from __future__ import annotations
