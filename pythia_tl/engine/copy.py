@@ -57,7 +57,7 @@ def merged_axes(
 def owned(
     view: torch.Tensor, source: torch.Tensor, dtype: torch.dtype, pool: BufferPool
 ) -> torch.Tensor:
-    """``view`` laid out contiguously in memory that is not ``source``'s (the buffer it was read into), in
+    """``view`` laid out contiguously in memory that is not ``source``'s (its read buffer), in
     ``dtype`` when that takes no extra pass.
 
     A strided view is copied in its own dtype and cast afterwards (``cast``): casting while
