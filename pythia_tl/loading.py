@@ -133,7 +133,8 @@ def _load_weights(model: Any, info: OutputFile, *, strict: bool) -> None:
     """Copy the file's tensors into the model's parameters one at a time, refusing any key the
     model lacks and (when ``strict``) any weight the file lacks."""
     import torch
-    from safetensors import safe_open
+
+    from pythia_tl.output.file_tensors import read_tensor
 
     wanted = model.state_dict()
     own = {key for key in wanted if key.endswith(_OWN_BUFFERS)}
@@ -146,10 +147,10 @@ def _load_weights(model: Any, info: OutputFile, *, strict: bool) -> None:
         )
     if missing and strict:
         raise OutputFileError(f"{info.path}: weights missing from the file: {_keys(missing)}")
-    with torch.no_grad(), safe_open(info.path, framework="pt") as handle:
-        for key in info.tensors:
+    with torch.no_grad():
+        for key in info.tensors:  # one at a time, by byte range (see output.file_tensors)
             target = wanted[key]
-            tensor = handle.get_tensor(key)
+            tensor = read_tensor(info.path, key)
             if tuple(tensor.shape) != tuple(target.shape):
                 raise OutputFileError(
                     f"{info.path}: tensor {key} has shape {list(tensor.shape)}, the model "

@@ -135,38 +135,35 @@ def _write_weights(
     on_bytes: Callable[[int, int], None] | None,
 ) -> tuple[int, int]:
     """The source tensors, rebuilt one at a time into ``target``; returns (bytes, tensors)."""
-    from safetensors import safe_open
-
     from pythia_tl.formats.safetensors import TensorEntry
     from pythia_tl.mapping.pythia import PYTHIA_TO_TL
     from pythia_tl.mapping.rules import RuleError, expand
+    from pythia_tl.output.file_tensors import FileTensors
     from pythia_tl.output.writer import write_safetensors
 
     dims = record.config.dims()
     rules = expand(PYTHIA_TO_TL, record.config.n_layers)
-    with safe_open(info.path, framework="pt") as handle:
-        for rule in rules:
-            if rule.source is None:  # unembed.b_U: zeros in a raw file, or GPT-NeoX cannot hold it
-                try:
-                    rule.invert([handle.get_tensor(key) for key in rule.outputs], dims)
-                except RuleError as exc:
-                    raise OutputFileError(f"{info.path}: {exc}") from None
-        sourced = [rule for rule in rules if rule.source is not None]
-        entries = [
-            TensorEntry(str(rule.source), record.dtype, rule.source_shape(dims)) for rule in sourced
-        ]
+    # One tensor in memory at a time, each read by its byte range (never mapped: see FileTensors).
+    tensors = FileTensors(info.path, info.tensors)
+    for rule in rules:
+        if rule.source is None:  # unembed.b_U: zeros in a raw file, or GPT-NeoX cannot hold it
+            try:
+                rule.invert([tensors[key] for key in rule.outputs], dims)
+            except RuleError as exc:
+                raise OutputFileError(f"{info.path}: {exc}") from None
+    sourced = [rule for rule in rules if rule.source is not None]
+    entries = [
+        TensorEntry(str(rule.source), record.dtype, rule.source_shape(dims)) for rule in sourced
+    ]
 
-        def rebuilt() -> Iterator[tuple[str, Any]]:
-            for rule in sourced:
-                yield (
-                    str(rule.source),
-                    rule.invert([handle.get_tensor(key) for key in rule.outputs], dims),
-                )
+    def rebuilt() -> Iterator[tuple[str, Any]]:
+        for rule in sourced:
+            yield str(rule.source), rule.invert([tensors[key] for key in rule.outputs], dims)
 
-        metadata = {"format": "pt"}
-        size = write_safetensors(
-            target, entries, rebuilt(), lambda: metadata, metadata, on_bytes=on_bytes
-        )
+    metadata = {"format": "pt"}
+    size = write_safetensors(
+        target, entries, rebuilt(), lambda: metadata, metadata, on_bytes=on_bytes
+    )
     return size, len(entries)
 
 

@@ -21,12 +21,12 @@ from pythia_tl.engine.reading import open_source
 from pythia_tl.errors import Param, PythiaTLError, SourceError, UsageError
 from pythia_tl.mapping.plan import PlannedTensor, plan_conversion
 from pythia_tl.mapping.tl_config import tl_config
+from pythia_tl.output.file_tensors import read_tensor
 from pythia_tl.output.metadata import ConversionRecord, OutputFile
 from pythia_tl.processing import ProcessingPlan, process_stream
 from pythia_tl.source import ResolvedSource, resolve_model_name, resolve_source
 from pythia_tl.source.config import NeoXConfig
 from pythia_tl.verify.compare import FLOAT32_SLACK, Mismatch, bitwise_mismatch, tolerance_mismatch
-from pythia_tl.verify.file_tensors import read_tensor
 from pythia_tl.verify.report import Check
 
 # Fields of tl_config that name the model rather than follow from config.json.

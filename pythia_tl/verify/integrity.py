@@ -16,8 +16,8 @@ from pathlib import Path
 from pythia_tl.dtypes import OUTPUT_DTYPES
 from pythia_tl.engine.finite import find_nonfinite
 from pythia_tl.errors import OutputFileError
+from pythia_tl.output.file_tensors import read_tensor
 from pythia_tl.output.metadata import NONFINITE_KEY, OutputFile, read_output
-from pythia_tl.verify.file_tensors import read_tensor
 from pythia_tl.verify.report import Check
 
 FLOAT_DTYPE_CODES = tuple(dtype.safetensors for dtype in OUTPUT_DTYPES)

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 from pythia_tl.errors import Param, UsageError
+from pythia_tl.output.file_tensors import FileTensors
 from pythia_tl.output.metadata import ConversionRecord
-from pythia_tl.verify.file_tensors import FileTensors
 from pythia_tl.verify.report import Check
 from pythia_tl.verify.tl_forward import tl_logits
 
