@@ -1,4 +1,4 @@
-"""A pythia-tl output in TransformerLens 4 (or transformers, nnsight): export, then boot.
+"""A pythia-tl output in TransformerLens 4 (or transformers): export, then boot.
 
     pythia-tl export pythia-70m-step1000.safetensors -o pythia-70m-step1000-hf
     python examples/export_for_transformer_lens_4.py pythia-70m-step1000-hf

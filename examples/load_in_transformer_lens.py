@@ -1,4 +1,4 @@
-"""Load a pythia-tl output into TransformerLens 2.x or 3.x and run it on text.
+"""Load a pythia-tl output into TransformerLens 3.x and run it on text.
 
     pip install "pythia-tl[tl]"
     python examples/load_in_transformer_lens.py pythia-70m-step1000.safetensors "Paris is"
