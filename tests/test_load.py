@@ -175,6 +175,19 @@ def test_tokenizer_argument_takes_a_folder_or_a_tokenizer_object(
     assert pythia_tl.load(out, device="cpu", tokenizer=None).tokenizer is None
 
 
+def test_tokenizer_argument_takes_a_hub_name(
+    stand_in_hub: StandInHub, tiny_checkpoints: TinyCheckpoints, tmp_path: Path, cli: Run
+) -> None:
+    out = tmp_path / "out.safetensors"
+    convert(cli, [str(tiny_checkpoints["safetensors"]), "-o", str(out)])
+    published = tmp_path / "published"
+    shutil.copytree(tiny_checkpoints["safetensors"], published)
+    write_tokenizer(published, tiny_checkpoints.shape.d_vocab)
+    stand_in_hub.add_revision(REPO, "main", published)
+    model = pythia_tl.load(out, device="cpu", tokenizer=REPO)
+    assert model.to_tokens(SAMPLE_TEXT)[0].tolist() == expected_tokens(published)
+
+
 def test_the_files_dtype_is_kept_unless_another_is_asked_for(
     tiny_checkpoints: TinyCheckpoints, tmp_path: Path, cli: Run
 ) -> None:
