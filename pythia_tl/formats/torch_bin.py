@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, cast
 
 from pythia_tl.errors import CheckpointError
+from pythia_tl.text import first_line
 
 if TYPE_CHECKING:
     import torch
@@ -115,15 +116,10 @@ def load_bin(
         raise CheckpointError(f"{where}: refused, it holds more than tensors ({reason})") from None
     except Exception as exc:  # torch raises RuntimeError, EOFError, ValueError... for bad files
         raise CheckpointError(
-            f"{where}: not a readable PyTorch checkpoint ({_first_line(exc)})"
+            f"{where}: not a readable PyTorch checkpoint ({first_line(exc)})"
         ) from None
     if not isinstance(state, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):
         raise CheckpointError(f"{where}: expected a mapping of tensor names to tensors")
     return state
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

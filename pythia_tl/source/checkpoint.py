@@ -21,7 +21,13 @@ from pythia_tl.errors import CheckpointError
 from pythia_tl.formats.safetensors import LENGTH_BYTES, header_length, parse_header
 from pythia_tl.formats.torch_bin import MAX_PICKLE_BYTES, is_little_endian, load_bin
 from pythia_tl.source.config import NeoXConfig, read_config
-from pythia_tl.source.layouts import LAYOUTS, MAX_SHARDS, Format, load_weight_map, weight_files_for
+from pythia_tl.source.layouts import (
+    MAX_SHARDS,
+    Format,
+    expected_weight_files,
+    load_weight_map,
+    weight_files_for,
+)
 from pythia_tl.source.remote import RemoteFile, SparseFile
 from pythia_tl.source.spans import Span, check_span, contiguous_stride
 
@@ -88,8 +94,9 @@ def open_checkpoint(
     listing = {p.name for p in folder.iterdir()} | set(remote)
     found = weight_files_for(listing)
     if found is None:
-        expected = ", ".join(name for _, single, index in LAYOUTS for name in (single, index))
-        raise CheckpointError(f"{folder}: no weights found; expected one of {expected}")
+        raise CheckpointError(
+            f"{folder}: no weights found; expected one of {expected_weight_files()}"
+        )
     fmt, (first,) = found
     path = folder / first
     shard_names = _read_index(path, folder, remote) if first.endswith(".index.json") else None

@@ -32,7 +32,12 @@ from huggingface_hub.errors import (
 
 from pythia_tl.errors import CheckpointError, SourceError
 from pythia_tl.source.hub_errors import broken_download
-from pythia_tl.source.layouts import Format, load_weight_map, weight_files_for
+from pythia_tl.source.layouts import (
+    Format,
+    expected_weight_files,
+    load_weight_map,
+    weight_files_for,
+)
 from pythia_tl.source.remote import RemoteFile
 from pythia_tl.source.tokenizer_files import TOKENIZER_FILES
 
@@ -127,8 +132,8 @@ def describe_revision(repo_id: str, revision: str) -> RevisionListing:
         raise SourceError(f"{repo_id}@{revision}: the revision has no config.json")
     if found is None:
         raise SourceError(
-            f"{repo_id}@{revision}: no weights in the revision (expected model.safetensors or "
-            "pytorch_model.bin, alone or sharded with an index)"
+            f"{repo_id}@{revision}: no weights in the revision (expected one of "
+            f"{expected_weight_files()})"
         )
     fmt, (weights_entry,) = found
     lfs_sha256 = {

@@ -15,6 +15,7 @@ import errno
 from huggingface_hub.errors import HfHubHTTPError
 
 from pythia_tl.errors import Param, SourceError
+from pythia_tl.text import first_line
 
 # The HTTP stacks huggingface_hub has used; their exceptions share no common base class.
 _TRANSPORT_MODULES = frozenset({"httpx", "httpx2", "httpcore", "requests", "urllib3", "http"})
@@ -38,7 +39,7 @@ def broken_download(exc: Exception, where: str, filename: str) -> SourceError | 
     if isinstance(exc, OSError) or type(exc).__module__.split(".")[0] in _TRANSPORT_MODULES:
         return SourceError(
             f"{where}: the download of {filename} broke off and did not resume after retries "
-            f"({_first_line(exc)}); run the command again to resume it"
+            f"({first_line(exc)}); run the command again to resume it"
         )
     return None
 
@@ -46,8 +47,3 @@ def broken_download(exc: Exception, where: str, filename: str) -> SourceError | 
 def _means_unreachable(exc: Exception) -> bool:
     name = type(exc).__name__.lower()
     return "connect" in name or "timeout" in name
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__

@@ -40,6 +40,11 @@ def is_layout_name(name: str) -> bool:
     return False
 
 
+def expected_weight_files() -> str:
+    """The weight file names a checkpoint may have, for messages when it has none."""
+    return ", ".join(name for _, single, index in LAYOUTS for name in (single, index))
+
+
 def weight_files_for(filenames: set[str]) -> tuple[Format, list[str]] | None:
     """Which files of a listing hold the weights (without their shards): the preferred layout's
     single file or index file, or None when no layout is present."""

@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import quote
 
 from pythia_tl.errors import CheckpointError, SourceError
+from pythia_tl.text import first_line
 
 # Bytes per request: large enough that request overhead is small, small enough that a retry
 # after a dropped connection repeats little.
@@ -60,7 +61,7 @@ class RemoteFile:
             return b""
         from huggingface_hub.errors import HfHubHTTPError
 
-        problem: Exception | None = None
+        problem: Exception = OSError("no attempt made")
         for _ in range(_ATTEMPTS):
             try:
                 with _open(self) as handle:
@@ -81,7 +82,7 @@ class RemoteFile:
                 return data
             problem = OSError(f"got {len(data)} of {end - start} bytes")
         raise SourceError(
-            f"{self.where}: reading bytes [{start}, {end}) failed ({_first_line(problem)}); "
+            f"{self.where}: reading bytes [{start}, {end}) failed ({first_line(problem)}); "
             "run the command again"
         )
 
@@ -93,12 +94,6 @@ def _open(file: RemoteFile) -> Any:
     return HfFileSystem().open(
         file.fs_path, "rb", block_size=CHUNK_BYTES, cache_type="none", size=file.size
     )
-
-
-def _first_line(exc: BaseException | None) -> str:
-    text = str(exc).strip() if exc is not None else ""
-    name = type(exc).__name__ if exc is not None else "error"
-    return f"{name}: {text.splitlines()[0]}" if text else name
 
 
 @dataclass(frozen=True)
@@ -159,7 +154,6 @@ class SparseFile(io.RawIOBase):
     def __init__(
         self,
         file: RemoteFile,
-        ranges: Iterable[tuple[int, bytes]] = (),
         max_miss: int = 16 << 20,
     ) -> None:
         super().__init__()
@@ -169,8 +163,6 @@ class SparseFile(io.RawIOBase):
         self._starts: list[int] = []
         self._pieces: list[bytes] = []
         self._lock = threading.Lock()
-        for start, data in ranges:
-            self._add(start, data)
 
     def prefetch(self, spans: Iterable[tuple[int, int]], workers: int = WORKERS) -> None:
         """Fetch the byte ranges ``spans`` (start, end) now, several at once."""
