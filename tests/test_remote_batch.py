@@ -99,3 +99,31 @@ def test_a_batch_with_a_selection_streams_only_those_bytes(
         ]
     )
     assert json.loads(stdout)["counts"]["converted"] == 0
+
+
+def test_dry_run_says_what_the_run_then_does(
+    suite: Suite, hf_env: HfEnv, cli: Run, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    assert cli(["batch", *MODELS, "--steps", "1000", "-o", str(out), "-q"])[0] == 0
+    # The branch moves to a new commit with the same weights: up to date, as the run sees it.
+    moved = ("EleutherAI/pythia-70m", 1000)
+    suite.hub.add_revision(moved[0], "step1000", suite.folders[moved], commit="f" * 40)
+    # A file pythia-tl did not write, where an output goes: the run refuses to touch it.
+    foreign = out / "pythia-160m" / "step1.safetensors"
+    foreign.write_bytes(b"not mine")
+    suite.hub.remove_revision("EleutherAI/pythia-160m", "step2")
+    args = ["batch", *MODELS, "--steps", STEPS_SPEC, "-o", str(out)]
+    status, stdout, stderr = cli([*args, "--dry-run", "--json"])
+    assert status == 0, stderr
+    planned = {
+        (r["repo_id"], int(r["revision"].removeprefix("step"))): r["status"]
+        for r in json.loads(stdout)["revisions"]
+    }
+    cli([*args, "-q"])
+    summary = json.loads((out / "summary.json").read_text())
+    done = {(e["repo_id"], e["step"]): e["status"] for e in summary["revisions"]}
+    as_run = {"convert": "converted", "skip": "skipped", "duplicate": "duplicate"}
+    as_run |= {"missing": "failed", "refused": "failed"}
+    assert {item: as_run[status] for item, status in planned.items()} == done
+    assert planned[moved] == "skip" and planned[("EleutherAI/pythia-160m", 1)] == "refused"

@@ -9,7 +9,7 @@ from typing import Any
 
 from pythia_tl.batch.dedupe import WeightsKey, weights_key
 from pythia_tl.batch.request import BatchRequest, WorkList
-from pythia_tl.batch.resume import Requirements, judge_existing
+from pythia_tl.batch.resume import ExistingOutput, Requirements, judge_existing
 from pythia_tl.batch.work import WorkItem
 from pythia_tl.engine.output_plan import plan_output
 from pythia_tl.errors import PythiaTLError
@@ -33,7 +33,7 @@ class RevisionCost:
     commit: str | None
     fetch_bytes: int
     write_bytes: int
-    status: str  # convert, skip, duplicate, missing
+    status: str  # convert, skip, duplicate, missing, refused (a file pythia-tl did not write)
     duplicate_of: str | None = None
     reason: str | None = None
 
@@ -74,36 +74,69 @@ class BatchCost:
 
 def estimate(request: BatchRequest, work: WorkList) -> BatchCost:
     """The cost of ``work``, revision by revision (nothing is converted or downloaded but the
-    small config and index files)."""
+    small config and index files), each judged as the run judges it (``runner``): outputs up to
+    date are skipped first, and their weights are what later duplicates link to."""
     seen: dict[WeightsKey, str] = {}
-    costs = []
+    costs: dict[WorkItem, RevisionCost] = {}
+    existing: dict[WorkItem, ExistingOutput] = {}
     for item in work.items:
-        try:
-            listing = describe_revision(item.repo_id, item.revision)
-        except HubUnreachable as exc:
-            costs.append(RevisionCost(item, None, 0, 0, "missing", reason=exc.why))
-            continue
-        except PythiaTLError as exc:
-            costs.append(RevisionCost(item, None, 0, 0, "missing", reason=str(exc)))
-            continue
-        key = weights_key(item.repo_id, listing.weight_sha256)
-        if key is not None and key in seen:
-            costs.append(RevisionCost(item, listing.commit, 0, 0, "duplicate", seen[key]))
-            continue
-        if key is not None:
-            seen[key] = item.revision
-        target = request.output_dir / item.relative_output
-        existing = judge_existing(
-            target, Requirements.of(item.repo_id, request.options), listing.commit
+        found = judge_existing(
+            request.output_dir / item.relative_output,
+            Requirements.of(item.repo_id, request.options),
+            work.branch_commit(item, request.cache_dir),
         )
-        if existing.state == "current":
-            costs.append(RevisionCost(item, listing.commit, 0, 0, "skip", reason="up to date"))
-            continue
-        try:
-            costs.append(_conversion_cost(request, item, listing))
-        except PythiaTLError as exc:
-            costs.append(RevisionCost(item, listing.commit, 0, 0, "missing", reason=str(exc)))
-    return BatchCost(tuple(costs))
+        if found.state == "foreign":
+            costs[item] = RevisionCost(item, None, 0, 0, "refused", reason=found.reason)
+        elif found.state in ("current", "unverified"):
+            costs[item] = _skipped(item, found, found.commit, "up to date", seen)
+        else:
+            existing[item] = found
+    for item, found in existing.items():
+        costs[item] = _cost(request, work, item, found, seen)
+    return BatchCost(tuple(costs[item] for item in work.items))
+
+
+def _cost(
+    request: BatchRequest,
+    work: WorkList,
+    item: WorkItem,
+    existing: ExistingOutput,
+    seen: dict[WeightsKey, str],
+) -> RevisionCost:
+    if work.branches.get(item.repo_id) is None:
+        why = work.unreachable.get(item.repo_id, "the Hub could not be asked")
+        return RevisionCost(item, None, 0, 0, "missing", reason=why)
+    try:
+        listing = describe_revision(item.repo_id, item.revision)
+    except HubUnreachable as exc:
+        return RevisionCost(item, None, 0, 0, "missing", reason=exc.why)
+    except PythiaTLError as exc:
+        return RevisionCost(item, None, 0, 0, "missing", reason=str(exc))
+    if existing.has_the_weights_of(listing):
+        reason = f"up to date (same weights as commit {existing.commit})"
+        return _skipped(item, existing, listing.commit, reason, seen)
+    key = weights_key(item.repo_id, listing.weight_sha256)
+    if key is not None and key in seen:
+        return RevisionCost(item, listing.commit, 0, 0, "duplicate", seen[key])
+    if key is not None:
+        seen[key] = item.revision
+    try:
+        return _conversion_cost(request, item, listing)
+    except PythiaTLError as exc:
+        return RevisionCost(item, listing.commit, 0, 0, "missing", reason=str(exc))
+
+
+def _skipped(
+    item: WorkItem,
+    existing: ExistingOutput,
+    commit: str | None,
+    reason: str,
+    seen: dict[WeightsKey, str],
+) -> RevisionCost:
+    key = weights_key(item.repo_id, existing.source_sha256)
+    if key is not None:
+        seen.setdefault(key, item.revision)
+    return RevisionCost(item, commit, 0, 0, "skip", reason=reason)
 
 
 def _conversion_cost(

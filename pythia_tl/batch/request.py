@@ -9,7 +9,7 @@ from pythia_tl.batch.step_spec import StepSpec
 from pythia_tl.batch.work import Shard, WorkItem, check_distinct_folders, sorted_items
 from pythia_tl.engine.convert import ConvertOptions
 from pythia_tl.errors import Param, SourceError, UsageError
-from pythia_tl.source.hub import HubUnreachable, list_branches
+from pythia_tl.source.hub import HubUnreachable, cached_commit, list_branches
 from pythia_tl.source.names import ModelName
 from pythia_tl.source.schedule import from_branches, from_schedule
 
@@ -51,6 +51,13 @@ class WorkList:
     branches: dict[str, dict[str, str] | None]
     # repo id -> why the Hub could not be asked.
     unreachable: dict[str, str]
+
+    def branch_commit(self, item: WorkItem, cache_dir: Path | None) -> str | None:
+        """The commit ``item``'s branch points to: as listed, or (the Hub not asked) as cached."""
+        branches = self.branches.get(item.repo_id)
+        if branches is not None:
+            return branches.get(item.revision)
+        return cached_commit(item.repo_id, item.revision, cache_dir)
 
 
 def list_work(request: BatchRequest) -> WorkList:

@@ -18,13 +18,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pythia_tl import CONVERTER_NAME
+from pythia_tl.batch.dedupe import weights_key
 from pythia_tl.engine.convert import ConvertOptions
 from pythia_tl.errors import OutputFileError
 from pythia_tl.mapping.selection import EVERY_TENSOR, Selection
 from pythia_tl.output.metadata import NONFINITE_KEY, read_output
+
+if TYPE_CHECKING:
+    from pythia_tl.source.hub import RevisionListing
 
 State = Literal["missing", "current", "other_commit", "unverified", "stale", "foreign"]
 
@@ -64,6 +68,13 @@ class ExistingOutput:
     source_sha256: dict[str, str] = field(default_factory=dict)
     bytes: int = 0
     converter_version: str | None = None
+
+    def has_the_weights_of(self, listing: RevisionListing) -> bool:
+        """Whether this output, made from another commit, holds the weights of ``listing``'s
+        (same sha256): then it is up to date."""
+        key = weights_key(listing.repo_id, listing.weight_sha256)
+        mine = weights_key(listing.repo_id, self.source_sha256)
+        return self.state == "other_commit" and key is not None and key == mine
 
 
 def judge_existing(path: Path, requirements: Requirements, commit: str | None) -> ExistingOutput:

@@ -45,7 +45,7 @@ from pythia_tl.batch.work import WorkItem
 from pythia_tl.engine.hashing import file_sha256
 from pythia_tl.errors import PythiaTLError
 from pythia_tl.output.atomic import remove_stale_temporaries
-from pythia_tl.source.hub import HubUnreachable, RevisionListing, cached_commit, describe_revision
+from pythia_tl.source.hub import HubUnreachable, RevisionListing, describe_revision
 
 
 class BatchReporter(Protocol):
@@ -137,7 +137,9 @@ class _BatchRun:
             requirements = Requirements.of(item.repo_id, self.request.options)
             target = self.request.output_dir / item.relative_output
             identity = FileIdentity.of(target)
-            existing = judge_existing(target, requirements, self._branch_commit(item))
+            existing = judge_existing(
+                target, requirements, self.work.branch_commit(item, self.request.cache_dir)
+            )
             checked: tuple[str | None, FileIdentity | None] = (None, None)
             if existing.state in ("current", "unverified"):
                 found = self._output_sha256(item, identity)
@@ -181,12 +183,6 @@ class _BatchRun:
                 f"{record.sha256})"
             )
         return digest, identity
-
-    def _branch_commit(self, item: WorkItem) -> str | None:
-        branches = self.work.branches.get(item.repo_id)
-        if branches is not None:
-            return branches.get(item.revision)
-        return cached_commit(item.repo_id, item.revision, self.request.cache_dir)
 
     def _skip(
         self,
@@ -239,12 +235,7 @@ class _BatchRun:
                 continue
             listing = listings[revision.item]
             existing = revision.existing
-            if (
-                listing is not None
-                and existing.state == "other_commit"
-                and weights_key(revision.item.repo_id, listing.weight_sha256)
-                == weights_key(revision.item.repo_id, existing.source_sha256)
-            ):
+            if listing is not None and existing.has_the_weights_of(listing):
                 reason = f"up to date (same weights as commit {existing.commit})"
                 checked = self._output_sha256(revision.item, revision.identity)
                 if not isinstance(checked, _Changed):
@@ -321,7 +312,9 @@ class _BatchRun:
         if identity is None or identity == revision.identity:
             return None
         requirements = Requirements.of(item.repo_id, self.request.options)
-        existing = judge_existing(target, requirements, self._branch_commit(item))
+        existing = judge_existing(
+            target, requirements, self.work.branch_commit(item, self.request.cache_dir)
+        )
         if existing.state not in ("current", "unverified"):
             return None
         self.records = recorded_outputs(self.summary.path)  # the other run's record
