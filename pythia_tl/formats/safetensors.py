@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from pythia_tl.dtypes import BY_SAFETENSORS, DType, tensor_bytes
 from pythia_tl.errors import CheckpointError
@@ -96,6 +98,16 @@ def header_length(prefix: bytes, file_size: int, where: str) -> int:
     if length > file_size - LENGTH_BYTES:
         raise _invalid(where, f"header length {length} exceeds the file's {file_size} bytes")
     return length
+
+
+def read_header(path: Path) -> SafetensorsHeader:
+    """The checked header of the local safetensors file ``path`` (OSError when unreadable)."""
+    with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        prefix = handle.read(LENGTH_BYTES)
+        # The length is checked against the file and a cap before its bytes are read.
+        head = prefix + handle.read(header_length(prefix, size, str(path)))
+    return parse_header(head, size, str(path))
 
 
 def parse_header(head: bytes, file_size: int, where: str) -> SafetensorsHeader:

@@ -10,14 +10,13 @@ reads is read by its current header or refused.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import torch
 
 from pythia_tl.errors import CheckpointError, OutputFileError
-from pythia_tl.formats.safetensors import LENGTH_BYTES, header_length, parse_header
+from pythia_tl.formats.safetensors import read_header
 from pythia_tl.source.spans import Span, contiguous_stride
 from pythia_tl.source.weight_file import WeightFile
 
@@ -25,11 +24,7 @@ from pythia_tl.source.weight_file import WeightFile
 def read_tensor(path: Path, key: str) -> torch.Tensor:
     """Tensor ``key`` of the safetensors file ``path``; OutputFileError when it cannot be read."""
     try:
-        with open(path, "rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
-            prefix = handle.read(LENGTH_BYTES)
-            head = prefix + handle.read(header_length(prefix, size, str(path)))
-        header = parse_header(head, size, str(path))
+        header = read_header(path)
         entry = next((t for t in header.tensors if t.name == key), None)
         if entry is None:
             raise OutputFileError(f"{path}: holds no tensor {key}")

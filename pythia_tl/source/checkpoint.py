@@ -10,7 +10,6 @@ Hub's ``stream_reader``).
 
 from __future__ import annotations
 
-import os
 import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from pathlib import Path
 
 from pythia_tl.dtypes import DType, of_torch, tensor_bytes
 from pythia_tl.errors import CheckpointError
-from pythia_tl.formats.safetensors import LENGTH_BYTES, header_length, parse_header
+from pythia_tl.formats.safetensors import LENGTH_BYTES, header_length, parse_header, read_header
 from pythia_tl.formats.torch_bin import MAX_PICKLE_BYTES, is_little_endian, load_bin
 from pythia_tl.source.config import NeoXConfig, read_config
 from pythia_tl.source.layouts import (
@@ -172,17 +171,15 @@ def _safetensors_headers(file: Path | RemoteFile) -> Iterator[TensorInfo]:
         prefix = file.read(0, LENGTH_BYTES)
         # The length is checked against the file and a cap before its bytes are read.
         length = header_length(prefix, size, file.where)
-        head = prefix + file.read(LENGTH_BYTES, LENGTH_BYTES + length)
+        header = parse_header(
+            prefix + file.read(LENGTH_BYTES, LENGTH_BYTES + length), size, file.where
+        )
     else:
         where = file
         try:
-            with open(file, "rb") as handle:
-                size = os.fstat(handle.fileno()).st_size
-                prefix = handle.read(LENGTH_BYTES)
-                head = prefix + handle.read(header_length(prefix, size, str(file)))
+            header = read_header(file)
         except OSError as exc:
             raise CheckpointError(f"{file}: cannot read ({exc.strerror or exc})") from None
-    header = parse_header(head, size, str(where))
     for tensor in header.tensors:
         span = Span(
             header.data_start + tensor.begin,
