@@ -145,3 +145,10 @@ def test_checkpoint_index_does_not_apply_to_a_folder(
         err.strip()
         == f"error: {folder} is a local folder: --checkpoint-index applies to Hub sources"
     )
+
+
+def test_checkpoints_into_a_pipe_keep_every_commit_whole(suite: Suite, run_cli) -> None:
+    listed = run_cli(["checkpoints", "pythia-70m"], env={"COLUMNS": "60"})
+    assert listed.returncode == 0, listed.stderr
+    for step in STEPS:
+        assert suite.commit("EleutherAI/pythia-70m", step) in listed.stdout

@@ -6,12 +6,11 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
-from pythia_tl.cli.cells import cell
 from pythia_tl.cli.hub_model import hub_model
 from pythia_tl.cli.json_output import print_json
 from pythia_tl.cli.options import Json
+from pythia_tl.cli.tables import print_table
 
 _ORIGINS = {"hub": "the Hub's branches", "schedule": "the known schedule (Hub not reachable)"}
 
@@ -50,19 +49,16 @@ def checkpoints(
             }
         )
         return
-    table = Table(
-        title=cell(
-            f"{listing.model.repo_id}: {len(rows)} checkpoints, from {_ORIGINS[listing.origin]}"
-        )
-    )
-    for column in ("index", "step", "revision", "tokens seen", "commit"):
-        table.add_column(column, justify="right" if column in ("index", "step") else "left")
-    for row in rows:
-        table.add_row(
+    title = f"{listing.model.repo_id}: {len(rows)} checkpoints, from {_ORIGINS[listing.origin]}"
+    cells = [
+        [
             str(row["index"]),
             str(row["step"]),
-            cell(str(row["revision"])),
+            str(row["revision"]),
             f"{row['tokens']:,}",
-            cell(str(row["commit"] or "-")),
-        )
-    Console().print(table)
+            str(row["commit"] or "-"),
+        ]
+        for row in rows
+    ]
+    columns = ["index", "step", "revision", "tokens seen", "commit"]
+    print_table(Console(), columns, cells, title=title)
