@@ -104,6 +104,7 @@ class _BatchRun:
         self.summary.write()
         self.reporter.started(len(self.work.items))
         pending, ready = self._resume()
+        self.summary.write()  # once for every revision _resume settled
         pool = ThreadPoolExecutor(max_workers=request.jobs, thread_name_prefix="pythia-tl-batch")
         try:
             described = self._describe(pool, pending, ready)
@@ -149,13 +150,15 @@ class _BatchRun:
                     continue
                 checked = found
             if existing.state == "current":
-                self._skip(item, existing, existing.commit, "up to date", ready, checked)
+                self._skip(
+                    item, existing, existing.commit, "up to date", ready, checked, write=False
+                )
             elif existing.state == "unverified":
                 why = self.work.unreachable.get(item.repo_id, "the Hub has no such branch")
                 reason = f"up to date, commit not checked ({why})"
-                self._skip(item, existing, None, reason, ready, checked)
+                self._skip(item, existing, None, reason, ready, checked, write=False)
             elif existing.state == "foreign":
-                self._finish(RevisionResult(item, "failed", reason=existing.reason))
+                self._finish(RevisionResult(item, "failed", reason=existing.reason), write=False)
             else:
                 pending.append(PendingRevision(item, None, existing, identity))
         return pending, ready
@@ -192,6 +195,7 @@ class _BatchRun:
         reason: str,
         ready: dict[WeightsKey, RevisionResult],
         checked: tuple[str | None, FileIdentity | None] = (None, None),
+        write: bool = True,
     ) -> None:
         sha256, identity = checked
         result = RevisionResult(
@@ -208,7 +212,7 @@ class _BatchRun:
         key = weights_key(item.repo_id, existing.source_sha256)
         if key is not None:
             ready.setdefault(key, result)
-        self._finish(result)
+        self._finish(result, write=write)
 
     # --- 2. describe -----------------------------------------------------------------------
 
@@ -341,9 +345,12 @@ class _BatchRun:
             raise BatchCancelled
         self.reporter.wrote(nbytes)
 
-    def _finish(self, result: RevisionResult) -> None:
+    def _finish(self, result: RevisionResult, *, write: bool = True) -> None:
+        """Record ``result``; ``write``: rewrite summary.json now (callers settling many
+        revisions at once write it once after them)."""
         self.summary.record(result)
-        self.summary.write()
+        if write:
+            self.summary.write()
         self.reporter.finished(result)
         if result.status == "failed" and self.request.fail_fast:
             self.stop.set()
@@ -351,7 +358,7 @@ class _BatchRun:
     def _cancel_the_rest(self, reason: str) -> None:
         for item in self.work.items:
             if self.summary.result(item) is None:
-                self._finish(RevisionResult(item, "cancelled", reason=reason))
+                self._finish(RevisionResult(item, "cancelled", reason=reason), write=False)
 
 
 @dataclass(frozen=True)
