@@ -24,8 +24,7 @@ from pythia_tl.cli.options import (
     with_output_options,
 )
 from pythia_tl.cli.progress import byte_progress
-from pythia_tl.errors import OutputError
-from pythia_tl.output.atomic import exists_error
+from pythia_tl.output.atomic import check_target
 from pythia_tl.text import printable
 
 
@@ -70,7 +69,7 @@ def convert(
     given = None if output is None else Path(output)
     into_folder = output is not None and (output.endswith(os.sep) or Path(output).is_dir())
     if given is not None and not into_folder:
-        _check_target(given, force)  # before anything is downloaded or converted
+        check_target(given, force)  # before anything is downloaded or converted
     resolved = resolve_source(
         source,
         revision=revision,
@@ -86,7 +85,7 @@ def convert(
         folder = given or Path()
         folder.mkdir(parents=True, exist_ok=True)
         given = folder / name
-        _check_target(given, force)
+        check_target(given, force)
     options = ConvertOptions(
         dtype=choice.dtype,
         overwrite=force,
@@ -108,15 +107,6 @@ def convert(
             ),
             file=sys.stderr,
         )
-
-
-def _check_target(target: Path, force: bool) -> None:
-    if target.is_dir():
-        raise OutputError(f"{target}: is a folder")
-    if target.exists() and not force:
-        raise exists_error(target)
-    if not target.parent.is_dir():
-        raise OutputError(f"{target}: cannot create a file there (no such folder {target.parent})")
 
 
 def _processed(passes: tuple[str, ...]) -> str:

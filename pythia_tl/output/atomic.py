@@ -122,6 +122,17 @@ def publish(temp: Path, target: Path, *, overwrite: bool) -> None:
     fsync_folder(target.parent)
 
 
+def check_target(target: Path, overwrite: bool) -> None:
+    """OutputError unless a file may be written at ``target``: its folder exists, and the target
+    is absent or (``overwrite``) replaceable. Checked before any work, and again by the writer."""
+    if target.exists() and not overwrite:
+        raise exists_error(target)
+    if overwrite:
+        check_replaceable(target)
+    if not target.parent.is_dir():
+        raise OutputError(f"{target}: cannot create a file there (no such folder {target.parent})")
+
+
 def exists_error(target: Path) -> OutputError:
     return OutputError(
         f"{target}: already exists (use ", Param("overwrite", True), " to overwrite)"

@@ -21,8 +21,7 @@ from pythia_tl.errors import OutputError
 from pythia_tl.formats.safetensors import LENGTH_BYTES, TensorEntry, encode_header
 from pythia_tl.output.atomic import (
     atomic_path,
-    check_replaceable,
-    exists_error,
+    check_target,
     remove_stale_temporaries,
 )
 
@@ -62,10 +61,7 @@ def write_safetensors(
     after the last tensor: its size fixes where the data starts. ``on_bytes(n, total)`` is called
     after each tensor with its size and the total size of all tensors.
     """
-    if target.exists() and not overwrite:
-        raise exists_error(target)
-    if overwrite:
-        check_replaceable(target)
+    check_target(target, overwrite)
     header_size, total = _header_size(entries, reserve_metadata), _data_size(entries)
     remove_stale_temporaries(target.parent)
     try:
