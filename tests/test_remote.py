@@ -40,6 +40,14 @@ def weights_on_disk(root: Path) -> list[Path]:
     return found
 
 
+def assert_same_tensors(got: Path, expected: Path) -> None:
+    """The two files hold the same keys, in the same order, with equal tensors."""
+    want, have = tensors_of(expected), tensors_of(got)
+    assert list(have) == list(want)
+    for key, tensor in want.items():
+        assert torch.equal(have[key], tensor), key
+
+
 def tensors_of(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
@@ -70,10 +78,7 @@ def test_a_streamed_conversion_equals_the_local_one_and_stores_no_weights(
     assert cli(["convert", str(tiny_checkpoints[layout]), "-o", str(local), *flags])[0] == 0
     status, _, stderr = cli(["convert", REPO, "--step", "1000", "-o", str(streamed), *flags])
     assert status == 0, stderr
-    expected, got = tensors_of(local), tensors_of(streamed)
-    assert list(got) == list(expected)
-    for key, tensor in expected.items():
-        assert torch.equal(got[key], tensor), key
+    assert_same_tensors(streamed, local)
     assert weights_on_disk(hf_env.cache) == []
     # The sha256 recorded is the one the Hub announced, computed from the stream.
     recorded = read_output(streamed).source_files
@@ -240,9 +245,7 @@ def test_a_revision_partly_in_the_cache_is_streamed_whole(
     assert cli(["convert", str(folder), "-o", str(local)])[0] == 0
     status, _, stderr = cli(["convert", REPO, "-o", str(streamed)])
     assert status == 0, stderr
-    assert load_file(streamed).keys() == load_file(local).keys()
-    for key, tensor in load_file(local).items():
-        assert torch.equal(load_file(streamed)[key], tensor), key
+    assert_same_tensors(streamed, local)
 
 
 def test_kill_9_while_streaming_leaves_nothing_at_the_output(
