@@ -20,9 +20,9 @@ from conftest import REPO_ROOT, HfEnv, Run, TinyCheckpoints
 from hub_server import StandInHub
 
 from pythia_tl.engine.convert import ConvertOptions, convert
+from pythia_tl.hub.errors import broken_download
 from pythia_tl.output.atomic import remove_stale_temporaries, temp_path_for
 from pythia_tl.source import resolve_source
-from pythia_tl.source.hub_errors import broken_download
 from pythia_tl.verify import verify_file
 
 REPO = "EleutherAI/pythia-70m"

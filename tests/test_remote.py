@@ -21,9 +21,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from synthetic import LAYOUTS, PythiaShape, write_checkpoint
 
+from pythia_tl.hub.stream_reader import StreamReader
 from pythia_tl.output.metadata import read_output
 from pythia_tl.source import resolve_source
-from pythia_tl.source.stream_reader import StreamReader
 
 REPO = "EleutherAI/pythia-70m"
 WEIGHT_SUFFIXES = (".safetensors", ".bin")

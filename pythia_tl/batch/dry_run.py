@@ -14,17 +14,14 @@ from pythia_tl.batch.work import WorkItem
 from pythia_tl.engine.output_plan import plan_output
 from pythia_tl.errors import PythiaTLError
 from pythia_tl.formats.safetensors import TensorEntry
+from pythia_tl.hub.errors import HubUnreachable
+from pythia_tl.hub.listing import RevisionListing, describe_revision
+from pythia_tl.hub.revision import download_revision
+from pythia_tl.hub.stream_reader import ranges_to_fetch
 from pythia_tl.mapping.plan import plan_conversion
 from pythia_tl.output.metadata import build_metadata
 from pythia_tl.output.writer import output_size
 from pythia_tl.source import open_hub_revision
-from pythia_tl.source.hub import (
-    HubUnreachable,
-    RevisionListing,
-    describe_revision,
-    download_revision,
-)
-from pythia_tl.source.stream_reader import ranges_to_fetch
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,9 @@ from pythia_tl.batch.step_spec import StepSpec
 from pythia_tl.batch.work import Shard, WorkItem, check_distinct_folders, sorted_items
 from pythia_tl.engine.convert import ConvertOptions
 from pythia_tl.errors import Param, SourceError, UsageError
-from pythia_tl.source.hub import HubUnreachable, cached_commit, list_branches
+from pythia_tl.hub.errors import HubUnreachable
+from pythia_tl.hub.listing import list_branches
+from pythia_tl.hub.revision import cached_commit
 from pythia_tl.source.names import ModelName
 from pythia_tl.source.schedule import from_branches, from_schedule
 

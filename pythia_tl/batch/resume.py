@@ -28,7 +28,7 @@ from pythia_tl.mapping.selection import EVERY_TENSOR, Selection
 from pythia_tl.output.metadata import NONFINITE_KEY, read_output
 
 if TYPE_CHECKING:
-    from pythia_tl.source.hub import RevisionListing
+    from pythia_tl.hub.listing import RevisionListing
 
 State = Literal["missing", "current", "other_commit", "unverified", "stale", "foreign"]
 

@@ -14,13 +14,10 @@ from pythia_tl.batch.summary import FileIdentity, RevisionResult
 from pythia_tl.batch.work import WorkItem
 from pythia_tl.engine.convert import ConvertOptions, convert
 from pythia_tl.errors import PythiaTLError
+from pythia_tl.hub.listing import RevisionListing
+from pythia_tl.hub.revision import download_revision, fetch_revision
 from pythia_tl.output.metadata import read_output
 from pythia_tl.source import open_hub_revision
-from pythia_tl.source.hub import (
-    RevisionListing,
-    download_revision,
-    fetch_revision,
-)
 
 
 class BatchCancelled(Exception):

@@ -44,8 +44,9 @@ from pythia_tl.batch.summary import (
 from pythia_tl.batch.work import WorkItem
 from pythia_tl.engine.hashing import file_sha256
 from pythia_tl.errors import PythiaTLError
+from pythia_tl.hub.errors import HubUnreachable
+from pythia_tl.hub.listing import RevisionListing, describe_revision
 from pythia_tl.output.atomic import remove_stale_temporaries
-from pythia_tl.source.hub import HubUnreachable, RevisionListing, describe_revision
 
 
 class BatchReporter(Protocol):

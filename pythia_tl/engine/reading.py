@@ -9,10 +9,10 @@ from contextlib import ExitStack
 from pythia_tl.engine.hashing import SourceHashes, check_sha256
 from pythia_tl.engine.pipeline import Reader
 from pythia_tl.errors import SourceError
+from pythia_tl.hub.stream_reader import StreamReader
 from pythia_tl.mapping.plan import ConversionPlan, PlannedSource
 from pythia_tl.source.checkpoint import Checkpoint
 from pythia_tl.source.reader import TensorReader
-from pythia_tl.source.stream_reader import StreamReader
 
 
 def open_source(

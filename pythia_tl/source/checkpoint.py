@@ -19,6 +19,7 @@ from pythia_tl.dtypes import DType, of_torch, tensor_bytes
 from pythia_tl.errors import CheckpointError
 from pythia_tl.formats.safetensors import LENGTH_BYTES, header_length, parse_header, read_header
 from pythia_tl.formats.torch_bin import MAX_PICKLE_BYTES, is_little_endian, load_bin
+from pythia_tl.hub.remote import RemoteFile, SparseFile
 from pythia_tl.source.config import NeoXConfig, read_config
 from pythia_tl.source.layouts import (
     MAX_SHARDS,
@@ -27,7 +28,6 @@ from pythia_tl.source.layouts import (
     load_weight_map,
     weight_files_for,
 )
-from pythia_tl.source.remote import RemoteFile, SparseFile
 from pythia_tl.source.spans import Span, check_span, contiguous_stride
 
 

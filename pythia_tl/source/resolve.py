@@ -13,7 +13,7 @@ from pythia_tl.source.names import ModelName, resolve_model_name, step_revision
 from pythia_tl.source.tokenizer_files import folder_tokenizer, hub_tokenizer
 
 if TYPE_CHECKING:
-    from pythia_tl.source.hub import HubRevision
+    from pythia_tl.hub.revision import HubRevision
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ def resolve_source(
     if source.startswith((".", "/", "~")) or folder.exists():
         raise UsageError(f"{source}: no such folder")
     # Imported here: a folder source needs no Hub client, whose import is slow.
-    from pythia_tl.source.hub import fetch_revision
+    from pythia_tl.hub.revision import fetch_revision
     from pythia_tl.source.schedule import checkpoint_schedule
 
     model = resolve_model_name(source)

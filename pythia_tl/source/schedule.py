@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from pythia_tl.errors import Param, SourceError, UsageError
-from pythia_tl.source.hub import HubUnreachable, list_branches
+from pythia_tl.hub.errors import HubUnreachable
+from pythia_tl.hub.listing import list_branches
 from pythia_tl.source.names import ModelName, tokens_seen
 
 # Digits bounded: a branch name comes from the Hub or a file, and int() of thousands refuses.

@@ -1,82 +1,33 @@
-"""One revision of a model on the Hugging Face Hub, through huggingface_hub.
+"""One revision of a model on the Hugging Face Hub, fetched through huggingface_hub.
 
-The revision is resolved to its commit once; config.json, the index file and the small tokenizer
-files of that commit go to huggingface_hub's cache (its token, endpoint and offline settings
-apply), and the weight files are either downloaded there too or described as ``RemoteFile``s,
-to be read by byte ranges. Offline, or when the Hub cannot be reached, the revision is served
-from the cache if it is there.
-
-Asking the Hub what a revision holds (``describe_revision``) is separate from fetching it
-(``download_revision``), so a caller can decide from the listing (its commit, its files' sizes
-and LFS sha256) what to fetch at all.
+The revision is resolved to its commit once (``pythia_tl.hub.listing``); config.json, the index
+file and the small tokenizer files of that commit go to huggingface_hub's cache (its token,
+endpoint and offline settings apply), and the weight files are either downloaded there too or
+described as ``RemoteFile``s, to be read by byte ranges. Offline, or when the Hub cannot be
+reached, the revision is served from the cache if it is there.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from huggingface_hub import HfApi, hf_hub_download, snapshot_download, try_to_load_from_cache
+from huggingface_hub import hf_hub_download, snapshot_download, try_to_load_from_cache
 from huggingface_hub.errors import (
-    GatedRepoError,
-    HfHubHTTPError,
     LocalEntryNotFoundError,
     OfflineModeIsEnabled,
     RemoteEntryNotFoundError,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
 )
 
 from pythia_tl.errors import CheckpointError, SourceError
-from pythia_tl.source.hub_errors import broken_download
-from pythia_tl.source.layouts import (
-    Format,
-    expected_weight_files,
-    load_weight_map,
-    weight_files_for,
-)
-from pythia_tl.source.remote import RemoteFile
+from pythia_tl.hub.errors import HubUnreachable, asking_the_hub, broken_download
+from pythia_tl.hub.listing import RevisionListing, describe_revision
+from pythia_tl.hub.remote import RemoteFile
+from pythia_tl.source.layouts import load_weight_map, weight_files_for
 from pythia_tl.source.tokenizer_files import TOKENIZER_FILES
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-
-
-class HubUnreachable(SourceError):
-    """The Hub cannot be asked: offline mode is on, or it cannot be reached."""
-
-    def __init__(self, where: str, why: str) -> None:
-        super().__init__(f"{where}: {why}")
-        self.why = why
-
-
-@dataclass(frozen=True)
-class RevisionListing:
-    """One revision as the Hub lists it, before anything is downloaded."""
-
-    repo_id: str
-    revision: str
-    commit: str
-    format: Format
-    # The weights' single file or index file.
-    weights_entry: str
-    files: frozenset[str]
-    # The LFS sha256 of every file that has one.
-    lfs_sha256: dict[str, str] = field(default_factory=dict)
-    # The size in bytes of every file the Hub reports one for.
-    sizes: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def weight_sha256(self) -> dict[str, str]:
-        """The sha256 of every file of the weights' format, known before any download.
-
-        Every shard an index can name is among them, so two revisions with the same set hold
-        the same weights.
-        """
-        suffix = f".{self.format}"
-        return {name: sha for name, sha in self.lfs_sha256.items() if name.endswith(suffix)}
 
 
 @dataclass(frozen=True)
@@ -119,38 +70,6 @@ def fetch_revision(
     return download_revision(listing, cache_dir, weights=weights, tokenizer=tokenizer)
 
 
-def describe_revision(repo_id: str, revision: str) -> RevisionListing:
-    """Ask the Hub for ``revision``'s commit and files (one API call, nothing downloaded)."""
-    with _asking_the_hub(repo_id, revision):
-        info = HfApi().model_info(repo_id, revision=revision, files_metadata=True)
-    commit = info.sha
-    if commit is None:
-        raise SourceError(f"{repo_id}@{revision}: the Hub did not report a commit")
-    siblings = {s.rfilename: s for s in info.siblings or []}
-    found = weight_files_for(set(siblings))
-    if "config.json" not in siblings:
-        raise SourceError(f"{repo_id}@{revision}: the revision has no config.json")
-    if found is None:
-        raise SourceError(
-            f"{repo_id}@{revision}: no weights in the revision (expected one of "
-            f"{expected_weight_files()})"
-        )
-    fmt, (weights_entry,) = found
-    lfs_sha256 = {
-        name: sibling.lfs.sha256
-        for name, sibling in siblings.items()
-        if sibling.lfs is not None and _SHA256.fullmatch(sibling.lfs.sha256 or "")
-    }
-    sizes = {
-        name: size
-        for name, sibling in siblings.items()
-        if isinstance(size := sibling.lfs.size if sibling.lfs else sibling.size, int) and size >= 0
-    }
-    return RevisionListing(
-        repo_id, revision, commit, fmt, weights_entry, frozenset(siblings), lfs_sha256, sizes
-    )
-
-
 def download_revision(
     listing: RevisionListing,
     cache_dir: Path | None = None,
@@ -177,7 +96,7 @@ def download_revision(
             raise broken from None
 
     weights_entry = listing.weights_entry
-    with _asking_the_hub(repo_id, revision):
+    with asking_the_hub(repo_id, revision):
         # Asked for by revision name, so the cache records which commit the name resolved to and
         # a later offline run can find it; everything else is pinned to that commit.
         config_path = download("config.json", revision)
@@ -230,40 +149,10 @@ def _remote_file(listing: RevisionListing, name: str) -> RemoteFile:
     return RemoteFile(listing.repo_id, listing.commit, name, size, listing.lfs_sha256.get(name))
 
 
-def list_branches(repo_id: str) -> dict[str, str]:
-    """Every branch of ``repo_id`` and the commit it points to (one API call)."""
-    with _asking_the_hub(repo_id, None):
-        refs = HfApi().list_repo_refs(repo_id)
-    return {branch.name: branch.target_commit for branch in refs.branches}
-
-
 def cached_commit(repo_id: str, revision: str, cache_dir: Path | None = None) -> str | None:
     """The commit the cache last saw ``revision`` resolve to, or None (no network)."""
     config = try_to_load_from_cache(repo_id, "config.json", cache_dir=cache_dir, revision=revision)
     return Path(config).parent.name if isinstance(config, str) else None
-
-
-@contextmanager
-def _asking_the_hub(repo_id: str, revision: str | None) -> Iterator[None]:
-    """Turn huggingface_hub's errors into one-line SourceErrors; HubUnreachable when offline."""
-    where = repo_id if revision is None else f"{repo_id}@{revision}"
-    try:
-        yield
-    except OfflineModeIsEnabled:
-        raise HubUnreachable(where, "offline mode is on") from None
-    except ConnectionError as exc:
-        raise HubUnreachable(where, _unreachable(exc)) from None
-    except HfHubHTTPError as exc:
-        raise _explain(exc, repo_id, revision) from None
-    except Exception as exc:  # httpx transport errors are not all ConnectionError subclasses
-        name = type(exc).__name__.lower()
-        if "connect" not in name and "timeout" not in name:
-            raise
-        raise HubUnreachable(where, _unreachable(exc)) from None
-
-
-def _unreachable(exc: BaseException) -> str:
-    return f"the Hub cannot be reached ({type(exc).__name__})"
 
 
 def _from_cache(repo_id: str, revision: str, cache_dir: Path | None, why: str) -> HubRevision:
@@ -309,19 +198,3 @@ def _weights_cached(folder: Path) -> bool:
     except CheckpointError:
         return True  # opening the checkpoint reports what is wrong with the index
     return all((folder / shard).is_file() for shard in shards)
-
-
-def _explain(exc: HfHubHTTPError, repo_id: str, revision: str | None) -> SourceError:
-    if isinstance(exc, GatedRepoError):
-        return SourceError(
-            f"{repo_id}: the repository is gated; log in with a token that has access"
-        )
-    if isinstance(exc, RepositoryNotFoundError):
-        return SourceError(
-            f"{repo_id}: repository not found on the Hub (check the name; log in if it is private)"
-        )
-    if isinstance(exc, RevisionNotFoundError):
-        return SourceError(f"{repo_id}: revision {revision!r} not found on the Hub")
-    status = exc.response.status_code if getattr(exc, "response", None) is not None else "?"
-    where = repo_id if revision is None else f"{repo_id}@{revision}"
-    return SourceError(f"{where}: the Hub answered HTTP {status}")

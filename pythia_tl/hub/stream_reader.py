@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from pythia_tl.errors import CheckpointError, SourceError
-from pythia_tl.source.remote import ByteRange, coalesce, stream
+from pythia_tl.hub.remote import ByteRange, coalesce, stream
 
 if TYPE_CHECKING:
     from pythia_tl.source.checkpoint import Checkpoint, TensorInfo

@@ -1,0 +1,81 @@
+"""What a Hub revision holds, asked of the Hub before anything is downloaded: its commit, its
+files, their sizes and LFS sha256 (one API call), and a repository's branches."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from huggingface_hub import HfApi
+
+from pythia_tl.errors import SourceError
+from pythia_tl.hub.errors import asking_the_hub
+from pythia_tl.source.layouts import Format, expected_weight_files, weight_files_for
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class RevisionListing:
+    """One revision as the Hub lists it, before anything is downloaded."""
+
+    repo_id: str
+    revision: str
+    commit: str
+    format: Format
+    # The weights' single file or index file.
+    weights_entry: str
+    files: frozenset[str]
+    # The LFS sha256 of every file that has one.
+    lfs_sha256: dict[str, str] = field(default_factory=dict)
+    # The size in bytes of every file the Hub reports one for.
+    sizes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def weight_sha256(self) -> dict[str, str]:
+        """The sha256 of every file of the weights' format, known before any download.
+
+        Every shard an index can name is among them, so two revisions with the same set hold
+        the same weights.
+        """
+        suffix = f".{self.format}"
+        return {name: sha for name, sha in self.lfs_sha256.items() if name.endswith(suffix)}
+
+
+def describe_revision(repo_id: str, revision: str) -> RevisionListing:
+    """Ask the Hub for ``revision``'s commit and files (one API call, nothing downloaded)."""
+    with asking_the_hub(repo_id, revision):
+        info = HfApi().model_info(repo_id, revision=revision, files_metadata=True)
+    commit = info.sha
+    if commit is None:
+        raise SourceError(f"{repo_id}@{revision}: the Hub did not report a commit")
+    siblings = {s.rfilename: s for s in info.siblings or []}
+    found = weight_files_for(set(siblings))
+    if "config.json" not in siblings:
+        raise SourceError(f"{repo_id}@{revision}: the revision has no config.json")
+    if found is None:
+        raise SourceError(
+            f"{repo_id}@{revision}: no weights in the revision (expected one of "
+            f"{expected_weight_files()})"
+        )
+    fmt, (weights_entry,) = found
+    lfs_sha256 = {
+        name: sibling.lfs.sha256
+        for name, sibling in siblings.items()
+        if sibling.lfs is not None and _SHA256.fullmatch(sibling.lfs.sha256 or "")
+    }
+    sizes = {
+        name: size
+        for name, sibling in siblings.items()
+        if isinstance(size := sibling.lfs.size if sibling.lfs else sibling.size, int) and size >= 0
+    }
+    return RevisionListing(
+        repo_id, revision, commit, fmt, weights_entry, frozenset(siblings), lfs_sha256, sizes
+    )
+
+
+def list_branches(repo_id: str) -> dict[str, str]:
+    """Every branch of ``repo_id`` and the commit it points to (one API call)."""
+    with asking_the_hub(repo_id, None):
+        refs = HfApi().list_repo_refs(repo_id)
+    return {branch.name: branch.target_commit for branch in refs.branches}
