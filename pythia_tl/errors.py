@@ -72,3 +72,12 @@ class OutputFileError(PythiaTLError):
 class DependencyError(PythiaTLError):
     """An optional package (TransformerLens, transformers) is missing or of a version that
     cannot do what was asked."""
+
+
+class Notice(UserWarning):
+    """Something to know that is not a failure (a wait, a fallback), issued with
+    ``warnings.warn``; the CLI prints the first of each kind as one line."""
+
+
+class RateLimited(Notice):
+    """The Hub answered 429: a wait (capped) before asking again."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import sys
 import warnings
 from typing import Any
@@ -30,6 +31,7 @@ from pythia_tl.cli import (
 )
 from pythia_tl.cli.errors import in_flags
 from pythia_tl.cli.memory import return_large_frees
+from pythia_tl.cli.notices import show_notices
 from pythia_tl.cli.signals import StopSignal, stop_signals_raise
 from pythia_tl.errors import PythiaTLError
 from pythia_tl.text import printable
@@ -91,8 +93,11 @@ def main(argv: list[str] | None = None) -> None:
         with stop_signals_raise(), warnings.catch_warnings():
             if not debug:
                 # Libraries' warnings (huggingface_hub's free-space estimate before a full disk,
-                # deprecations) would break the one-line report; --debug shows them.
+                # deprecations) would break the one-line report; --debug shows them. So does
+                # huggingface_hub's log of its retries (read when it is first imported).
                 warnings.simplefilter("ignore")
+                os.environ.setdefault("HF_HUB_VERBOSITY", "error")
+            show_notices()
             status = command.main(args=args, prog_name="pythia-tl", standalone_mode=False)
     except (typer.Abort, KeyboardInterrupt):
         _fail("interrupted", 130, json_errors)

@@ -1,99 +1,127 @@
-"""Files of a Hub revision read by byte ranges, through huggingface_hub's ``HfFileSystem``.
+"""Files of a Hub revision read by byte ranges, from the storage location each resolves to once.
 
-huggingface_hub does every request (its token, endpoint, offline mode, the Hub's redirect to its
-storage, and its retries with back-off); this module only decides which ranges to ask for, asks
-for them on several connections at once, and puts the pieces back in order. A range is fetched
-in chunks, so a connection dropped mid-way costs at most one chunk again.
+A ``RemoteFile`` resolves its location through huggingface_hub (``location.Resolver``: one
+resolver request per file, again only when the signed location expires) and reads ranges from it
+into the caller's memory (``transport.StorageClient``). A range whose connection breaks is asked
+for again from the last byte received; the storage host's throttling is waited out (capped).
 """
 
 from __future__ import annotations
 
 import io
 import threading
+import time
 from bisect import bisect_right
-from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
 
 from pythia_tl.errors import CheckpointError, SourceError
-from pythia_tl.text import first_line
+from pythia_tl.hub.location import Resolver
+from pythia_tl.hub.transport import Closed, Dropped, Expired, Refused, StorageClient, Throttled
 
-# Bytes per request: large enough that request overhead is small, small enough that a retry
-# after a dropped connection repeats little.
-CHUNK_BYTES = 4 << 20
+# Ranges closer than this are fetched as one (the bytes between are cheaper than a request).
+COALESCE_GAP = 64 << 10
 # Connections at once, as `hf download` uses.
 WORKERS = 8
-# Attempts per chunk beyond huggingface_hub's own retries (which cover most transport errors).
-_ATTEMPTS = 3
+# Failed attempts in a row (each without progress) before a range is given up on.
+ATTEMPTS = 5
+# An attempt that brings at least this much of a range counts as progress.
+PROGRESS_BYTES = 1 << 20
 
 
 class RemoteFile:
-    """One file of one commit of a Hub repository (``sha256``: what the Hub announces)."""
+    """One file of one commit of a Hub repository (``sha256``: what the Hub announces), read by
+    ranges through ``client`` (shared by the files of one revision)."""
 
     def __init__(
-        self, repo_id: str, commit: str, name: str, size: int, sha256: str | None = None
+        self,
+        repo_id: str,
+        commit: str,
+        name: str,
+        size: int,
+        sha256: str | None = None,
+        client: StorageClient | None = None,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.repo_id = repo_id
         self.commit = commit
         self.name = name
         self.size = size
         self.sha256 = sha256
+        self.client = client if client is not None else StorageClient()
+        self.resolver = Resolver(repo_id, commit, name, size, sha256, sleep)
+        self._sleep = sleep
 
     def __repr__(self) -> str:
-        return f"RemoteFile({self.repo_id}@{self.commit[:12]}/{self.name})"
+        return f"RemoteFile({self.where})"
 
     @property
     def where(self) -> str:
         """How messages name the file."""
         return f"{self.repo_id}@{self.commit[:12]}/{self.name}"
 
-    @property
-    def fs_path(self) -> str:
-        return f"{self.repo_id}@{quote(self.commit, safe='')}/{self.name}"
-
     def read(self, start: int, end: int) -> bytes:
-        """Bytes [start, end) of the file, in one request (retried if it fails)."""
+        """Bytes [start, end) of the file (a small read: headers)."""
         end = min(end, self.size)
         if end <= start:
             return b""
-        from huggingface_hub.errors import HfHubHTTPError
+        buffer = bytearray(end - start)
+        self.read_into(start, [memoryview(buffer)])
+        return bytes(buffer)
 
-        problem: Exception = OSError("no attempt made")
-        for _ in range(_ATTEMPTS):
+    def read_into(self, start: int, views: Sequence[memoryview]) -> None:
+        """Fill ``views`` in turn with the file's bytes from ``start`` on."""
+        total = sum(len(view) for view in views)
+        if start < 0 or start + total > self.size:
+            raise SourceError(
+                f"{self.where}: bytes [{start}, {start + total}) lie outside its {self.size} bytes"
+            )
+        done, failures = 0, 0
+        location = self.resolver.location()
+        while done < total:
+            rest = _skip(views, done)
             try:
-                with _open(self) as handle:
-                    handle.seek(start)
-                    data: bytes = handle.read(end - start)
-            except HfHubHTTPError as exc:
-                status = exc.response.status_code if exc.response is not None else None
-                if status is not None and status < 500:
-                    raise SourceError(
-                        f"{self.where}: the Hub answered HTTP {status} for bytes [{start}, {end})"
-                    ) from None
-                problem = exc
+                done += self.client.read_into(location.url, start + done, rest, self.size)
                 continue
-            except Exception as exc:  # huggingface_hub raises transport errors of several kinds
-                problem = exc
-                continue
-            if len(data) == end - start:
-                return data
-            problem = OSError(f"got {len(data)} of {end - start} bytes")
-        raise SourceError(
-            f"{self.where}: reading bytes [{start}, {end}) failed ({first_line(problem)}); "
-            "run the command again"
-        )
+            except Closed:
+                raise SourceError(f"{self.where}: the read was stopped") from None
+            except Refused as exc:
+                raise SourceError(
+                    f"{self.where}: bytes [{start + done}, {start + total}): {exc.why}"
+                ) from None
+            except Expired:
+                location = self.resolver.renew(location)
+                problem: str = "its storage location kept expiring"
+                wait = 0.0
+            except Throttled as exc:
+                problem, wait = exc.why, exc.wait
+            except Dropped as exc:
+                done += exc.received
+                if exc.received >= min(PROGRESS_BYTES, len(rest)):
+                    failures = 0
+                    continue
+                problem, wait = exc.why, 0.5 * 2**failures
+            failures += 1
+            if failures >= ATTEMPTS:
+                raise SourceError(
+                    f"{self.where}: reading bytes [{start + done}, {start + total}) failed "
+                    f"{failures} times ({problem}); run the command again"
+                )
+            self._sleep(wait)
 
 
-def _open(file: RemoteFile) -> Any:
-    from huggingface_hub import HfFileSystem
-
-    # cache_type "none": every read is exactly one ranged request for exactly what is asked.
-    return HfFileSystem().open(
-        file.fs_path, "rb", block_size=CHUNK_BYTES, cache_type="none", size=file.size
-    )
+def _skip(views: Sequence[memoryview], count: int) -> list[memoryview]:
+    """``views`` without their first ``count`` bytes."""
+    rest = []
+    for view in views:
+        if count >= len(view):
+            count -= len(view)
+            continue
+        rest.append(view[count:])
+        count = 0
+    return rest
 
 
 @dataclass(frozen=True)
@@ -118,32 +146,6 @@ def coalesce(ranges: Iterable[ByteRange], gap: int = 0) -> list[ByteRange]:
     return merged
 
 
-def stream(
-    ranges: Sequence[ByteRange], workers: int = WORKERS, ahead: int = WORKERS
-) -> Iterator[tuple[ByteRange, bytes]]:
-    """The bytes of ``ranges``, in order, as chunks ``(where, data)``; up to ``workers`` requests
-    at once and ``ahead`` chunks fetched beyond the one handed out."""
-    chunks = [
-        ByteRange(r.file, start, min(start + CHUNK_BYTES, r.end))
-        for r in ranges
-        for start in range(r.start, r.end, CHUNK_BYTES)
-    ]
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pythia-tl-fetch") as pool:
-        pending: deque[tuple[ByteRange, Future[bytes]]] = deque()
-        submitted = 0
-        try:
-            while submitted < len(chunks) or pending:
-                while submitted < len(chunks) and len(pending) < ahead:
-                    chunk = chunks[submitted]
-                    pending.append((chunk, pool.submit(chunk.file.read, chunk.start, chunk.end)))
-                    submitted += 1
-                chunk, future = pending.popleft()
-                yield chunk, future.result()
-        finally:
-            for _, future in pending:
-                future.cancel()
-
-
 class SparseFile(io.RawIOBase):
     """A seekable read-only view of a remote file of which some ranges were fetched up front;
     reading anywhere else fetches that range (so parsers that seek, such as ``zipfile`` and
@@ -165,8 +167,13 @@ class SparseFile(io.RawIOBase):
         self._lock = threading.Lock()
 
     def prefetch(self, spans: Iterable[tuple[int, int]], workers: int = WORKERS) -> None:
-        """Fetch the byte ranges ``spans`` (start, end) now, several at once."""
-        wanted = [(start, end) for start, end in spans if end > start]
+        """Fetch the byte ranges ``spans`` (start, end) now, several at once; spans less than
+        ``COALESCE_GAP`` apart are fetched as one (a ``.bin`` file's record headers)."""
+        merged = coalesce(
+            (ByteRange(self.file, start, end) for start, end in sorted(spans) if end > start),
+            COALESCE_GAP,
+        )
+        wanted = [(r.start, r.end) for r in merged]
         with ThreadPoolExecutor(max_workers=workers) as pool:
             for (start, _), data in zip(
                 wanted, pool.map(lambda span: self.file.read(*span), wanted), strict=True

@@ -24,6 +24,7 @@ from pythia_tl.errors import CheckpointError, SourceError
 from pythia_tl.hub.errors import HubUnreachable, asking_the_hub, broken_download
 from pythia_tl.hub.listing import RevisionListing, describe_revision
 from pythia_tl.hub.remote import RemoteFile
+from pythia_tl.hub.transport import StorageClient
 from pythia_tl.source.layouts import load_weight_map, weight_files_for
 from pythia_tl.source.tokenizer_files import TOKENIZER_FILES
 
@@ -117,7 +118,9 @@ def download_revision(
             names = list(shards)
         cached = all(_in_cache(repo_id, n, commit, cache_dir) for n in names)
         # A revision wholly in the cache is read from there; otherwise by ranges, every file.
-        remote = {} if weights or cached else {n: _remote_file(listing, n) for n in names}
+        # One client for the revision's files: their ranges share its connections.
+        client = StorageClient()
+        remote = {} if weights or cached else {n: _remote_file(listing, n, client) for n in names}
         for name in names:
             if name not in remote:
                 download(name)
@@ -139,14 +142,15 @@ def _in_cache(repo_id: str, name: str, commit: str, cache_dir: Path | None) -> b
     return isinstance(found, str)
 
 
-def _remote_file(listing: RevisionListing, name: str) -> RemoteFile:
+def _remote_file(listing: RevisionListing, name: str, client: StorageClient) -> RemoteFile:
     size = listing.sizes.get(name)
     if size is None:
         raise SourceError(
             f"{listing.repo_id}@{listing.revision}: the Hub reports no size for {name}; it cannot "
             "be read by ranges"
         )
-    return RemoteFile(listing.repo_id, listing.commit, name, size, listing.lfs_sha256.get(name))
+    sha256 = listing.lfs_sha256.get(name)
+    return RemoteFile(listing.repo_id, listing.commit, name, size, sha256, client)
 
 
 def cached_commit(repo_id: str, revision: str, cache_dir: Path | None = None) -> str | None:
