@@ -27,32 +27,70 @@ def suite(stand_in_hub: StandInHub, tmp_path: Path) -> Suite:
     return publish_suite(stand_in_hub, tmp_path / "hub-src")
 
 
-def test_checkpoints_lists_the_hubs_step_branches_with_their_commits(
+def test_checkpoints_list_the_schedule_in_transformer_lens_order_with_missing_branches(
     suite: Suite, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from transformer_lens.loading_from_pretrained import PYTHIA_CHECKPOINTS
+
     code, out, err = run_main(["checkpoints", "pythia-70m", "--json"], capsys)
     assert code == 0, err
     listing = json.loads(out)
     assert (listing["model"], listing["origin"], listing["count"]) == (
         "EleutherAI/pythia-70m",
-        "hub",
-        len(STEPS),
+        "schedule+hub",
+        154,
     )
-    assert listing["checkpoints"] == [
-        {
-            "index": index,
-            "step": step,
-            "revision": f"step{step}",
-            "tokens": step * 2_097_152,
-            "commit": suite.commit("EleutherAI/pythia-70m", step),
-        }
-        for index, step in enumerate(STEPS)
-    ]
+    # The index is TransformerLens' checkpoint_index: a branch the Hub lacks keeps its place.
+    assert [c["step"] for c in listing["checkpoints"]] == PYTHIA_CHECKPOINTS
+    assert listing["checkpoints"][11] == {
+        "index": 11,
+        "step": 1000,
+        "revision": "step1000",
+        "tokens": 1000 * 2_097_152,
+        "commit": suite.commit("EleutherAI/pythia-70m", 1000),
+        "missing": False,
+    }
+    on_hub = {c["step"] for c in listing["checkpoints"] if not c["missing"]}
+    assert on_hub == set(STEPS)
+    assert all(c["commit"] is None for c in listing["checkpoints"] if c["missing"])
 
     code, out, _ = run_main(["checkpoints", "pythia-70m"], capsys)
     assert code == 0
-    assert "EleutherAI/pythia-70m: 5 checkpoints, from the Hub's branches" in out
+    assert "EleutherAI/pythia-70m: 154 checkpoints, from the known schedule" in out
+    assert "149 missing on the Hub" in out
     assert f"{143000 * TOKENS_PER_STEP:,}" in out
+
+
+def test_a_repository_outside_the_suite_lists_its_own_branches_by_tokens(
+    stand_in_hub: StandInHub, tiny_checkpoints, capsys: pytest.CaptureFixture[str]
+) -> None:
+    repo = "togethercomputer/RedPajama-INCITE-Tiny"
+    for branch in ("800b_tokens", "240b_tokens", "1t_tokens", "main", "notes"):
+        stand_in_hub.add_revision(repo, branch, tiny_checkpoints["safetensors"])
+    code, out, err = run_main(["checkpoints", repo, "--json"], capsys)
+    assert code == 0, err
+    listing = json.loads(out)
+    assert listing["origin"] == "hub"
+    assert [
+        (c["index"], c["revision"], c["step"], c["tokens"]) for c in listing["checkpoints"]
+    ] == [
+        (0, "240b_tokens", None, 240 * 10**9),
+        (1, "800b_tokens", None, 800 * 10**9),
+        (2, "1t_tokens", None, 10**12),
+    ]
+
+
+def test_tl_and_pythia_tl_agree_on_every_checkpoint_index() -> None:
+    from transformer_lens.loading_from_pretrained import (
+        PYTHIA_CHECKPOINTS,
+        PYTHIA_V0_CHECKPOINTS,
+    )
+
+    from pythia_tl.source.names import resolve_model_name
+    from pythia_tl.source.schedule import from_schedule
+
+    assert from_schedule(resolve_model_name("pythia-160m-seed3")).steps == PYTHIA_CHECKPOINTS
+    assert from_schedule(resolve_model_name("pythia-1b-v0")).steps == PYTHIA_V0_CHECKPOINTS
 
 
 @pytest.mark.parametrize(

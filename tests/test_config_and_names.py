@@ -70,6 +70,9 @@ def test_absurd_values_are_refused_by_name(change: dict, message: str) -> None:
         ("pythia-19m", "EleutherAI/pythia-70m"),
         ("pythia-1.3b-deduped", "EleutherAI/pythia-1.4b-deduped"),
         ("pythia-160m-seed1", "EleutherAI/pythia-160m-seed1"),
+        ("pythia-14m-seed9", "EleutherAI/pythia-14m-seed9"),
+        ("pythia-160m-data-seed2", "EleutherAI/pythia-160m-data-seed2"),
+        ("pythia-160m-weight-seed3", "EleutherAI/pythia-160m-weight-seed3"),
         ("someone/my-neox", "someone/my-neox"),
     ],
 )
@@ -77,7 +80,19 @@ def test_short_and_old_names_map_to_repositories(name: str, repo: str) -> None:
     assert resolve_model_name(name).repo_id == repo
 
 
-@pytest.mark.parametrize("name", ["pythia-71m", "gpt2", "pythia-70m-turbo"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "pythia-71m",
+        "gpt2",
+        "pythia-70m-turbo",
+        # PolyPythias has seed runs of 14m-410m only, data/weight seeds of 160m only, 1-3.
+        "pythia-1b-seed1",
+        "pythia-160m-data-seed4",
+        "pythia-70m-weight-seed1",
+        "pythia-160m-deduped-seed1",
+    ],
+)
 def test_unknown_short_names_are_usage_errors(name: str) -> None:
     with pytest.raises(UsageError, match="unknown model name"):
         resolve_model_name(name)

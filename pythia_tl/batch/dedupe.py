@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
+from pythia_tl.audit.identity import weight_set
 from pythia_tl.errors import OutputError
 from pythia_tl.output.atomic import CANNOT_LINK, atomic_path
 
@@ -28,8 +29,10 @@ _CANNOT_LINK = (*CANNOT_LINK, errno.EACCES)
 
 
 def weights_key(repo_id: str, sha256: Mapping[str, str]) -> WeightsKey | None:
-    """The key under which identical weights meet; None when no sha256 is known."""
-    return (repo_id, frozenset(sha256.values())) if sha256 else None
+    """The key under which identical weights of one repository meet; None when no sha256 is
+    known."""
+    found = weight_set(sha256)
+    return (repo_id, found) if found is not None else None
 
 
 def link_output(existing: Path, target: Path) -> Literal["hard link", "copy"]:

@@ -20,6 +20,7 @@ import typer.main
 
 import pythia_tl
 from pythia_tl.cli import (
+    audit_cmd,
     batch_cmd,
     checkpoints_cmd,
     convert_cmd,
@@ -72,6 +73,7 @@ app.command("verify")(verify_cmd.verify)
 app.command("checkpoints")(checkpoints_cmd.checkpoints)
 app.command("batch")(batch_cmd.batch)
 app.command("export")(export_cmd.export)
+app.command("audit")(audit_cmd.audit)
 
 
 def main(argv: list[str] | None = None) -> None:

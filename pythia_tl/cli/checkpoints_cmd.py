@@ -12,7 +12,11 @@ from pythia_tl.cli.json_output import print_json
 from pythia_tl.cli.options import Json
 from pythia_tl.cli.tables import print_table
 
-_ORIGINS = {"hub": "the Hub's branches", "schedule": "the known schedule (Hub not reachable)"}
+_ORIGINS = {
+    "hub": "the Hub's branches",
+    "schedule": "the known schedule (Hub not reachable)",
+    "schedule+hub": "the known schedule (TransformerLens' order), commits from the Hub",
+}
 
 
 def checkpoints(
@@ -23,8 +27,10 @@ def checkpoints(
 ) -> None:
     """List a model's training checkpoints: index, step, tokens seen and commit.
 
-    From the Hub's step branches when it answers, else from Pythia's known schedule. The index
-    is what --checkpoint-index takes.
+    A Pythia model lists its known schedule, in TransformerLens' order, with the commit of each
+    branch on the Hub and the branches it lacks marked missing (never renumbered); any other
+    repository lists its checkpoint branches (step<N>, or token counts such as 240b_tokens).
+    The index is what --checkpoint-index takes and what load() sets as checkpoint_index.
     """
     from pythia_tl.source.schedule import hub_checkpoints
 
@@ -36,6 +42,7 @@ def checkpoints(
             "revision": checkpoint.revision,
             "tokens": checkpoint.tokens,
             "commit": checkpoint.commit,
+            "missing": checkpoint.missing,
         }
         for checkpoint in listing.checkpoints
     ]
@@ -49,14 +56,17 @@ def checkpoints(
             }
         )
         return
+    missing = sum(bool(row["missing"]) for row in rows)
     title = f"{listing.model.repo_id}: {len(rows)} checkpoints, from {_ORIGINS[listing.origin]}"
+    if missing:
+        title += f"; {missing} missing on the Hub"
     cells = [
         [
             str(row["index"]),
-            str(row["step"]),
+            "-" if row["step"] is None else str(row["step"]),
             str(row["revision"]),
-            f"{row['tokens']:,}",
-            str(row["commit"] or "-"),
+            "-" if row["tokens"] is None else f"{row['tokens']:,}",
+            "missing" if row["missing"] else str(row["commit"] or "-"),
         ]
         for row in rows
     ]

@@ -25,8 +25,15 @@ TOKENS_PER_STEP = 2_097_152
 LAST_STEP = 143_000
 
 _SHORT_NAME = re.compile(
-    r"pythia-(?P<size>[0-9.]+[mb])(?P<deduped>-deduped)?(?P<v0>-v0)?(?P<seed>-seed\d+)?"
+    r"pythia-(?P<size>[0-9.]+[mb])(?P<deduped>-deduped)?(?P<v0>-v0)?"
+    r"(?P<seed>-(?:data-|weight-)?seed\d{1,3})?"
 )
+# PolyPythias (EleutherAI/pythia #141, #202, #203): seed runs of the smaller sizes, 154 step
+# branches each like the main suite; pythia-160m also has runs that vary only the data order or
+# only the initial weights.
+POLYPYTHIA_SIZES = ("14m", "31m", "70m", "160m", "410m")
+POLYPYTHIA_SEEDS = range(1, 10)
+POLYPYTHIA_PARTIAL_SEEDS = range(1, 4)
 
 
 @dataclass(frozen=True)
@@ -88,8 +95,26 @@ def resolve_model_name(name: str) -> ModelName:
         raise UsageError(
             f"unknown model name {name!r}{_did_you_mean(name)}: Pythia comes in sizes {known}"
         )
-    suffix = (match["deduped"] or "") + (match["v0"] or "") + (match["seed"] or "")
+    seed = match["seed"] or ""
+    if seed and (seed not in _seed_suffixes(size) or match["deduped"] or match["v0"]):
+        raise UsageError(
+            f"unknown model name {name!r}{_did_you_mean(name)}: PolyPythias seed runs are "
+            f"pythia-{{{','.join(POLYPYTHIA_SIZES)}}}-seed1..9 and "
+            "pythia-160m-data-seed1..3, pythia-160m-weight-seed1..3"
+        )
+    suffix = (match["deduped"] or "") + (match["v0"] or "") + seed
     return ModelName(f"{ORGANISATION}/pythia-{size}{suffix}")
+
+
+def _seed_suffixes(size: str) -> set[str]:
+    if size not in POLYPYTHIA_SIZES:
+        return set()
+    suffixes = {f"-seed{n}" for n in POLYPYTHIA_SEEDS}
+    if size == "160m":
+        suffixes |= {
+            f"-{kind}-seed{n}" for kind in ("data", "weight") for n in POLYPYTHIA_PARTIAL_SEEDS
+        }
+    return suffixes
 
 
 def step_revision(step: int, model: ModelName | None) -> str:
@@ -109,13 +134,19 @@ def step_revision(step: int, model: ModelName | None) -> str:
 
 
 def known_short_names() -> list[str]:
-    """Every short name of the suite's main models (sizes x deduped x v0)."""
-    return [
+    """Every short name of the suite's main models (sizes x deduped x v0) and of PolyPythias."""
+    main = [
         f"pythia-{size}{deduped}{v0}"
         for size in SIZES
         for deduped in ("", "-deduped")
         for v0 in ("", "-v0")
     ]
+    seeds = [
+        f"pythia-{size}{suffix}"
+        for size in POLYPYTHIA_SIZES
+        for suffix in sorted(_seed_suffixes(size))
+    ]
+    return main + seeds
 
 
 def nearest_steps(step: int, schedule: list[int]) -> list[int]:

@@ -76,7 +76,7 @@ def resolve_source(
 
     model = resolve_model_name(source)
     if checkpoint_index is not None:
-        step = checkpoint_schedule(model).at_index(checkpoint_index).step
+        revision = checkpoint_schedule(model).at_index(checkpoint_index).revision
     rev = step_revision(step, model) if step is not None else (revision or "main")
     return open_hub_revision(
         model, fetch_revision(model.repo_id, rev, cache_dir, weights=download, tokenizer=tokenizer)
