@@ -1,4 +1,10 @@
-"""``pythia_tl.load``: a converted file as a ready TransformerLens ``HookedTransformer``.
+"""``pythia_tl.load``: a converted file as a ready TransformerLens model.
+
+``backend="hooked"`` (the default with TransformerLens 3) gives a ``HookedTransformer``, built
+here; ``backend="bridge"`` (the default with TransformerLens 4, which removed
+``HookedTransformer``) gives a ``TransformerBridge`` (``pythia_tl.loaders.bridge``). What is
+loaded is checked first (``pythia_tl.loaders.target``): anything but a pythia-tl file or a
+folder ``export`` wrote is refused, naming the command that makes a pythia-tl file.
 
 The model is built from the file's own ``tl_config`` (so a processed file gives the "LNPre" model
 it was processed for, and is not processed again), its weights are copied in tensor by tensor
@@ -15,15 +21,15 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pythia_tl.dtypes import BY_NAME
-from pythia_tl.errors import DependencyError, OutputFileError, Param
+from pythia_tl.errors import DependencyError, OutputFileError, Param, UsageError
+from pythia_tl.loaders.fields import checkpoint_fields
+from pythia_tl.loaders.target import ConvertedFile, open_target
 from pythia_tl.mapping.plan import check_dtype
 from pythia_tl.mapping.selection import Selection
-from pythia_tl.output.metadata import OutputFile, parse_metadata, read_output
-from pythia_tl.source.names import resolve_model_name
-from pythia_tl.source.schedule import STEP_BRANCH, checkpoint_schedule
+from pythia_tl.output.metadata import OutputFile
 from pythia_tl.tokenizer import NoTokenizerWarning, find_tokenizer
 
 if TYPE_CHECKING:
@@ -35,12 +41,8 @@ __all__ = ["NoTokenizerWarning", "load"]
 # holds none of them, and their shapes differ between TransformerLens versions.
 _OWN_BUFFERS = ("attn.mask", "attn.IGNORE", "attn.rotary_sin", "attn.rotary_cos")
 
-TL4_ROUTES = (
-    "TransformerLens {version} has no HookedTransformer (removed in 4.0): install "
-    "'transformer-lens<4' (pip install \"pythia-tl[tl]\"), or write a Hugging Face folder with "
-    "'pythia-tl export' (pythia_tl.export.export_hf_folder) and load it with "
-    "TransformerBridge.boot_transformers"
-)
+Backend = Literal["auto", "hooked", "bridge"]
+BACKENDS = ("auto", "hooked", "bridge")
 
 
 def load(
@@ -50,18 +52,53 @@ def load(
     dtype: str | torch.dtype | None = None,
     tokenizer: Any = "auto",
     strict: bool = True,
+    backend: Backend = "auto",
 ) -> Any:
-    """A ``HookedTransformer`` holding the converted file at ``path``.
+    """The converted file at ``path`` as a TransformerLens model.
 
-    ``dtype``: the model's dtype (default, or "auto": the file's). ``device``: where the model lives
-    (default: TransformerLens' choice). ``tokenizer``: "auto" (the one the file records, if it
-    can be found; offline, from the cache), a Hub name or a folder, a tokenizer object, or None.
-    ``strict=False`` also loads a partial file (the missing weights keep their initial values).
+    ``backend``: "hooked" (a ``HookedTransformer``, TransformerLens 3), "bridge" (a
+    ``TransformerBridge`` booted from a transformers model built in memory from the file,
+    TransformerLens 4 or 3), or "auto": "hooked" where TransformerLens has it, else "bridge".
+    ``path`` may also be a folder ``export`` wrote (bridge only). ``dtype``: the model's dtype
+    (default, or "auto": the file's). ``device``: where the model lives (default:
+    TransformerLens' choice). ``tokenizer``: "auto" (the one the file records, if it can be
+    found; offline, from the cache), a Hub name or a folder, a tokenizer object, or None (hooked
+    only: a bridge always has one). ``strict=False`` also loads a partial file (hooked only; the
+    missing weights keep their initial values). A processed file loads as the "LNPre" model it
+    was processed for (hooked); the bridge refuses it with the reason and the route.
+    ``cfg.checkpoint_index``/``checkpoint_value`` are set when the file was converted from a
+    step branch.
     """
-    hooked_transformer, config_class = _transformer_lens()
+    if backend not in BACKENDS:
+        raise UsageError(Param("backend"), f" {backend!r}: expected auto, hooked or bridge")
     path = Path(path)
-    info = read_output(path)
-    record = parse_metadata(info)
+    target = open_target(path)
+    if backend == "auto":
+        backend = "hooked" if _has_hooked_transformer() else "bridge"
+    if backend == "bridge":
+        from pythia_tl.loaders.bridge import load_bridge
+
+        if isinstance(target, ConvertedFile) and not target.record.selection.is_all:
+            raise OutputFileError(
+                f"{path}: a partial file (it holds only {_describe(target.record.selection)}); "
+                "a TransformerBridge needs every weight: load it with ",
+                Param("backend", "hooked"),
+                " and ",
+                Param("strict", False),
+            )
+        chosen = None
+        if dtype is not None and dtype != "auto":
+            record_dtype = target.record.dtype.torch if isinstance(target, ConvertedFile) else None
+            chosen = _torch_dtype(dtype, record_dtype)
+        return load_bridge(target, dtype=chosen, device=device, tokenizer=tokenizer)
+    hooked_transformer, config_class = _transformer_lens()
+    if not isinstance(target, ConvertedFile):
+        raise OutputFileError(
+            f"{path}: a folder 'pythia-tl export' wrote; load it with ",
+            Param("backend", "bridge"),
+            ", or load the file it was exported from",
+        )
+    info, record = target.info, target.record
     selection = record.selection
     if not selection.is_all and strict:
         raise OutputFileError(
@@ -73,7 +110,7 @@ def load(
     cfg["dtype"] = _torch_dtype(dtype or "auto", record.dtype.torch)
     if device is not None:
         cfg["device"] = str(device)
-    cfg.update(_checkpoint_fields(record.source, record.revision))
+    cfg.update(checkpoint_fields(record.source, record.revision))
     found = find_tokenizer(tokenizer, info.tokenizer, path)
     # Given no tokenizer, TransformerLens would fetch cfg.tokenizer_name from the Hub (and wait
     # on it offline): the name is left out while building, and restored after.
@@ -101,7 +138,26 @@ def _transformer_lens() -> tuple[Any, Any]:
     try:
         return transformer_lens.HookedTransformer, transformer_lens.HookedTransformerConfig
     except (ImportError, AttributeError):
-        raise DependencyError(TL4_ROUTES.format(version=_installed_version())) from None
+        raise DependencyError(
+            f"TransformerLens {_installed_version()} has no HookedTransformer (removed in 4.0): "
+            "load with ",
+            Param("backend", "bridge"),
+            " (a TransformerBridge), or install 'transformer-lens<4' (pip install "
+            "\"pythia-tl[tl]\") for the HookedTransformer; 'pythia-tl export' writes a Hugging "
+            "Face folder for anything else",
+        ) from None
+
+
+def _has_hooked_transformer() -> bool:
+    """Whether the installed TransformerLens has ``HookedTransformer`` (2.x, 3.x); none
+    installed counts as having it, so that the hooked backend says what to install."""
+    if importlib.util.find_spec("transformer_lens") is None:
+        return True
+    try:
+        transformer_lens = importlib.import_module("transformer_lens")
+        return hasattr(transformer_lens, "HookedTransformer")
+    except ImportError:
+        return True  # broken: the hooked backend says so
 
 
 def _installed_version() -> str:
@@ -111,22 +167,6 @@ def _installed_version() -> str:
         return version("transformer-lens")
     except PackageNotFoundError:
         return "4.x"
-
-
-def _checkpoint_fields(source: str, revision: str) -> dict[str, Any]:
-    """``checkpoint_index`` and ``checkpoint_value`` when the file was converted from a step
-    branch of a model whose schedule is known."""
-    match = STEP_BRANCH.fullmatch(revision)
-    if match is None or Path(source).is_absolute():
-        return {}
-    step = int(match[1])
-    fields: dict[str, Any] = {"checkpoint_value": step, "checkpoint_label_type": "step"}
-    model = resolve_model_name(source)
-    if model.has_known_schedule:
-        steps = checkpoint_schedule(model).steps
-        if step in steps:
-            fields["checkpoint_index"] = steps.index(step)
-    return fields
 
 
 def _load_weights(model: Any, info: OutputFile, *, strict: bool) -> None:
@@ -170,10 +210,13 @@ def _describe(selection: Selection) -> str:
     return "; ".join(parts) or "a selection of tensors"
 
 
-def _torch_dtype(dtype: str | torch.dtype, record_dtype: torch.dtype) -> torch.dtype:
+def _torch_dtype(dtype: str | torch.dtype, record_dtype: torch.dtype | None) -> torch.dtype:
     import torch
 
     if isinstance(dtype, torch.dtype):
         return dtype
     check_dtype(dtype)
-    return record_dtype if dtype == "auto" else BY_NAME[dtype].torch
+    if dtype == "auto":
+        assert record_dtype is not None
+        return record_dtype
+    return BY_NAME[dtype].torch

@@ -28,6 +28,7 @@ from pythia_tl.cli import (
     inspect_cmd,
     json_output,
     plan_cmd,
+    trace_cmd,
     verify_cmd,
 )
 from pythia_tl.cli.errors import in_flags
@@ -73,6 +74,7 @@ app.command("verify")(verify_cmd.verify)
 app.command("checkpoints")(checkpoints_cmd.checkpoints)
 app.command("batch")(batch_cmd.batch)
 app.command("export")(export_cmd.export)
+app.command("trace")(trace_cmd.trace)
 app.command("audit")(audit_cmd.audit)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -24,7 +23,6 @@ from pythia_tl.cli.options import (
     with_output_options,
 )
 from pythia_tl.cli.progress import byte_progress
-from pythia_tl.output.atomic import check_target
 from pythia_tl.text import printable
 
 
@@ -62,30 +60,9 @@ def convert(
 
     A Hub revision not in the cache is streamed: converted while its bytes arrive, and not
     stored (unless --keep-downloads)."""
-    from pythia_tl.engine.convert import ConvertOptions, default_output_name
-    from pythia_tl.engine.convert import convert as run_conversion
-    from pythia_tl.source import resolve_source
+    from pythia_tl.api.convert import convert_with
+    from pythia_tl.engine.convert import ConvertOptions
 
-    given = None if output is None else Path(output)
-    into_folder = output is not None and (output.endswith(os.sep) or Path(output).is_dir())
-    if given is not None and not into_folder:
-        check_target(given, force)  # before anything is downloaded or converted
-    resolved = resolve_source(
-        source,
-        revision=revision,
-        step=step,
-        cache_dir=cache_dir,
-        checkpoint_index=checkpoint_index,
-        download=keep_downloads,
-    )
-    name = default_output_name(
-        resolved.provenance, any(x is not None for x in (revision, step, checkpoint_index))
-    )
-    if given is None or into_folder:
-        folder = given or Path()
-        folder.mkdir(parents=True, exist_ok=True)
-        given = folder / name
-        check_target(given, force)
     options = ConvertOptions(
         dtype=choice.dtype,
         overwrite=force,
@@ -94,9 +71,19 @@ def convert(
         selection=choice.selection,
         allow_nonfinite=allow_nonfinite,
     )
-    label = printable(f"converting {resolved.provenance.model_name}")
+    label = printable(f"converting {_model_label(source)}")
     with byte_progress(label, quiet or json_output) as bar:
-        result = run_conversion(resolved, given, options, on_bytes=bar)
+        result = convert_with(
+            source,
+            output,
+            options,
+            step=step,
+            revision=revision,
+            checkpoint_index=checkpoint_index,
+            cache_dir=cache_dir,
+            keep_downloads=keep_downloads,
+            on_bytes=bar,
+        )
     if json_output:
         print_json(result.to_json())
     elif not quiet:
@@ -107,6 +94,11 @@ def convert(
             ),
             file=sys.stderr,
         )
+
+
+def _model_label(source: str) -> str:
+    """The model's name for the progress bar: a folder's or a repository's last part."""
+    return Path(source).name or source
 
 
 def _processed(passes: tuple[str, ...]) -> str:

@@ -15,14 +15,21 @@ import contextlib
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pythia_tl.errors import OutputError, OutputFileError, Param
 from pythia_tl.output.atomic import fsync_folder, temp_path_for
-from pythia_tl.output.metadata import ConversionRecord, OutputFile, parse_metadata, read_output
+from pythia_tl.output.metadata import (
+    PROVENANCE_KEY,
+    ConversionRecord,
+    OutputFile,
+    export_provenance,
+    parse_metadata,
+    read_output,
+)
 from pythia_tl.small_files import NotASmallFile, read_small_file
 from pythia_tl.source.config import NeoXConfig
 from pythia_tl.source.tokenizer_files import MAX_TOKENIZER_FILE_BYTES, TOKENIZER_FILES
@@ -71,6 +78,11 @@ def neox_config_json(config: NeoXConfig, dtype: str) -> dict[str, Any]:
     }
 
 
+def provenance_field(info: OutputFile, record: ConversionRecord) -> dict[str, Any]:
+    """``config.json``'s field of ours: where the weights came from (``export_provenance``)."""
+    return {PROVENANCE_KEY: export_provenance(info, record)}
+
+
 def export_hf_folder(
     path: str | Path,
     folder: str | Path,
@@ -89,7 +101,8 @@ def export_hf_folder(
         temp.mkdir()
         size, count = _write_weights(info, record, temp / WEIGHTS_NAME, on_bytes)
         dtype = info.metadata["dtype"]
-        config = json.dumps(neox_config_json(record.config, dtype), indent=2) + "\n"
+        fields = {**neox_config_json(record.config, dtype), **provenance_field(info, record)}
+        config = json.dumps(fields, indent=2) + "\n"
         _write_durably(temp / "config.json", config.encode())
         copied = _copy_tokenizer(info.tokenizer, temp)
         fsync_folder(temp)
@@ -135,36 +148,15 @@ def _write_weights(
     on_bytes: Callable[[int, int], None] | None,
 ) -> tuple[int, int]:
     """The source tensors, rebuilt one at a time into ``target``; returns (bytes, tensors)."""
-    from pythia_tl.formats.safetensors import TensorEntry
-    from pythia_tl.mapping.pythia import PYTHIA_TO_TL
-    from pythia_tl.mapping.rules import RuleError, expand
-    from pythia_tl.output.file_tensors import FileTensors
+    from pythia_tl.export.rebuild import RebuiltSource
     from pythia_tl.output.writer import write_safetensors
 
-    dims = record.config.dims()
-    rules = expand(PYTHIA_TO_TL, record.config.n_layers)
-    # One tensor in memory at a time, each read by its byte range (never mapped: see FileTensors).
-    tensors = FileTensors(info.path, info.tensors)
-    for rule in rules:
-        if rule.source is None:  # unembed.b_U: zeros in a raw file, or GPT-NeoX cannot hold it
-            try:
-                rule.invert([tensors[key] for key in rule.outputs], dims)
-            except RuleError as exc:
-                raise OutputFileError(f"{info.path}: {exc}") from None
-    sourced = [rule for rule in rules if rule.source is not None]
-    entries = [
-        TensorEntry(str(rule.source), record.dtype, rule.source_shape(dims)) for rule in sourced
-    ]
-
-    def rebuilt() -> Iterator[tuple[str, Any]]:
-        for rule in sourced:
-            yield str(rule.source), rule.invert([tensors[key] for key in rule.outputs], dims)
-
-    metadata = {"format": "pt"}
+    rebuilt = RebuiltSource(info, record)
+    metadata = {"format": "pt", PROVENANCE_KEY: json.dumps(export_provenance(info, record))}
     size = write_safetensors(
-        target, entries, rebuilt(), lambda: metadata, metadata, on_bytes=on_bytes
+        target, rebuilt.entries, rebuilt.tensors(), lambda: metadata, metadata, on_bytes=on_bytes
     )
-    return size, len(entries)
+    return size, len(rebuilt.entries)
 
 
 def _copy_tokenizer(record: dict[str, Any] | None, folder: Path) -> tuple[str, ...]:

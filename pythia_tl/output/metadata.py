@@ -6,6 +6,10 @@ those strings; files written before an optional key existed lack it and still pa
 ``build_metadata`` writes the schema, ``read_output`` reads a file's header (no tensor data),
 ``OutputFile`` gives the raw fields, and ``parse_metadata`` checks every field and gives a
 ``ConversionRecord``.
+
+Two other records live here too, so that the schema has one home: an exported folder's
+provenance (``export_provenance``, under ``PROVENANCE_KEY`` in its ``config.json`` and in its
+``model.safetensors`` metadata) and a ``trace`` file's (``build_trace_metadata``/``read_trace``).
 """
 
 from __future__ import annotations
@@ -187,7 +191,9 @@ def read_output(path: Path) -> OutputFile:
     from safetensors import SafetensorError, safe_open
 
     if not path.is_file():
-        raise OutputFileError(f"{path}: no such file")
+        from pythia_tl.batch.summary import why_not_written
+
+        raise OutputFileError(f"{path}: no such file{why_not_written(path)}")
     try:
         with safe_open(path, framework="numpy") as handle:
             metadata = dict(handle.metadata() or {})
@@ -367,3 +373,141 @@ def _positive_float(value: object) -> bool:
         return math.isfinite(float(value)) and value > 0
     except OverflowError:
         return False
+
+
+# --- an exported folder's provenance ------------------------------------------------------------
+
+# The field of ours in an exported config.json, and the metadata key of its model.safetensors.
+PROVENANCE_KEY = "pythia_tl"
+
+
+@dataclass(frozen=True)
+class ExportProvenance:
+    """Where an exported folder's weights came from: the converted file's source, revision and
+    commit (empty for a folder source), its step (None off a step branch) and versions."""
+
+    source: str
+    revision: str
+    commit: str
+    step: int | None
+    converter_version: str
+    exported_by: str
+
+
+def export_provenance(info: OutputFile, record: ConversionRecord) -> dict[str, Any]:
+    """What an export records of the file ``info`` it was made from (JSON)."""
+    from pythia_tl.source.schedule import STEP_BRANCH
+
+    match = STEP_BRANCH.fullmatch(record.revision)
+    return {
+        "converter": CONVERTER_NAME,
+        "source": record.source,
+        "revision": record.revision,
+        "commit": record.commit,
+        "step": int(match[1]) if match else None,
+        "converter_version": info.metadata.get("converter_version", ""),
+        "exported_by": __version__,
+    }
+
+
+def parse_provenance(value: object, where: str) -> ExportProvenance:
+    """An export's recorded provenance, checked; OutputFileError names ``where`` it was read."""
+    if not isinstance(value, dict) or value.get("converter") != CONVERTER_NAME:
+        raise OutputFileError(f"{where}: {PROVENANCE_KEY!r} is not a pythia-tl export record")
+    texts = {key: value.get(key) for key in ("source", "revision", "commit", "converter_version")}
+    step = value.get("step")
+    well_formed = all(isinstance(text, str) for text in texts.values()) and (
+        step is None or (_is_int(step) and 0 <= step < 10**9)
+    )
+    if not well_formed or not texts["source"]:
+        raise OutputFileError(f"{where}: {PROVENANCE_KEY!r} is malformed")
+    commit = str(texts["commit"])
+    if commit and not _COMMIT.fullmatch(commit):
+        raise _unexpected(f"{PROVENANCE_KEY} commit", commit, "40 hex digits")
+    return ExportProvenance(
+        source=str(texts["source"]),
+        revision=str(texts["revision"]),
+        commit=commit,
+        step=step,
+        converter_version=str(texts["converter_version"]),
+        exported_by=str(value.get("exported_by") or ""),
+    )
+
+
+# --- a trace file: some keys stacked over training steps ----------------------------------------
+
+# The metadata key that makes a file a trace; its value is JSON (see build_trace_metadata).
+TRACE_KEY = "trace"
+# What a trace keeps of its steps' files: the fields every step shares.
+_SHARED_KEYS = ("source", "tl_config", "dtype", "processing", "selection", NONFINITE_KEY)
+
+
+@dataclass(frozen=True)
+class TraceRecord:
+    """A trace file's steps, in the order its tensors stack them (axis 0), with the revision
+    and commit each was read at and its source files' sha256."""
+
+    source: str
+    steps: tuple[int, ...]
+    revisions: tuple[str, ...]
+    commits: tuple[str, ...]
+    source_files: tuple[dict[str, str], ...]
+
+
+def build_trace_metadata(
+    parts: list[OutputFile], steps: list[int], revisions: list[str], commits: list[str]
+) -> dict[str, str]:
+    """The metadata of a trace stacking ``parts`` (one pythia-tl file per step of ``steps``,
+    in that order, read at ``revisions`` and ``commits``), which must agree on everything but
+    their revision and commit."""
+    first = parts[0].metadata
+    for part in parts[1:]:
+        for key in _SHARED_KEYS:
+            if part.metadata.get(key) != first.get(key):
+                raise OutputFileError(
+                    f"{part.path}: metadata {key!r} differs from {parts[0].path}'s; the steps "
+                    "of a trace must be converted alike"
+                )
+    trace = {
+        "steps": steps,
+        "revisions": revisions,
+        "commits": commits,
+        "source_files": [part.source_files for part in parts],
+    }
+    shared = {key: first[key] for key in _SHARED_KEYS if key in first}
+    return {
+        "format": "pt",
+        "converter": CONVERTER_NAME,
+        "converter_version": __version__,
+        **shared,
+        TRACE_KEY: json.dumps(trace),
+    }
+
+
+def read_trace(path: Path) -> TraceRecord:
+    """A trace file's record; OutputFileError when ``path`` is not a trace pythia-tl wrote."""
+    info = read_output(path)
+    if not info.is_pythia_tl or TRACE_KEY not in info.metadata:
+        raise OutputFileError(f"{path}: not a pythia-tl trace file (no {TRACE_KEY!r} metadata)")
+    trace: dict[str, Any] = info._json_field(TRACE_KEY, dict)
+    steps, revisions = trace.get("steps"), trace.get("revisions")
+    commits, files = trace.get("commits"), trace.get("source_files")
+    if not (
+        isinstance(steps, list)
+        and isinstance(revisions, list)
+        and isinstance(commits, list)
+        and isinstance(files, list)
+        and len(steps) == len(revisions) == len(commits) == len(files)
+    ):
+        raise OutputFileError(f"{path}: metadata {TRACE_KEY!r} is malformed")
+    if not all(_is_int(step) for step in steps) or not all(
+        isinstance(text, str) for text in (*revisions, *commits)
+    ):
+        raise OutputFileError(f"{path}: metadata {TRACE_KEY!r} is malformed")
+    return TraceRecord(
+        source=info.metadata.get("source", ""),
+        steps=tuple(steps),
+        revisions=tuple(revisions),
+        commits=tuple(commits),
+        source_files=tuple(dict(f) if isinstance(f, dict) else {} for f in files),
+    )
