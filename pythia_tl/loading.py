@@ -151,13 +151,14 @@ def _transformer_lens() -> tuple[Any, Any]:
 def _has_hooked_transformer() -> bool:
     """Whether the installed TransformerLens has ``HookedTransformer`` (2.x, 3.x); none
     installed counts as having it, so that the hooked backend says what to install."""
-    if importlib.util.find_spec("transformer_lens") is None:
-        return True
     try:
         transformer_lens = importlib.import_module("transformer_lens")
-        return hasattr(transformer_lens, "HookedTransformer")
     except ImportError:
-        return True  # broken: the hooked backend says so
+        return True  # missing or broken: the hooked backend says so
+    try:
+        return hasattr(transformer_lens, "HookedTransformer")
+    except ImportError:  # 4.x's module __getattr__ raises one with a migration note
+        return False
 
 
 def _installed_version() -> str:

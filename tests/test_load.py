@@ -246,7 +246,7 @@ def test_a_partial_file_is_refused_unless_strict_is_false(
     assert torch.equal(model.W_E, w_e)
 
 
-def test_transformer_lens_4_fails_with_one_line_naming_both_routes(
+def test_transformer_lens_4_without_a_bridge_fails_with_one_line_naming_the_routes(
     tiny_checkpoints: TinyCheckpoints, tmp_path: Path, cli: Run, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = tmp_path / "out.safetensors"
@@ -255,10 +255,12 @@ def test_transformer_lens_4_fails_with_one_line_naming_both_routes(
     monkeypatch.setitem(sys.modules, "transformer_lens", tl4)
     monkeypatch.setattr("importlib.metadata.version", lambda name: "4.0.0")
     with pytest.raises(DependencyError) as caught:
-        pythia_tl.load(out)
+        pythia_tl.load(out, backend="hooked")
     message = str(caught.value)
     assert "\n" not in message
-    assert "4.0.0" in message and "transformer-lens<4" in message and "pythia-tl export" in message
+    assert "4.0.0" in message and "transformer-lens<4" in message and "backend='bridge'" in message
+    with pytest.raises(DependencyError, match=r"TransformerBridge cannot be imported"):
+        pythia_tl.load(out)  # auto: the bridge, which this stand-in lacks too
     monkeypatch.setitem(sys.modules, "transformer_lens", None)  # not installed
     with pytest.raises(DependencyError, match=r"not installed: pip install \"pythia-tl\[tl\]\""):
         pythia_tl.load(out)
