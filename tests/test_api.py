@@ -284,3 +284,22 @@ def test_importing_the_api_imports_no_torch() -> None:
         [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=False
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_the_readme_research_loop_runs_against_the_stand_in_hub(
+    stand_in_hub: StandInHub, tmp_path: Path
+) -> None:
+    suite = publish_suite(stand_in_hub, tmp_path / "hub")
+    readme = (REPO_ROOT / "README.md").read_text()
+    block = readme.split("<!-- research-loop -->\n```python\n", 1)[1].split("```", 1)[0]
+    env = dict(os.environ)  # the stand-in Hub's endpoint and a private cache (hf_env)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    done = subprocess.run(
+        [sys.executable, "-c", block], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert [line.split(" ", 1)[0] for line in lines[:3]] == ["0", "1000", "143000"]
+    assert all(len(json.loads(line.split(" ", 1)[1])) == 2 for line in lines[:3])  # 2 heads
+    last_commit = suite.commit(REPO, 143000)[:7]
+    assert lines[3].startswith(f"(0, 143000) {last_commit} embedding drift ")
