@@ -72,24 +72,34 @@ def test_a_batch_converts_every_step_and_links_the_duplicate(
     entries = {(e["repo_id"], e["step"]): e for e in summary["revisions"]}
     assert list(entries) == suite.items()
     for (repo_id, step), entry in entries.items():
+        assert entry["commit"] == suite.commit(repo_id, step)
+        if (repo_id, step) == DUPLICATE[:2]:
+            continue
         path = output_path(out, repo_id, step)
         assert entry["output"] == path.relative_to(out).as_posix()
-        assert entry["commit"] == suite.commit(repo_id, step)
         assert entry["output_sha256"] == file_sha256(path)
         assert entry["bytes"] == path.stat().st_size
         assert entry["source_sha256"] == suite.weight_sha256(repo_id, step)
         assert len(load_file(path)) == N_TENSORS
 
-    # The duplicate (step143000 has step2's weights; step2 comes first) is a hard link to step2's
-    # output, and none of its files was downloaded.
-    duplicate = entries[("EleutherAI/pythia-70m", 143000)]
-    assert duplicate["status"] == "duplicate"
-    assert duplicate["duplicate_of"] == "step2"
-    first = output_path(out, "EleutherAI/pythia-70m", 2)
-    linked = output_path(out, "EleutherAI/pythia-70m", 143000)
-    assert linked.stat().st_ino == first.stat().st_ino
-    assert metadata_of(linked)["commit"] == suite.commit("EleutherAI/pythia-70m", 2)
-    duplicate_commit = suite.commit("EleutherAI/pythia-70m", 143000)
+    # The duplicate (step2 has step143000's weights) gets no file: a file under its name would
+    # claim step143000's revision. The latest step converts; none of step2's files is read.
+    duplicate = entries[("EleutherAI/pythia-70m", 2)]
+    assert duplicate["status"] == "duplicate" and duplicate["output"] is None
+    assert duplicate["duplicate_of"] == "step143000"
+    assert duplicate["weights_in"] == "pythia-70m/step143000.safetensors"
+    assert duplicate["anomaly"] == "step2 holds the same weight files as a later step, step143000"
+    assert not output_path(out, "EleutherAI/pythia-70m", 2).exists()
+    # load(), inspect and verify read the file by that name: they say why there is none.
+    inspected = run_cli(["inspect", str(output_path(out, "EleutherAI/pythia-70m", 2))])
+    assert inspected.returncode == 1 and inspected.stderr.count("\n") == 1
+    assert (
+        "no such file: not written by the batch, because step2 holds the same weight files "
+        "as a later step, step143000 (see summary.json); its weights are in " in inspected.stderr
+    )
+    final = output_path(out, "EleutherAI/pythia-70m", 143000)
+    assert metadata_of(final)["revision"] == "step143000"
+    duplicate_commit = suite.commit("EleutherAI/pythia-70m", 2)
     assert not [d for d in suite.hub.downloads if d[1] == duplicate_commit]
 
     # Downloaded weights are gone from the cache; the small files that record commits stay.
@@ -121,7 +131,7 @@ def test_rerunning_a_finished_batch_converts_and_downloads_nothing(
     again = run_batch_cli(run_cli, out)
     assert again.returncode == 0, again.stderr
     summary = summary_of(out)
-    assert set(statuses(summary).values()) == {"skipped"}
+    assert set(statuses(summary).values()) == {"skipped", "duplicate"}
     assert suite.hub.downloads == []
     assert not [path for _, path in suite.hub.requests if "/resolve/" in path]
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")} == mtimes
@@ -133,8 +143,13 @@ def test_rerunning_a_finished_batch_converts_and_downloads_nothing(
             before["bytes"],
         )
     lines = again.stderr.strip().splitlines()
-    assert sum(line.startswith("skipped ") for line in lines) == 10
-    assert lines[-1].startswith("batch: 10 revisions: 10 skipped; summary in ")
+    assert sum(line.startswith("skipped ") for line in lines) == 9
+    # One line per group of duplicates, every run: a file under step2's name would mislabel it.
+    assert lines[-2] == (
+        "warning: pythia-70m step2 holds the same weight files as step143000 (sha256): no file "
+        "written for it; pythia-70m/step143000.safetensors holds the weights (see summary.json)"
+    )
+    assert lines[-1].startswith("batch: 10 revisions: 9 skipped, 1 duplicate; summary in ")
 
 
 def test_an_offline_rerun_checks_commits_against_the_cache(
@@ -147,12 +162,11 @@ def test_an_offline_rerun_checks_commits_against_the_cache(
     assert offline.returncode == 0, offline.stderr
     assert suite.hub.requests == []
     entries = summary_of(out)["revisions"]
-    assert {e["status"] for e in entries} == {"skipped"}
+    assert {e["status"] for e in entries} == {"skipped", "duplicate"}
     # The commits come from the cache's refs, which cleaning the downloads kept. The duplicate
-    # was never downloaded, so the cache does not know its branch: its commit is not checked.
-    duplicate = ("EleutherAI/pythia-70m", 143000)
+    # was never downloaded: it is settled from the summary's record of it, with no network.
     assert {(e["repo_id"], e["step"]): e["commit"] for e in entries} == {
-        item: suite.commit(*item) if item != duplicate else None for item in suite.items()
+        item: suite.commit(*item) for item in suite.items()
     }
 
 
@@ -172,7 +186,7 @@ def test_other_options_replace_the_outputs_and_keep_downloads_keeps_them(
 
     same = run_batch_cli(run_cli, out, "--dtype", "float32")
     assert same.returncode == 0, same.stderr
-    assert set(statuses(summary_of(out)).values()) == {"skipped"}
+    assert set(statuses(summary_of(out)).values()) == {"skipped", "duplicate"}
 
 
 def test_processing_options_are_applied_and_checked_on_resume(
@@ -190,7 +204,7 @@ def test_processing_options_are_applied_and_checked_on_resume(
         assert json.loads(metadata["tl_config"])["normalization_type"] == "LNPre"
     again = run_batch_cli(run_cli, out, "--process")
     assert again.returncode == 0, again.stderr
-    assert set(statuses(summary_of(out)).values()) == {"skipped"}
+    assert set(statuses(summary_of(out)).values()) == {"skipped", "duplicate"}
     raw = run_batch_cli(run_cli, out, "--json")
     assert raw.returncode == 0, raw.stderr
     assert json.loads(raw.stdout)["counts"]["converted"] == 9
@@ -232,12 +246,13 @@ def test_when_the_first_of_two_duplicates_fails_the_second_is_converted(
 ) -> None:
     repo_id, step, original = DUPLICATE
     shard = sorted(suite.folders[(repo_id, step)].glob("model-*.safetensors"))[0].name
-    suite.hub.break_file(repo_id, shard, revision=f"step{step}", kind="status", status=404)
+    # The latest step converts first; when it fails, the earlier one converts on its own.
+    suite.hub.break_file(repo_id, shard, revision=f"step{original}", kind="status", status=404)
     out = tmp_path / "out"
     assert run_batch_cli(run_cli, out).returncode == 1
     by_item = statuses(summary_of(out))
-    assert (by_item[(repo_id, step)], by_item[(repo_id, original)]) == ("failed", "converted")
-    assert metadata_of(output_path(out, repo_id, original))["revision"] == f"step{original}"
+    assert (by_item[(repo_id, original)], by_item[(repo_id, step)]) == ("failed", "converted")
+    assert metadata_of(output_path(out, repo_id, step))["revision"] == f"step{step}"
 
 
 def test_fail_fast_cancels_what_has_not_started(

@@ -11,7 +11,7 @@ import torch
 from conftest import TinyCheckpoints
 from safetensors.torch import save_file
 
-from pythia_tl.batch.dedupe import link_output, weights_key
+from pythia_tl.batch.dedupe import duplicate_note, remove_stale_output, weights_key
 from pythia_tl.batch.resume import Requirements, judge_existing
 from pythia_tl.engine.convert import ConvertOptions, convert
 from pythia_tl.processing import Processing
@@ -66,14 +66,14 @@ def test_files_pythia_tl_did_not_write_are_foreign(tmp_path: Path) -> None:
         assert judged.state == "foreign" and "move it away" in judged.reason
 
 
-def test_a_duplicate_is_published_as_a_hard_link_replacing_what_was_there(
-    converted: Path, tmp_path: Path
-) -> None:
-    target = tmp_path / "step143000.safetensors"
-    target.write_bytes(b"an older output")
-    assert link_output(converted, target) == "hard link"
-    assert target.stat().st_ino == converted.stat().st_ino
-    assert [p.name for p in tmp_path.iterdir()] == [target.name]
+def test_a_duplicate_gets_no_file_and_what_was_there_goes(tmp_path: Path) -> None:
+    target = tmp_path / "step2.safetensors"
+    target.write_bytes(b"an older output, or a link to another step's file")
+    assert remove_stale_output(target) is True
+    assert not target.exists() and remove_stale_output(target) is False
+    assert duplicate_note("step2", 2, "step143000", 143000) == (
+        "step2 holds the same weight files as a later step, step143000"
+    )
 
 
 def test_weights_keys_belong_to_one_repository() -> None:

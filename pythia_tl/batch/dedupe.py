@@ -1,31 +1,26 @@
-"""Revisions that hold the same weights: recognising them and publishing one output for all.
+"""Revisions that hold the same weights: recognising them, and what a batch writes for them.
 
 Two revisions of one repository whose weight files have the same set of sha256 hold the same
-weights (the Hub really has such branches), so one conversion serves both. The duplicate's output
-is a hard link to the first one's (a copy where the file system cannot link), so it costs no disk.
-It therefore carries the first revision's ``revision`` and ``commit`` metadata; its
-``source_files`` sha256 are true for both, and the batch summary records each revision's own
-commit. Writing a separate file per duplicate would double the disk a suite needs (pythia-2.8b
-has 86 such branches) for two strings of metadata.
+weights (the Hub really has such branches: EleutherAI/pythia #205, #83), so one conversion
+serves both. Only one of them gets a file, the latest step of the group (a branch can serve a
+later checkpoint's files under an earlier name, as pythia-2.8b's do, never the reverse); the
+others get none, and the summary says why (``duplicate_of``, ``anomaly``). A file's metadata
+names the one revision it was converted from, so a file reached by a duplicate's name would
+claim another step: a hard link or copy under the duplicate's name would mislabel it, and a
+file of its own would double the disk a suite needs (86 such branches in pythia-2.8b) for two
+strings of metadata.
 """
 
 from __future__ import annotations
 
-import errno
-import os
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
 
 from pythia_tl.audit.identity import weight_set
 from pythia_tl.errors import OutputError
-from pythia_tl.output.atomic import CANNOT_LINK, atomic_path
 
 # The repository and the sha256 of its weight files.
 WeightsKey = tuple[str, frozenset[str]]
-
-_CANNOT_LINK = (*CANNOT_LINK, errno.EACCES)
 
 
 def weights_key(repo_id: str, sha256: Mapping[str, str]) -> WeightsKey | None:
@@ -35,25 +30,22 @@ def weights_key(repo_id: str, sha256: Mapping[str, str]) -> WeightsKey | None:
     return (repo_id, found) if found is not None else None
 
 
-def link_output(existing: Path, target: Path) -> Literal["hard link", "copy"]:
-    """Publish ``existing`` also at ``target`` (replacing what is there), atomically."""
-    how: Literal["hard link", "copy"] = "hard link"
+def remove_stale_output(target: Path) -> bool:
+    """Remove what an earlier run left at a duplicate's output path (a stale conversion, or an
+    older version's link to another revision's file); whether there was one."""
     try:
-        with atomic_path(target, overwrite=True) as temp:
-            try:
-                os.link(existing, temp)
-            except OSError as exc:
-                if exc.errno not in _CANNOT_LINK:
-                    raise
-                _copy(existing, temp)
-                how = "copy"
+        target.unlink()
+    except FileNotFoundError:
+        return False
     except OSError as exc:
-        raise OutputError(f"{target}: cannot link or copy {existing} there ({exc})") from None
-    return how
+        raise OutputError(
+            f"{target}: cannot remove it ({exc}); the revision holds another's weights and gets "
+            "no file of its own"
+        ) from None
+    return True
 
 
-def _copy(source: Path, temp: Path) -> None:
-    with open(source, "rb") as reader, open(temp, "xb") as writer:
-        shutil.copyfileobj(reader, writer, 16 << 20)
-        writer.flush()
-        os.fsync(writer.fileno())
+def duplicate_note(revision: str, step: int, first_revision: str, first_step: int) -> str:
+    """What the summary says of a revision that holds another's weights (``anomaly``)."""
+    when = "a later" if first_step > step else "an earlier"
+    return f"{revision} holds the same weight files as {when} step, {first_revision}"

@@ -88,7 +88,8 @@ def estimate(request: BatchRequest, work: WorkList) -> BatchCost:
             costs[item] = _skipped(item, found, found.commit, "up to date", seen)
         else:
             existing[item] = found
-    for item, found in existing.items():
+    # The latest step of a group of duplicates converts, as in the run (batch.dedupe).
+    for item, found in sorted(existing.items(), key=lambda pair: pair[0], reverse=True):
         costs[item] = _cost(request, work, item, found, seen)
     return BatchCost(tuple(costs[item] for item in work.items))
 

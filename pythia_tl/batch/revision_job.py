@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pythia_tl import __version__
-from pythia_tl.batch.dedupe import link_output
+from pythia_tl.batch.dedupe import duplicate_note, remove_stale_output
 from pythia_tl.batch.resume import ExistingOutput
 from pythia_tl.batch.summary import FileIdentity, RevisionResult
 from pythia_tl.batch.work import WorkItem
@@ -84,29 +84,30 @@ def convert_revision(
         return _failed(item, f"unexpected {type(exc).__name__}: {exc}", started, listing)
 
 
-def link_duplicate(
+def record_duplicate(
     pending: PendingRevision, first: RevisionResult, output_dir: Path
 ) -> RevisionResult:
-    """Publish the output of ``first`` (same repository, same weights) for ``pending`` too."""
+    """A revision with the same weights as ``first`` (same repository): no file of its own (see
+    ``batch.dedupe``), and a result that names the file holding its weights."""
     item, listing = pending.item, pending.listing
     started = time.perf_counter()
-    target = output_dir / item.relative_output
     try:
-        how = link_output(output_dir / first.item.relative_output, target)
+        removed = remove_stale_output(output_dir / item.relative_output)
     except PythiaTLError as exc:
         return _failed(item, str(exc), started, listing)
+    held_by = first.item.relative_output.as_posix()
+    note = "; removed the file an earlier run left there" if removed else ""
     return RevisionResult(
         item,
         "duplicate",
-        reason=f"same weights as {first.item.revision} ({how})",
+        reason=f"not written: same weight files (sha256) as {first.item.revision}, whose file "
+        f"{held_by} holds them{note}",
         commit=listing.commit if listing is not None else None,
         source_sha256=listing.weight_sha256 if listing is not None else first.source_sha256,
-        output_sha256=first.output_sha256,
-        bytes=first.bytes,
         seconds=time.perf_counter() - started,
         duplicate_of=first.item.revision,
-        converter_version=first.converter_version,
-        output_identity=FileIdentity.of(target),
+        anomaly=duplicate_note(item.revision, item.step, first.item.revision, first.item.step),
+        weights_in=held_by,
     )
 
 

@@ -31,13 +31,14 @@ from pythia_tl.batch.revision_job import (
     BatchCancelled,
     PendingRevision,
     convert_revision,
-    link_duplicate,
+    record_duplicate,
 )
 from pythia_tl.batch.summary import (
     BatchSummary,
     FileIdentity,
     OutputRecord,
     RevisionResult,
+    recorded_duplicates,
     recorded_outputs,
     summary_path,
 )
@@ -93,6 +94,8 @@ class _BatchRun:
         self.stop = threading.Event()
         path = summary_path(request.output_dir, request.shard)
         self.records = recorded_outputs(path)
+        # Read before this run rewrites the summary (its unfinished entries become pending).
+        self.duplicates = recorded_duplicates(path)
         self.summary = BatchSummary(path, work.items, _command(request), work.work_list_size)
 
     def run(self) -> BatchSummary:
@@ -162,7 +165,28 @@ class _BatchRun:
                 self._finish(RevisionResult(item, "failed", reason=existing.reason), write=False)
             else:
                 pending.append(PendingRevision(item, None, existing, identity))
-        return pending, ready
+        return self._recorded_duplicates(pending, ready), ready
+
+    def _recorded_duplicates(
+        self, pending: list[PendingRevision], ready: dict[WeightsKey, RevisionResult]
+    ) -> list[PendingRevision]:
+        """Settle, without asking the Hub, the duplicates the summary recorded whose branch has
+        not moved and whose weights an up-to-date output still holds; return the rest."""
+        recorded = self.duplicates
+        rest = []
+        for revision in pending:
+            item = revision.item
+            found = recorded.get((item.repo_id, item.step))
+            commit = self.work.branch_commit(item, self.request.cache_dir)
+            key = weights_key(item.repo_id, found[1]) if found is not None else None
+            if found is None or key not in ready or commit not in (None, found[0]):
+                rest.append(revision)
+                continue
+            duplicate = record_duplicate(
+                replace(revision, listing=None), ready[key], self.request.output_dir
+            )
+            self._finish(replace(duplicate, commit=found[0], source_sha256=found[1]), write=False)
+        return rest
 
     def _output_sha256(
         self, item: WorkItem, identity: FileIdentity | None
@@ -281,7 +305,8 @@ class _BatchRun:
 
     def _run_group(self, group: _Group) -> None:
         first = group.first
-        for revision in group.members:
+        # The latest step converts; the earlier ones are its duplicates (see batch.dedupe).
+        for revision in sorted(group.members, key=lambda r: r.item.step, reverse=True):
             if self.stop.is_set():
                 return
             output_dir, relative = self.request.output_dir, revision.item.relative_output
@@ -297,7 +322,7 @@ class _BatchRun:
 
     def _make(self, revision: PendingRevision, first: RevisionResult | None) -> RevisionResult:
         if first is not None:
-            return link_duplicate(revision, first, self.request.output_dir)
+            return record_duplicate(revision, first, self.request.output_dir)
         return convert_revision(
             revision,
             self.request.output_dir,

@@ -67,6 +67,10 @@ class RevisionResult:
     bytes: int | None = None
     seconds: float = 0.0
     duplicate_of: str | None = None
+    # A duplicate: the revisions' weights are another step's (batch.dedupe.duplicate_note).
+    anomaly: str | None = None
+    # A duplicate: the output (relative to DIR) that holds its weights; it has none of its own.
+    weights_in: str | None = None
     converter_version: str | None = None
     # The output file as it was when output_sha256 was taken.
     output_identity: FileIdentity | None = None
@@ -81,7 +85,7 @@ class RevisionResult:
             "revision": self.item.revision,
             "status": self.status,
             "reason": self.reason,
-            "output": self.item.relative_output.as_posix(),
+            "output": None if self.status == "duplicate" else self.item.relative_output.as_posix(),
             "commit": self.commit,
             "source_sha256": dict(sorted(self.source_sha256.items())),
             "output_sha256": self.output_sha256,
@@ -90,6 +94,8 @@ class RevisionResult:
             "output_inode": identity.inode if identity is not None else None,
             "seconds": round(self.seconds, 3),
             "duplicate_of": self.duplicate_of,
+            "anomaly": self.anomaly,
+            "weights_in": self.weights_in,
             "converter_version": self.converter_version,
             "finished_at": None if self.status == "pending" else round(self.finished_at, 3),
         }
@@ -138,6 +144,21 @@ def recorded_outputs(path: Path) -> dict[str, OutputRecord]:
         if isinstance(output, str) and isinstance(sha256, str):
             records[output] = OutputRecord(sha256, _identity(entry))
     return records
+
+
+def recorded_duplicates(path: Path) -> dict[EntryKey, tuple[str, dict[str, str]]]:
+    """The duplicates the summary at ``path`` recorded: (repo id, step) -> (commit, weight
+    sha256), so that a rerun can settle them without the Hub."""
+    found = {}
+    for entry in read_entries(path):
+        commit, sha256 = entry.get("commit"), entry.get("source_sha256")
+        if entry.get("status") != "duplicate" or not isinstance(commit, str):
+            continue
+        if isinstance(sha256, dict) and sha256 and all(isinstance(v, str) for v in sha256.values()):
+            key = _entry_key(entry)
+            if key is not None:
+                found[key] = (commit, {str(k): v for k, v in sha256.items()})
+    return found
 
 
 def _identity(entry: dict[str, Any]) -> FileIdentity | None:
@@ -249,3 +270,28 @@ class BatchSummary:
                         os.fsync(out.fileno())
             except OSError as exc:
                 raise OutputError(f"{self.path}: cannot write the summary ({exc})") from None
+
+
+def why_not_written(path: Path) -> str:
+    """Why a batch wrote no file at ``path``, from the summary of the batch folder it lies in
+    (``DIR/<model>/step<N>.safetensors``): a duplicate names the file that holds its weights.
+    Empty when no summary says anything of it."""
+    folder = path.absolute().parent.parent
+    relative = f"{path.parent.name}/{path.name}"
+    try:
+        summaries = sorted(folder.glob("summary*.json"))
+    except OSError:
+        return ""
+    for summary in summaries:
+        for entry in read_entries(summary):
+            if entry.get("status") != "duplicate" or entry.get("revision") != path.stem:
+                continue
+            if f"{entry.get('model')}/{entry.get('revision')}.safetensors" != relative:
+                continue
+            held_by = entry.get("weights_in")
+            if isinstance(held_by, str):
+                return (
+                    f": not written by the batch, because {entry.get('anomaly')} (see "
+                    f"{summary.name}); its weights are in {folder / held_by}"
+                )
+    return ""

@@ -129,6 +129,9 @@ def batch(
     disable_progress_bars()
     with _LineReporter(quiet or json_output) as reporter:
         summary = run_batch(request, work, reporter)
+    if not (quiet or json_output):  # --json: the summary's entries say it
+        for line in _duplicate_warnings(summary):
+            print(printable(line), file=sys.stderr)
     if json_output:  # the summary as written: merged with the records of other runs
         from pythia_tl.batch.summary import read_entries
 
@@ -159,6 +162,24 @@ def _print_cost(cost: BatchCost, json_output: bool) -> None:
             )
         )
     print(f"total: fetch {decimal(cost.fetch_bytes)}, write {decimal(cost.write_bytes)}")
+
+
+def _duplicate_warnings(summary: BatchSummary) -> list[str]:
+    """One line per group of revisions that hold another's weights (and got no file)."""
+    groups: dict[tuple[str, str], list[RevisionResult]] = {}
+    for result in summary.results:
+        if result.status == "duplicate" and result.duplicate_of is not None:
+            groups.setdefault((result.item.model.name, result.duplicate_of), []).append(result)
+    lines = []
+    for (model, first), members in groups.items():
+        names = ", ".join(member.item.revision for member in members)
+        one = len(members) == 1
+        lines.append(
+            f"warning: {model} {names} {'holds' if one else 'hold'} the same weight files as "
+            f"{first} (sha256): no file written for {'it' if one else 'them'}; "
+            f"{members[0].weights_in} holds the weights (see {summary.path.name})"
+        )
+    return lines
 
 
 def _totals(summary: BatchSummary, work_list_size: int) -> str:
