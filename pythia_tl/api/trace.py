@@ -5,7 +5,8 @@ and commits in its metadata (``output.metadata.build_trace_metadata``).
 The steps are converted by ``batch`` (``--tensors``: only the byte ranges those keys need are
 fetched) into a folder of parts beside the output, ``<output>.parts/``, one pythia-tl file per
 step; so a trace stopped at any moment, ``kill -9`` included, resumes as a batch does: a rerun
-converts only the steps whose part is missing or stale, and skips duplicates' downloads. The
+converts only the steps whose part is missing or stale; a duplicate branch (the same weights as
+another step) is not fetched, and stacks that step's tensors under its own step and commit. The
 parts are then stacked one key at a time (memory: one stacked key) into the output, which
 appears whole or not at all, and the parts folder is removed (``keep_parts`` keeps it).
 """
@@ -150,9 +151,13 @@ def trace_with(
             f"{first.reason}); the others are kept in {parts}: run the same trace again to "
             "convert only the rest"
         )
-    files = [parts / item.relative_output for item in work.items]
-    # From the batch's results, not the files: a duplicate step's file is a link to another's.
+    # From the batch's results, not the files: a step whose weights are byte for byte another
+    # step's (a duplicate branch) has no file of its own; its weights are that step's.
     results = [summary.result(item) for item in work.items]
+    files = [
+        parts / (r.weights_in if r is not None and r.weights_in else item.relative_output)
+        for item, r in zip(work.items, results, strict=True)
+    ]
     commits = [(r.commit if r is not None else None) or "" for r in results]
     steps_done = [item.step for item in work.items]
     size, count = _stack(
