@@ -41,8 +41,9 @@ def test_dry_run_lists_the_cost_from_listings_and_headers(
     missing = entries[("EleutherAI/pythia-160m", "step1")]
     assert missing["missing"] is True and missing["fetch_bytes"] == 0
     repo, step, original = DUPLICATE
-    duplicate = entries[(repo, f"step{original}")]
-    assert duplicate["duplicate_of"] == f"step{step}" and duplicate["fetch_bytes"] == 0
+    # The latest step of a group converts, as in the run; the earlier one is its duplicate.
+    duplicate = entries[(repo, f"step{step}")]
+    assert duplicate["duplicate_of"] == f"step{original}" and duplicate["fetch_bytes"] == 0
     for (repo_id, revision), entry in entries.items():
         if entry["missing"] or entry["duplicate_of"]:
             continue
