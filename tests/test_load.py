@@ -253,6 +253,7 @@ def test_transformer_lens_4_without_a_bridge_fails_with_one_line_naming_the_rout
     convert(cli, [str(tiny_checkpoints["safetensors"]), "-o", str(out)])
     tl4 = types.ModuleType("transformer_lens")  # HookedTransformer is gone
     monkeypatch.setitem(sys.modules, "transformer_lens", tl4)
+    monkeypatch.setitem(sys.modules, "transformer_lens.model_bridge", None)  # nor a bridge
     monkeypatch.setattr("importlib.metadata.version", lambda name: "4.0.0")
     with pytest.raises(DependencyError) as caught:
         pythia_tl.load(out, backend="hooked")
