@@ -12,7 +12,23 @@ It answers what huggingface_hub (checked against 2.4.0) asks of the Hub when dow
 - ``GET /api/models/{repo}`` and ``.../revision/{rev}`` (``?blobs=true`` adds size, blobId, lfs),
   ``.../tree/{rev}[/{path}]`` (``?recursive=true``) and ``.../refs``.
 - ``Range`` on every file body; 404s with ``X-Error-Code`` RepoNotFound, RevisionNotFound or
-  EntryNotFound and a JSON ``{"error": ...}`` body. No ``X-Xet-*`` header is ever sent.
+  EntryNotFound and a JSON ``{"error": ...}`` body.
+- Every LFS 302 carries, as the real Hub's redirect for a Xet-backed file does, ``X-Xet-Hash`` and
+  a ``Link`` naming ``rel="xet-auth"`` (``{hub}/api/models/{repo}/xet-read-token/{commit}``, which
+  answers 404) and ``rel="xet-reconstruction-info"`` (a made-up CAS path on the CDN, which serves
+  nothing there), unless ``xet_headers=False``. Clients must run with ``HF_HUB_DISABLE_XET=1``.
+  huggingface_hub 2.4.0 then still downloads over plain HTTP, but, seeing Xet metadata, it does
+  not reuse the HEAD's ``Location``: its GET goes to ``/resolve`` again and follows that redirect
+  (one more resolver request per file, and per retry).
+
+It can be made as harsh as the real Hub (each off by default, each settable at run time):
+
+- a fixed-window quota on ``/resolve`` requests (``resolver_quota``): over it, 429 with
+  ``RateLimit``, ``RateLimit-Policy`` and ``Retry-After`` as the Hub sends them;
+- storage locations that expire (``location_ttl``): ``Location`` carries ``expires`` and an HMAC
+  ``sig``; the CDN answers 403 to an expired, unsigned or tampered location;
+- a latency before every answer (``latency``);
+- storage that lies about ranges or drips its bytes (``break_file`` kinds).
 
 A revision is a folder on disk whose files are listed (and hashed) when it is added; do not change
 the folder afterwards without adding it again. Its commit is a fake sha1 of the repo, the branch
@@ -24,25 +40,35 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import json
+import math
+import secrets
+import select
 import socket
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 from typing import Literal
-from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
+from urllib.parse import parse_qs, parse_qsl, quote, unquote, urlencode, urlsplit
 
 LFS_SUFFIXES = (".safetensors", ".bin")
 LFS_MIN_SIZE = 10 * 1024 * 1024
 _CHUNK = 1024 * 1024
 _LFS_SPEC = "https://git-lfs.github.com/spec/v1"
 
-FaultKind = Literal["truncate", "corrupt", "status"]
+FaultKind = Literal[
+    "truncate", "corrupt", "status", "long", "short", "no_range", "wrong_range", "drip"
+]
+
+_EXTRA_BYTE = b"\xa5"  # what a "long" answer pads its body with
+_DRIP_TICK = 0.1  # seconds between the pieces of a "drip" body
 
 
 @dataclass(frozen=True)
@@ -173,16 +199,64 @@ def _parse_range(header: str | None, size: int) -> tuple[int, int] | Literal["ba
     return "bad" if start >= size or end <= start else (start, end)
 
 
+class _Quota:
+    """A fixed window of ``limit`` requests: it opens at the first request after the last one
+    closed and lasts ``window`` seconds."""
+
+    def __init__(self, limit: int, window: float) -> None:
+        if limit < 0 or window <= 0:
+            raise ValueError(f"bad quota: {limit} requests per {window} s")
+        self.limit = limit
+        self.window = window
+        self._ends = 0.0
+        self._used = 0
+
+    def take(self, now: float) -> int | None:
+        """Count one request; None if allowed, else the whole seconds until the window resets."""
+        if now >= self._ends:
+            self._ends = now + self.window
+            self._used = 0
+        self._used += 1
+        if self._used <= self.limit:
+            return None
+        return max(1, math.ceil(self._ends - now))
+
+    @property
+    def policy(self) -> str:
+        return f'"fixed window";"resolvers";q={self.limit};w={max(1, int(self.window))}'
+
+
 class StandInHub:
     """The stand-in Hub: ``.url`` for HF_ENDPOINT, repos added with ``add_revision``.
 
     ``bytes_per_second`` limits how fast file bodies are sent, all connections together (a link
     of that speed, for benchmarks); None: as fast as the machine goes.
+
+    ``resolver_quota`` (N, W): at most N ``/resolve`` requests (HEAD or GET, answered or not) per
+    fixed window of W seconds, as the real Hub counts "resolvers"; the others get a 429.
+    ``location_ttl``: LFS redirects name storage locations signed for that many seconds.
+    ``latency``: seconds waited before answering each request, on both servers. ``xet_headers``:
+    send the Xet headers on LFS redirects. Each has a ``set_*`` method to change it at run time.
     """
 
-    def __init__(self, bytes_per_second: float | None = None) -> None:
+    def __init__(
+        self,
+        bytes_per_second: float | None = None,
+        *,
+        resolver_quota: tuple[int, float] | None = None,
+        location_ttl: float | None = None,
+        latency: float = 0.0,
+        xet_headers: bool = True,
+    ) -> None:
         self._lock = threading.Lock()
+        self._stopping = threading.Event()
         self._link = _Link(bytes_per_second)
+        self._quota = _Quota(*resolver_quota) if resolver_quota is not None else None
+        self._location_ttl = location_ttl
+        self._latency = latency
+        self._xet_headers = xet_headers
+        self._secret = secrets.token_bytes(32)
+        self._counts: Counter[str] = Counter()
         self._served: dict[str, int] = {}
         self._repos: dict[str, _Repo] = {}
         self._blobs: dict[str, HubFile] = {}
@@ -261,6 +335,30 @@ class StandInHub:
         with self._lock:
             return list(self._repos[repo_id].branches)
 
+    # --- harshness -------------------------------------------------------------------------
+
+    def set_resolver_quota(self, n: int | None, window: float = 300.0) -> None:
+        """Allow ``n`` /resolve requests per fixed ``window`` seconds (None: no limit).
+
+        A new quota starts a new window.
+        """
+        quota = _Quota(n, window) if n is not None else None
+        with self._lock:
+            self._quota = quota
+
+    def set_location_ttl(self, seconds: float | None) -> None:
+        """Sign storage locations for ``seconds`` from now on (None: unsigned, never refused)."""
+        with self._lock:
+            self._location_ttl = seconds
+
+    def set_latency(self, seconds: float) -> None:
+        with self._lock:
+            self._latency = seconds
+
+    def set_xet_headers(self, on: bool) -> None:
+        with self._lock:
+            self._xet_headers = on
+
     # --- faults ----------------------------------------------------------------------------
 
     def break_file(
@@ -276,11 +374,26 @@ class StandInHub:
     ) -> Fault:
         """Make downloads of ``path`` fail: on every revision, or the one (branch or commit) given.
 
-        ``truncate``: the body stops at file byte ``offset`` and the connection is closed, though
-        the full Content-Length was announced. ``corrupt``: the byte at ``offset`` is inverted.
-        ``status``: answer ``status`` (HEAD and GET on /resolve, and the CDN). ``times`` limits how
-        many responses are broken (None: all). Note huggingface_hub retries a truncated body with
-        a Range request after a 1 s sleep, up to 5 times without progress.
+        Every kind but ``status`` breaks file bodies (GETs), on /resolve and on the CDN alike; "the
+        range asked" is the whole file for a GET without ``Range``.
+
+        - ``truncate``: the body stops at file byte ``offset`` and the connection is closed,
+          though the full Content-Length was announced.
+        - ``corrupt``: the byte at file offset ``offset`` is inverted.
+        - ``status``: answer ``status`` (HEAD and GET on /resolve, and the CDN).
+        - ``long``: Content-Length and body are ``offset`` bytes longer than the range asked (the
+          right bytes, then filler); the Content-Range is the one asked.
+        - ``short``: Content-Length and body are ``offset`` bytes shorter than the range asked
+          (its first bytes), yet the Content-Range names the whole range asked.
+        - ``no_range``: Range is ignored: a 200 with the whole file.
+        - ``wrong_range``: a 206 whose Content-Range starts ``offset`` bytes later than asked
+          (clipped to the file) and whose body is the bytes from there, as many as asked while the
+          file lasts.
+        - ``drip``: an honest answer whose body comes at about ``offset`` bytes per second (at least
+          1); it stops when the client hangs up or the hub closes.
+
+        ``times`` limits how many responses are broken (None: all). Note huggingface_hub retries a
+        truncated body with a Range request after a 1 s sleep, up to 5 times without progress.
         """
         fault = Fault(repo_id, path, revision, kind, offset, status, times)
         with self._lock:
@@ -292,6 +405,30 @@ class StandInHub:
             self._faults.clear()
 
     # --- logs ------------------------------------------------------------------------------
+
+    @property
+    def resolver_requests(self) -> int:
+        """Requests to ``/{repo}/resolve/...`` (refused ones too) since the last clear."""
+        with self._lock:
+            return self._counts["resolver"]
+
+    @property
+    def api_requests(self) -> int:
+        """Requests under ``/api/`` on the hub since the last clear."""
+        with self._lock:
+            return self._counts["api"]
+
+    @property
+    def rate_limited(self) -> int:
+        """429s answered for the resolver quota since the last clear."""
+        with self._lock:
+            return self._counts["rate_limited"]
+
+    @property
+    def expired(self) -> int:
+        """403s the CDN answered (expired, unsigned or tampered location) since the last clear."""
+        with self._lock:
+            return self._counts["expired"]
 
     @property
     def requests(self) -> list[tuple[str, str]]:
@@ -325,10 +462,12 @@ class StandInHub:
             self._records.clear()
             self._downloads.clear()
             self._served.clear()
+            self._counts.clear()
 
     # --- lifecycle -------------------------------------------------------------------------
 
     def close(self) -> None:
+        self._stopping.set()
         for server in (self._hub, self._cdn):
             server.shutdown()
             server.close_connections()
@@ -357,6 +496,65 @@ class StandInHub:
         with self._lock:
             self._downloads.append((repo_id, commit, path))
 
+    def _tally(self, name: str) -> None:
+        with self._lock:
+            self._counts[name] += 1
+
+    def _take_resolver(self) -> tuple[int, str] | None:
+        """Count a /resolve request; (seconds to reset, policy) when it is over the quota."""
+        with self._lock:
+            self._counts["resolver"] += 1
+            if self._quota is None:
+                return None
+            reset = self._quota.take(time.monotonic())
+            if reset is None:
+                return None
+            self._counts["rate_limited"] += 1
+            return reset, self._quota.policy
+
+    def _wait_latency(self) -> None:
+        with self._lock:
+            latency = self._latency
+        if latency > 0:
+            self._stopping.wait(latency)
+
+    def _sign(self, path: str, params: list[tuple[str, str]]) -> str:
+        message = f"{path}?{urlencode(params)}".encode()
+        return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
+
+    def _location(self, path: str, params: list[tuple[str, str]]) -> str:
+        """The CDN URL of ``path``, signed with an expiry when a TTL is in force."""
+        with self._lock:
+            ttl = self._location_ttl
+        if ttl is not None:
+            params = [*params, ("expires", repr(time.time() + ttl))]
+            params.append(("sig", self._sign(path, params)))
+        return f"{self.cdn_url}{path}?{urlencode(params)}"
+
+    def _location_refusal(self, path: str, query: str, now: float) -> tuple[str, str] | None:
+        """(code, message) of the 403 a CDN request gets, None if its location is good."""
+        with self._lock:
+            ttl = self._location_ttl
+        if ttl is None:
+            return None
+        pairs = parse_qsl(query, keep_blank_values=True)
+        signatures = [value for name, value in pairs if name == "sig"]
+        unsigned = [(name, value) for name, value in pairs if name != "sig"]
+        if len(signatures) != 1 or not hmac.compare_digest(
+            signatures[0], self._sign(path, unsigned)
+        ):
+            return (
+                "SignatureDoesNotMatch",
+                "The request signature we calculated does not match the signature you provided",
+            )
+        try:
+            expires = float(dict(unsigned)["expires"])
+        except (KeyError, ValueError):
+            return "AccessDenied", "Request has no expiry"
+        if now > expires:
+            return "AccessDenied", "Request has expired"
+        return None
+
     def _count(self, path: str, size: int) -> None:
         with self._lock:
             self._served[path] = self._served.get(path, 0) + size
@@ -381,14 +579,16 @@ class StandInHub:
         with self._lock:
             return self._blobs.get(sha256)
 
-    def _take_fault(self, repo_id: str, commit: str, path: str, method: str) -> Fault | None:
+    def _take_fault(self, repo_id: str, commit: str, path: str, body: bool) -> Fault | None:
+        """The fault to apply to this answer, counted as fired; only ``status`` faults apply to
+        answers without a file body (HEADs, redirects)."""
         with self._lock:
             for fault in self._faults:
                 if fault.repo_id != repo_id or fault.path != path:
                     continue
                 if fault.times is not None and fault.fired >= fault.times:
                     continue
-                if method == "HEAD" and fault.kind != "status":
+                if not body and fault.kind != "status":
                     continue
                 if fault.revision is not None:
                     repo = self._repos.get(repo_id)
@@ -479,19 +679,30 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self, method: str) -> None:
         hub = self.server.hub
+        arrived = time.time()
         split = urlsplit(self.path)
         segments = [unquote(s) for s in split.path.split("/")[1:]]
+        path = "/" + "/".join(segments)
         hub._record(
-            RequestRecord(
-                method,
-                "/" + "/".join(segments),
-                split.query,
-                self.headers.get("Range"),
-                self.server.kind,
-            )
+            RequestRecord(method, path, split.query, self.headers.get("Range"), self.server.kind)
         )
+        limited: tuple[int, str] | None = None
+        refusal: tuple[str, str] | None = None
+        if self.server.kind == "cdn":
+            # Judged on arrival: the latency below must not expire a location in time.
+            refusal = hub._location_refusal(path, split.query, arrived)
+        elif segments[0] == "api":
+            hub._tally("api")
+        elif "resolve" in segments[1:3]:
+            limited = hub._take_resolver()
+        hub._wait_latency()
         query = {k: v[-1] for k, v in parse_qs(split.query).items()}
-        if method not in ("GET", "HEAD"):
+        if limited is not None:
+            self._rate_limit(method, *limited)
+        elif refusal is not None:
+            hub._tally("expired")
+            self._send_refusal(method, *refusal)
+        elif method not in ("GET", "HEAD"):
             self._send_json(405, {"error": f"{method} is not supported"}, method)
         elif self.server.kind == "cdn":
             self._serve_blob(method, segments, query)
@@ -653,14 +864,18 @@ class _Handler(BaseHTTPRequestHandler):
                 method, "EntryNotFound", f"{path} does not exist on {revision}", resolved.commit
             )
             return
-        fault = hub._take_fault(repo_id, resolved.commit, path, method)
+        # A redirect has no body to break: body faults wait for the CDN's answer.
+        body = method == "GET" and not f.is_lfs
+        fault = hub._take_fault(repo_id, resolved.commit, path, body)
         if fault is not None and fault.kind == "status":
             self._send_json(fault.status, {"error": "injected fault"}, method)
             return
         headers = {"X-Repo-Commit": resolved.commit, "Accept-Ranges": "bytes"}
         if f.is_lfs:
-            target = f"{hub.cdn_url}/lfs/{f.sha256}?" + urlencode(
-                {"repo": repo_id, "commit": resolved.commit, "path": path}
+            assert f.sha256 is not None
+            target = hub._location(
+                f"/lfs/{f.sha256}",
+                [("repo", repo_id), ("commit", resolved.commit), ("path", path)],
             )
             headers |= {
                 "ETag": f'"{f.blob_id}"',
@@ -668,6 +883,14 @@ class _Handler(BaseHTTPRequestHandler):
                 "X-Linked-Size": str(f.size),
                 "Location": target,
             }
+            if hub._xet_headers:
+                xet_hash = hashlib.sha256(f.sha256.encode()).hexdigest()
+                headers["X-Xet-Hash"] = xet_hash
+                headers["Link"] = (
+                    f"<{hub.url}/api/models/{repo_id}/xet-read-token/{resolved.commit}>;"
+                    f' rel="xet-auth", <{hub._cdn.base_url}/xet-cas/reconstruction/{xet_hash}>;'
+                    ' rel="xet-reconstruction-info"'
+                )
             self._send_empty(302, headers)
             return
         headers["ETag"] = f'"{f.blob_id}"'
@@ -680,7 +903,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(404, {"error": "Not found"}, method)
             return
         repo_id, commit, path = query.get("repo", ""), query.get("commit", ""), query.get("path")
-        fault = hub._take_fault(repo_id, commit, path or f.path, method)
+        fault = hub._take_fault(repo_id, commit, path or f.path, method == "GET")
         if fault is not None and fault.kind == "status":
             self._send_json(fault.status, {"error": "injected fault"}, method)
             return
@@ -695,46 +918,122 @@ class _Handler(BaseHTTPRequestHandler):
         fault: Fault | None,
         download: tuple[str, str] | None,
     ) -> None:
-        span = _parse_range(self.headers.get("Range"), f.size)
+        kind = fault.kind if fault is not None else None
+        offset = fault.offset if fault is not None else 0
+        asked = self.headers.get("Range") if kind != "no_range" else None
+        span = _parse_range(asked, f.size)
         if span == "bad":
             self._send_empty(416, {"Content-Range": f"bytes */{f.size}"})
             return
         start, end = span if span is not None else (0, f.size)
-        self.send_response(206 if span is not None else 200)
-        if span is not None:
-            headers = headers | {"Content-Range": f"bytes {start}-{end - 1}/{f.size}"}
+        content_range = f"bytes {start}-{end - 1}/{f.size}" if span is not None else None
+        stop, extra = end, 0  # file bytes [start, stop) are sent, then ``extra`` filler bytes
+        announced = end - start
+        if kind == "truncate":
+            stop = min(end, max(start, offset))
+        elif kind == "long":
+            extra = max(offset, 0)
+            announced += extra
+        elif kind == "short":
+            stop = max(start, end - offset)
+            announced = stop - start
+        elif kind == "wrong_range" and f.size > 0:
+            start = min(max(start + offset, 0), f.size - 1)
+            stop = end = min(start + announced, f.size)
+            announced = end - start
+            content_range = f"bytes {start}-{end - 1}/{f.size}"
+        self.send_response(206 if content_range is not None else 200)
+        if content_range is not None:
+            headers = headers | {"Content-Range": content_range}
         for name, value in headers.items():
             self.send_header(name, value)
         self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(end - start))
+        self.send_header("Content-Length", str(announced))
         self.end_headers()
         if method == "HEAD":
             return
         if download is not None:
             self.server.hub._record_download(download[0], download[1], f.path)
-        stop = end
-        if fault is not None and fault.kind == "truncate":
-            stop = min(end, max(start, fault.offset))
+        drip = max(offset, 1) if kind == "drip" else None
+        sent = 0
+        for chunk in self._file_chunks(f, start, stop, fault, drip):
+            if drip is not None and not self._drip(chunk, drip):
+                self.close_connection = True
+                return
+            if drip is None:
+                self.server.hub._link.wait(len(chunk))
+                self.wfile.write(chunk)
+            self.server.hub._count(f.path, len(chunk))
+            sent += len(chunk)
+        if extra:
+            self.wfile.write(_EXTRA_BYTE * extra)
+            sent += extra
+        if sent < announced:
+            self.wfile.flush()
+            self.close_connection = True
+
+    @staticmethod
+    def _file_chunks(
+        f: HubFile, start: int, stop: int, fault: Fault | None, drip: int | None
+    ) -> Iterator[bytes]:
+        """File bytes [start, stop), in pieces of one drip tick when dripping; "corrupt" applied."""
+        size = _CHUNK if drip is None else max(1, int(drip * _DRIP_TICK))
         with f.disk_path.open("rb") as source:
             source.seek(start)
             position = start
             while position < stop:
-                chunk = bytearray(source.read(min(_CHUNK, stop - position)))
+                chunk = bytearray(source.read(min(size, stop - position)))
                 if not chunk:
-                    break
+                    return
                 if fault is not None and fault.kind == "corrupt":
                     at = fault.offset - position
                     if 0 <= at < len(chunk):
                         chunk[at] ^= 0xFF
-                self.server.hub._link.wait(len(chunk))
-                self.wfile.write(chunk)
-                self.server.hub._count(f.path, len(chunk))
+                yield bytes(chunk)
                 position += len(chunk)
-        if stop < end:
+
+    def _drip(self, chunk: bytes, rate: int) -> bool:
+        """Send ``chunk`` at ``rate`` bytes per second; False once the client or the hub is gone."""
+        stopping = self.server.hub._stopping
+        if stopping.is_set() or self._client_gone():
+            return False
+        try:
+            self.wfile.write(chunk)
             self.wfile.flush()
-            self.close_connection = True
+        except OSError:
+            return False
+        return not stopping.wait(len(chunk) / rate)
+
+    def _client_gone(self) -> bool:
+        """Whether the client has closed its end (readable with nothing to read)."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and not self.connection.recv(1, socket.MSG_PEEK)
+        except (OSError, ValueError):
+            return True
 
     # --- plain responses -------------------------------------------------------------------
+
+    def _rate_limit(self, method: str, reset: int, policy: str) -> None:
+        headers = {
+            "RateLimit": f'"resolvers";r=0;t={reset}',
+            "RateLimit-Policy": policy,
+            "Retry-After": str(reset),
+        }
+        body = {"error": "You have exceeded the rate limit for resolvers; retry later."}
+        self._send_json(429, body, method, headers)
+
+    def _send_refusal(self, method: str, code: str, message: str) -> None:
+        data = (
+            '<?xml version="1.0" encoding="UTF-8"?>\n'
+            f"<Error><Code>{code}</Code><Message>{message}</Message></Error>"
+        ).encode()
+        self.send_response(403)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if method != "HEAD":
+            self.wfile.write(data)
 
     def _not_found(self, method: str, code: str, message: str, commit: str | None = None) -> None:
         headers = {"X-Error-Code": code, "X-Error-Message": message}
