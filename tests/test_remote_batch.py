@@ -7,10 +7,14 @@ import json
 from pathlib import Path
 
 import pytest
-from batch_suite import DUPLICATE, REPOS, STEPS, STEPS_SPEC, Suite, publish_suite
+from batch_suite import DUPLICATE, REPOS, STEPS, STEPS_SPEC, SUITE_SHAPE, Suite, publish_suite
 from conftest import HfEnv, Run
 from hub_server import StandInHub
 from safetensors import safe_open
+from synthetic import write_checkpoint
+
+from pythia_tl.output.metadata import read_output
+from pythia_tl.source.tokenizer_files import TOKENIZER_FILES
 
 MODELS = [repo.split("/")[1] for repo in REPOS]
 
@@ -128,3 +132,56 @@ def test_dry_run_says_what_the_run_then_does(
     as_run |= {"missing": "failed", "refused": "failed"}
     assert {item: as_run[status] for item, status in planned.items()} == done
     assert planned[moved] == "skip" and planned[("EleutherAI/pythia-160m", 1)] == "refused"
+
+
+def test_dry_run_counts_the_requests_the_run_makes_and_each_revision_stays_within_four(
+    stand_in_hub: StandInHub, hf_env: HfEnv, cli: Run, tmp_path: Path
+) -> None:
+    repo = "EleutherAI/pythia-70m"
+    steps = (1000, 2000, 3000)
+    for seed, step in enumerate(steps):
+        folder = tmp_path / f"src-{step}"
+        write_checkpoint(
+            folder, SUITE_SHAPE, layout="safetensors-sharded", seed=seed, shard_bytes=8 << 10
+        )
+        for name in TOKENIZER_FILES:  # the same bytes at every step, as on the Hub
+            (folder / name).write_text(json.dumps({"file": name}))
+        stand_in_hub.add_revision(repo, f"step{step}", folder)
+    shards = len(list(folder.glob("*.safetensors")))
+    args = ["batch", "pythia-70m", "--steps", ",".join(map(str, steps)), "-o", str(tmp_path / "o")]
+    status, stdout, stderr = cli([*args, "--dry-run", "--json", "--cache-dir", str(tmp_path / "c")])
+    assert status == 0, stderr
+    cost = json.loads(stdout)
+    assert cost["exceeds_window_of"] == [] and cost["rate_limit_window_seconds"] == 300
+    stand_in_hub.clear_requests()
+    status, _, stderr = cli([*args, "-q"])
+    assert status == 0, stderr
+    assert stand_in_hub.resolver_requests == cost["resolve_requests"]
+    assert stand_in_hub.api_requests == cost["api_requests"]
+    per_revision = [r["resolve_requests"] - shards for r in cost["revisions"]]
+    # config.json and the index: a HEAD each, and a GET unless the same bytes are cached; the
+    # tokenizer files once per batch.
+    assert sorted(per_revision) == [2, 2, 4 + 2 * len(TOKENIZER_FILES)]
+    # Every output records the tokenizer files at the one commit they were downloaded at.
+    recorded = {
+        json.dumps(read_output(tmp_path / "o" / "pythia-70m" / f"step{step}.safetensors").tokenizer)
+        for step in steps
+    }
+    assert len(recorded) == 1
+    (record,) = (json.loads(r) for r in recorded)
+    assert record["revision"] in {stand_in_hub.commit_of(repo, f"step{s}") for s in steps}
+
+
+def test_dry_run_says_when_a_run_exceeds_one_rate_limit_window(
+    suite: Suite, hf_env: HfEnv, cli: Run, tmp_path: Path
+) -> None:
+    from pythia_tl.hub.quotas import exceeded
+
+    args = ["batch", *MODELS, "--steps", STEPS_SPEC, "-o", str(tmp_path / "o"), "--dry-run"]
+    status, stdout, _ = cli([*args, "--json"])
+    cost = json.loads(stdout)
+    assert cost["resolve_requests"] > 0 and cost["exceeds_window_of"] == []
+    assert exceeded(3_001, 0) == ["anonymous"]
+    assert exceeded(0, 1_001) == ["anonymous", "free account"]
+    status, stdout, _ = cli(args)
+    assert status == 0 and f"{cost['resolve_requests']} resolve and" in stdout

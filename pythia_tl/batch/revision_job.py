@@ -15,7 +15,7 @@ from pythia_tl.batch.work import WorkItem
 from pythia_tl.engine.convert import ConvertOptions, convert
 from pythia_tl.errors import PythiaTLError
 from pythia_tl.hub.listing import RevisionListing
-from pythia_tl.hub.revision import download_revision, fetch_revision
+from pythia_tl.hub.revision import CachedTokenizers, download_revision, fetch_revision
 from pythia_tl.output.metadata import read_output
 from pythia_tl.source import open_hub_revision
 
@@ -45,15 +45,17 @@ def convert_revision(
     on_bytes: Callable[[int, int], None],
     stopped: Callable[[], bool],
     download: bool = False,
+    tokenizers: CachedTokenizers | None = None,
 ) -> RevisionResult:
     """Stream (or ``download``, or find in the cache) and convert one revision; never raises
-    for a revision's own failure, which the result records."""
+    for a revision's own failure, which the result records. ``tokenizers``: the tokenizer files
+    the batch has cached already."""
     item, listing = pending.item, pending.listing
     started = time.perf_counter()
     target = output_dir / item.relative_output
     try:
         if listing is not None:
-            fetched = download_revision(listing, cache_dir, weights=download)
+            fetched = download_revision(listing, cache_dir, weights=download, tokenizers=tokenizers)
         else:
             fetched = fetch_revision(item.repo_id, item.revision, cache_dir, weights=download)
         if stopped():

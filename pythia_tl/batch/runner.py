@@ -47,6 +47,7 @@ from pythia_tl.engine.hashing import file_sha256
 from pythia_tl.errors import PythiaTLError
 from pythia_tl.hub.errors import HubUnreachable
 from pythia_tl.hub.listing import RevisionListing, describe_revision
+from pythia_tl.hub.revision import CachedTokenizers
 from pythia_tl.output.atomic import remove_stale_temporaries
 
 
@@ -92,6 +93,7 @@ class _BatchRun:
         self.work = work
         self.reporter = reporter
         self.stop = threading.Event()
+        self.tokenizers = CachedTokenizers()
         path = summary_path(request.output_dir, request.shard)
         self.records = recorded_outputs(path)
         # Read before this run rewrites the summary (its unfinished entries become pending).
@@ -331,6 +333,7 @@ class _BatchRun:
             self._on_bytes,
             self.stop.is_set,
             download=self.request.keep_downloads,
+            tokenizers=self.tokenizers,
         )
 
     def _done_meanwhile(self, revision: PendingRevision) -> RevisionResult | None:

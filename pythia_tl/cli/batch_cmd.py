@@ -30,6 +30,7 @@ from pythia_tl.cli.options import (
     Quiet,
     with_output_options,
 )
+from pythia_tl.hub.quotas import WINDOW_SECONDS
 from pythia_tl.text import printable
 
 if TYPE_CHECKING:
@@ -161,7 +162,16 @@ def _print_cost(cost: BatchCost, json_output: bool) -> None:
                 f"{decimal(r.fetch_bytes)}  write {decimal(r.write_bytes)}"
             )
         )
-    print(f"total: fetch {decimal(cost.fetch_bytes)}, write {decimal(cost.write_bytes)}")
+    print(
+        f"total: fetch {decimal(cost.fetch_bytes)}, write {decimal(cost.write_bytes)}; "
+        f"{cost.resolve_requests} resolve and {cost.api_requests} API requests"
+    )
+    if cost.exceeds:
+        print(
+            f"note: more requests than the Hub allows in one {WINDOW_SECONDS // 60}-minute window "
+            f"for: {', '.join(cost.exceeds)} (shards behind one address, or with one token, share "
+            "a window; the run waits out each limit)"
+        )
 
 
 def _duplicate_warnings(summary: BatchSummary) -> list[str]:

@@ -13,6 +13,7 @@ from pythia_tl.hub.errors import asking_the_hub
 from pythia_tl.source.layouts import Format, expected_weight_files, weight_files_for
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_BLOB_ID = re.compile(r"[0-9a-f]{40}")
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,8 @@ class RevisionListing:
     lfs_sha256: dict[str, str] = field(default_factory=dict)
     # The size in bytes of every file the Hub reports one for.
     sizes: dict[str, int] = field(default_factory=dict)
+    # The git blob id of every file the Hub reports one for: equal ids, equal bytes.
+    blob_ids: dict[str, str] = field(default_factory=dict)
 
     @property
     def weight_sha256(self) -> dict[str, str]:
@@ -69,8 +72,21 @@ def describe_revision(repo_id: str, revision: str) -> RevisionListing:
         for name, sibling in siblings.items()
         if isinstance(size := sibling.lfs.size if sibling.lfs else sibling.size, int) and size >= 0
     }
+    blob_ids = {
+        name: sibling.blob_id
+        for name, sibling in siblings.items()
+        if isinstance(sibling.blob_id, str) and _BLOB_ID.fullmatch(sibling.blob_id)
+    }
     return RevisionListing(
-        repo_id, revision, commit, fmt, weights_entry, frozenset(siblings), lfs_sha256, sizes
+        repo_id,
+        revision,
+        commit,
+        fmt,
+        weights_entry,
+        frozenset(siblings),
+        lfs_sha256,
+        sizes,
+        blob_ids,
     )
 
 

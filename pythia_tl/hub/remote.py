@@ -19,7 +19,7 @@ from typing import Any
 
 from pythia_tl.errors import CheckpointError, SourceError
 from pythia_tl.hub.location import Resolver
-from pythia_tl.hub.transport import Closed, Dropped, Expired, Refused, StorageClient, Throttled
+from pythia_tl.hub.transport import Dropped, Expired, Refused, StorageClient, Throttled
 
 # Ranges closer than this are fetched as one (the bytes between are cheaper than a request).
 COALESCE_GAP = 64 << 10
@@ -71,8 +71,11 @@ class RemoteFile:
         self.read_into(start, [memoryview(buffer)])
         return bytes(buffer)
 
-    def read_into(self, start: int, views: Sequence[memoryview]) -> None:
-        """Fill ``views`` in turn with the file's bytes from ``start`` on."""
+    def read_into(
+        self, start: int, views: Sequence[memoryview], stop: threading.Event | None = None
+    ) -> None:
+        """Fill ``views`` in turn with the file's bytes from ``start`` on; ``stop`` set ends
+        the read before its next attempt."""
         total = sum(len(view) for view in views)
         if start < 0 or start + total > self.size:
             raise SourceError(
@@ -81,12 +84,12 @@ class RemoteFile:
         done, failures = 0, 0
         location = self.resolver.location()
         while done < total:
+            if stop is not None and stop.is_set():
+                raise SourceError(f"{self.where}: the read was stopped")
             rest = _skip(views, done)
             try:
                 done += self.client.read_into(location.url, start + done, rest, self.size)
                 continue
-            except Closed:
-                raise SourceError(f"{self.where}: the read was stopped") from None
             except Refused as exc:
                 raise SourceError(
                     f"{self.where}: bytes [{start + done}, {start + total}): {exc.why}"

@@ -10,6 +10,7 @@ reached, the revision is served from the cache if it is there.
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +46,8 @@ class HubRevision:
     remote: dict[str, RemoteFile] = field(default_factory=dict)
     # The tokenizer files of the revision now in the cache (small; never weights).
     tokenizer_files: tuple[str, ...] = ()
+    # The commit they are cached at: this one, or an earlier one's whose files are the same bytes.
+    tokenizer_commit: str | None = None
 
     @property
     def cache_root(self) -> Path:
@@ -77,10 +80,12 @@ def download_revision(
     *,
     weights: bool = True,
     tokenizer: bool = True,
+    tokenizers: CachedTokenizers | None = None,
 ) -> HubRevision:
     """Download config.json and the weight files of a listed revision (cached ones are reused);
     without ``weights``, only config.json and the index: the weight files not cached are left on
-    the Hub, to be read by ranges. ``tokenizer``: also its tokenizer files (a few MB)."""
+    the Hub, to be read by ranges. ``tokenizer``: also its tokenizer files (a few MB), unless
+    ``tokenizers`` has the same ones cached already."""
     repo_id, revision, commit = listing.repo_id, listing.revision, listing.commit
 
     def download(filename: str, at: str = commit) -> Path:
@@ -129,12 +134,53 @@ def download_revision(
         tokenizer_files = tuple(
             name for name in TOKENIZER_FILES if tokenizer and name in listing.files
         )
-        for name in tokenizer_files:
-            download(name)
+        tokenizer_commit = tokenizers.commit_for(listing, tokenizer_files) if tokenizers else None
+        if tokenizer_commit is None:
+            for name in tokenizer_files:
+                download(name)
+            tokenizer_commit = commit
+            if tokenizers is not None:
+                tokenizers.add(listing, tokenizer_files)
     sha256 = {name: listing.lfs_sha256[name] for name in names if name in listing.lfs_sha256}
     return HubRevision(
-        repo_id, revision, commit, config_path.parent, sha256, remote, tokenizer_files
+        repo_id,
+        revision,
+        commit,
+        config_path.parent,
+        sha256,
+        remote,
+        tokenizer_files,
+        tokenizer_commit,
     )
+
+
+class CachedTokenizers:
+    """The tokenizer files a run has put in the cache, by their git blob ids: a later revision
+    of the same repository whose tokenizer files are the same bytes records those instead of
+    downloading them again (six resolver requests a revision, across a suite's 154)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._commits: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
+
+    def commit_for(self, listing: RevisionListing, files: tuple[str, ...]) -> str | None:
+        key = _tokenizer_key(listing, files)
+        with self._lock:
+            return self._commits.get(key) if key is not None else None
+
+    def add(self, listing: RevisionListing, files: tuple[str, ...]) -> None:
+        key = _tokenizer_key(listing, files)
+        if key is not None:
+            with self._lock:
+                self._commits.setdefault(key, listing.commit)
+
+
+def _tokenizer_key(
+    listing: RevisionListing, files: tuple[str, ...]
+) -> tuple[str, tuple[tuple[str, str], ...]] | None:
+    if not files or any(name not in listing.blob_ids for name in files):
+        return None
+    return listing.repo_id, tuple((name, listing.blob_ids[name]) for name in files)
 
 
 def _in_cache(repo_id: str, name: str, commit: str, cache_dir: Path | None) -> bool:

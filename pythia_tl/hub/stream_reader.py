@@ -99,6 +99,7 @@ class StreamReader:
         self._done = False
         self._stop = False
         self._cond = threading.Condition()
+        self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pythia-tl-stream", daemon=True)
         self._thread.start()
 
@@ -115,8 +116,9 @@ class StreamReader:
             self._stop = True
             self._ready.clear()
             self._cond.notify_all()
+        self._stopping.set()
         for client in {id(f.client): f.client for f in self._files}.values():
-            client.close()
+            client.close()  # the requests under way end at once
         self._thread.join()
 
     def read(self, name: str) -> torch.Tensor:
@@ -152,7 +154,9 @@ class StreamReader:
                     for piece in self._pieces(in_flight):
                         if self._stopped():
                             return
-                        future = pool.submit(piece.file.read_into, piece.start, piece.views)
+                        future = pool.submit(
+                            piece.file.read_into, piece.start, piece.views, self._stopping
+                        )
                         in_flight.append((piece, future))
                         while len(in_flight) >= IN_FLIGHT:
                             self._complete(*in_flight.popleft())

@@ -33,9 +33,10 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from urllib.parse import unquote, urlsplit
 
-# A request may take its timeout plus its bytes at this rate: a server that sends much slower
-# (a drip-feed) is given up on, however steadily it sends.
+# A request must bring at least this much per second, over every stretch of the timeout: a
+# server that sends slower (a drip-feed) is given up on, however steadily it sends.
 MIN_BYTES_PER_SECOND = 64 << 10
+_SLICE = 256 << 10
 # Retry-After values are capped: a server must not make a conversion sleep for hours.
 MAX_RETRY_AFTER = 330.0
 
@@ -67,12 +68,18 @@ class Throttled(StorageError):
         self.wait = wait
 
 
-class Closed(StorageError):
-    """The client was closed (the reader is stopping): nothing more is asked for."""
-
-
 class Refused(StorageError):
     """The answer is not what was asked for (wrong status, range or length): never retried."""
+
+
+@dataclass
+class _Progress:
+    """A request under way: its bytes so far, and what the watchdog last saw of them."""
+
+    mark_time: float
+    received: int = 0
+    mark: int = 0
+    stalled: bool = False
 
 
 @dataclass(frozen=True)
@@ -98,9 +105,9 @@ class StorageClient:
         self.timeout = timeout
         self._lock = threading.Lock()
         self._idle: dict[_Origin, list[http.client.HTTPConnection]] = {}
-        self._busy: set[http.client.HTTPConnection] = set()
+        self._busy: dict[http.client.HTTPConnection, _Progress] = {}
+        self._watching = False
         self._ssl: ssl.SSLContext | None = None
-        self._closed = False
         self.requests = 0
 
     def read_into(self, url: str, start: int, views: Sequence[memoryview], file_size: int) -> int:
@@ -112,15 +119,11 @@ class StorageClient:
         split = urlsplit(url)
         origin = _Origin(split.scheme, split.hostname or "", split.port or _default_port(split))
         target = split.path + (f"?{split.query}" if split.query else "")
-        connection = self._connection(origin)
+        connection, progress = self._connection(origin)
         # Through an HTTP proxy (not a tunnel) the request names the whole URL.
         direct = (
             isinstance(connection, http.client.HTTPSConnection) or connection.host == origin.host
         )
-        watchdog = threading.Timer(self.timeout + total / MIN_BYTES_PER_SECOND, _cut, [connection])
-        watchdog.daemon = True
-        watchdog.start()
-        received = 0
         reusable = False
         try:
             try:
@@ -131,32 +134,35 @@ class StorageClient:
                 )
                 response = connection.getresponse()
             except (OSError, http.client.HTTPException) as exc:
-                raise Dropped(_why(exc)) from None
+                raise Dropped(_why(exc, progress)) from None
             _check_answer(response, start, end, file_size)
             try:
                 for view in views:
                     filled = 0
                     while filled < len(view):
-                        got = response.readinto(view[filled:])
+                        # In slices, so the watchdog sees the bytes arrive.
+                        got = response.readinto(view[filled : filled + _SLICE])
                         if not got:
                             raise Dropped(
-                                f"the connection closed after {received} of {total} bytes",
-                                received,
+                                f"the connection closed after {progress.received} of {total} bytes",
+                                progress.received,
                             )
                         filled += got
-                        received += got
+                        progress.received += got
             except (OSError, http.client.HTTPException) as exc:
-                why = "it stalled" if watchdog.finished.is_set() else _why(exc)
-                raise Dropped(f"{why} after {received} of {total} bytes", received) from None
+                raise Dropped(
+                    f"{_why(exc, progress)} after {progress.received} of {total} bytes",
+                    progress.received,
+                ) from None
             reusable = response.isclosed() and not response.will_close
         finally:
-            watchdog.cancel()
             self._done_with(origin, connection, reusable)
-        return received
+        return progress.received
 
     def close(self) -> None:
+        """Drop the idle connections and break the busy ones (their reads fail at once); a
+        later request opens a new connection."""
         with self._lock:
-            self._closed = True
             idle = [c for pool in self._idle.values() for c in pool]
             busy = list(self._busy)
             self._idle.clear()
@@ -167,24 +173,45 @@ class StorageClient:
 
     # --- connections ----------------------------------------------------------------------
 
-    def _connection(self, origin: _Origin) -> http.client.HTTPConnection:
+    def _connection(self, origin: _Origin) -> tuple[http.client.HTTPConnection, _Progress]:
         with self._lock:
-            if self._closed:
-                raise Closed("the reader was closed")
             pool = self._idle.get(origin)
             connection = pool.pop() if pool else None
             if connection is None:
                 connection = self._open(origin)
-            self._busy.add(connection)
+            progress = _Progress(time.monotonic())
+            self._busy[connection] = progress
             self.requests += 1
-            return connection
+            if not self._watching:
+                self._watching = True
+                threading.Thread(target=self._watch, name="pythia-tl-watchdog", daemon=True).start()
+            return connection, progress
+
+    def _watch(self) -> None:
+        """Break every request that brought fewer than ``MIN_BYTES_PER_SECOND`` over the last
+        ``timeout`` seconds; end when no request is under way."""
+        window = self.timeout
+        while True:
+            time.sleep(min(1.0, window / 4))
+            with self._lock:
+                if not self._busy:
+                    self._watching = False
+                    return
+                now = time.monotonic()
+                for connection, progress in self._busy.items():
+                    if now - progress.mark_time < window:
+                        continue
+                    if progress.received - progress.mark < MIN_BYTES_PER_SECOND * window:
+                        progress.stalled = True
+                        _cut(connection)
+                    progress.mark, progress.mark_time = progress.received, now
 
     def _done_with(
         self, origin: _Origin, connection: http.client.HTTPConnection, reusable: bool
     ) -> None:
         with self._lock:
-            self._busy.discard(connection)
-            if reusable and not self._closed:
+            self._busy.pop(connection, None)
+            if reusable:
                 self._idle.setdefault(origin, []).append(connection)
                 return
         connection.close()
@@ -277,7 +304,9 @@ def _cut(connection: http.client.HTTPConnection) -> None:
             sock.shutdown(socket.SHUT_RDWR)
 
 
-def _why(exc: BaseException) -> str:
+def _why(exc: BaseException, progress: _Progress) -> str:
+    if progress.stalled:
+        return f"it brought less than {MIN_BYTES_PER_SECOND >> 10} KiB/s"
     if isinstance(exc, (socket.timeout, TimeoutError)):
         return "it timed out"
     return type(exc).__name__

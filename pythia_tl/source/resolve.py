@@ -93,7 +93,9 @@ def open_hub_revision(model: ModelName, fetched: HubRevision) -> ResolvedSource:
         revision=fetched.revision,
         commit=fetched.commit,
         expected_sha256=fetched.sha256,
-        tokenizer=hub_tokenizer(model.repo_id, fetched.commit, fetched.tokenizer_files),
+        tokenizer=hub_tokenizer(
+            model.repo_id, fetched.tokenizer_commit or fetched.commit, fetched.tokenizer_files
+        ),
     )
     return ResolvedSource(
         open_checkpoint(fetched.folder, fetched.cache_root, fetched.remote), provenance
