@@ -58,7 +58,11 @@ class _Piece:
     file: RemoteFile
     start: int
     views: list[memoryview]
+    # Scratch bytes it holds (released when it completes).
     allocated: int
+    # Every byte counted while it was made (scratch, and tensors it starts): not yet read,
+    # and not readable before it is sent.
+    counted: int = 0
     finished: list[_Tensor] = field(default_factory=list)
 
 
@@ -194,9 +198,10 @@ class StreamReader:
                         head = None
                     if head is not None and head.start <= at:
                         if head.buffer is None:
-                            self._make_room(head.end - head.start, in_flight)
+                            self._make_room(head.end - head.start, in_flight, piece)
                             head.buffer = np.empty(head.end - head.start, dtype=np.uint8)
                             self._count(head.info.name, head.end - head.start)
+                            piece.counted += head.end - head.start
                         stop = min(end, head.end)
                         view = memoryview(head.buffer.data)
                         piece.views.append(view[at - head.start : stop - head.start])
@@ -204,9 +209,10 @@ class StreamReader:
                             piece.finished.append(pending.popleft())
                     else:
                         stop = min(end, head.start) if head is not None else end
-                        self._make_room(stop - at, in_flight)
+                        self._make_room(stop - at, in_flight, piece)
                         piece.views.append(memoryview(bytearray(stop - at)))
                         piece.allocated += stop - at
+                        piece.counted += stop - at
                         self._count(None, stop - at)
                     at = stop
                 yield piece
@@ -214,13 +220,16 @@ class StreamReader:
     def _file_of(self, item: _Tensor) -> RemoteFile:
         return self.checkpoint.remote[item.info.file]
 
-    def _make_room(self, size: int, in_flight: deque[tuple[_Piece, Future[None]]]) -> None:
-        """Wait until ``size`` more bytes fit in the budget (or nothing is held ahead)."""
+    def _make_room(
+        self, size: int, in_flight: deque[tuple[_Piece, Future[None]]], piece: _Piece
+    ) -> None:
+        """Wait until ``size`` more bytes fit in the budget, or nothing is held ahead but what
+        ``piece``, being made, holds (the reader cannot free that before it is sent)."""
         while True:
             with self._cond:
                 if self._stop:
                     raise SourceError("the stream was stopped")
-                if self._unread == 0 or self._unread + size <= self._ahead:
+                if self._unread == piece.counted or self._unread + size <= self._ahead:
                     return
                 if not in_flight:
                     self._cond.wait()
