@@ -1,20 +1,23 @@
-"""Streaming from the Hub: pythia-tl's streamed conversion against a plain download of the same
-files, over the same rate-limited link, in one run.
+"""Streaming from the Hub, measured as a cost on one core: pythia-tl's streamed conversion against
+``hf_hub_download`` of the same files and a lean floor loop, over the same link, in one run.
 
-    python benchmarks/remote.py                         # pythia-1.4b, at 250 MB/s and 1 GB/s
-    python benchmarks/remote.py --sizes 1.4b,12b --output benchmarks/RESULTS-remote.md
+    python benchmarks/remote.py                                # pythia-1.4b: unthrottled, 250 MB/s
+    python benchmarks/remote.py --sizes 12b --rates 0 --output benchmarks/RESULTS-remote-12b.md
 
 The tests' stand-in Hub (``tests/hub_server.py``) serves a random Pythia-shaped checkpoint from
-``benchmarks/.cache/`` on 127.0.0.1, its weight files redirected to a second host name, through a
-token bucket of the given rate shared by all connections. For each size and rate it measures,
-each as its own process started by ``run.py``'s launcher:
+``benchmarks/.cache/`` with the real Hub's manners (weight files redirected to a second host
+name with Xet headers, a latency before every answer and before the first byte of every storage
+response). This process, and so the stand-in, runs on core 0; every client runs on core 1
+(``os.sched_setaffinity``), so a client's wall time is what one core achieves with the server's
+work off it, and its CPU time is its own. Each client is its own process, started by
+``run.py``'s launcher (peak RSS, user + system CPU, wall time):
 
-* ``hf_hub_download`` of the weight files into an empty cache: the plain download;
-* ``pythia-tl convert`` of the revision, streamed (nothing cached before);
-* ``pythia-tl plan`` and ``pythia-tl convert --tensors embed.W_E``: the bytes the Hub served.
+* ``hf_hub_download`` of the weight files into an empty cache (the plain download);
+* the floor: one resolve per file (``get_hf_file_metadata``), then one ranged GET read with
+  ``readinto`` into an 8 MiB buffer, hashed (sha256) and written: the least a client must do;
+* ``pythia-tl convert`` of the revision, streamed (nothing cached before).
 
-Peak RSS comes from the launcher; peak disk is the most space the conversion's files took at once
-(its output and its huggingface_hub home), sampled every 50 ms.
+For each it reports the resolver requests the stand-in counted and the bytes it served.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -34,7 +37,9 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import run  # noqa: E402 (the launcher, the checkpoint cache)
 from hub_server import StandInHub  # noqa: E402
 
-MB = 1e6
+SERVER_CORE, CLIENT_CORE = 0, 1
+GB = 1e9
+
 DOWNLOAD_CODE = """
 import sys
 from huggingface_hub import hf_hub_download
@@ -42,131 +47,116 @@ for name in sys.argv[2:]:
     hf_hub_download(sys.argv[1], name)
 """
 
-
-class DiskPeak:
-    """The most bytes the files under ``path`` took at once while the block ran (sampled)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.peak = 0
-        self._stop = threading.Event()
-
-    def __enter__(self) -> DiskPeak:
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.05):
-            self.peak = max(self.peak, _used(self.path))
-
-
-def _used(folder: Path) -> int:
-    total = 0
-    for root, _, files in os.walk(folder):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(root, name)).st_blocks * 512
-            except OSError:
-                continue  # removed while walking
-    return total
+FLOOR_CODE = """
+import hashlib, http.client, sys
+from urllib.parse import urlsplit
+from huggingface_hub import get_hf_file_metadata, hf_hub_url
+repo, out = sys.argv[1], sys.argv[2]
+buffer = memoryview(bytearray(8 << 20))
+for name in sys.argv[3:]:
+    meta = get_hf_file_metadata(hf_hub_url(repo, name))
+    url = urlsplit(meta.location)
+    connection = http.client.HTTPConnection(url.hostname, url.port)
+    connection.request("GET", f"{url.path}?{url.query}", headers={"Range": f"bytes=0-{meta.size - 1}"})
+    response = connection.getresponse()
+    digest = hashlib.sha256()
+    with open(f"{out}/{name}", "wb") as f:
+        while n := response.readinto(buffer):
+            digest.update(buffer[:n])
+            f.write(buffer[:n])
+    assert digest.hexdigest() == meta.etag, name
+"""
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1.4b")
-    parser.add_argument("--rates", default="250e6,1e9", help="link rates in bytes per second")
+    parser.add_argument(
+        "--rates", default="0,250e6", help="link rates in bytes per second (0: unthrottled)"
+    )
+    parser.add_argument("--latency", type=float, default=0.030, help="seconds per request")
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "RESULTS-remote.md")
     args = parser.parse_args()
+    os.sched_setaffinity(0, {SERVER_CORE})
+    started = time.strftime("%Y-%m-%d %H:%M")
     rows = []
     for size in args.sizes.split(","):
         layout = "safetensors-sharded" if size in ("6.9b", "12b") else "safetensors"
         folder = run.DEFAULT_CACHE / f"pythia-{size}-{layout}"
         run.ensure_checkpoint(folder, size, layout)
-        weights = sorted(p.name for p in folder.iterdir() if p.suffix == ".safetensors")
-        weight_bytes = sum((folder / name).stat().st_size for name in weights)
         for rate in (float(r) for r in args.rates.split(",")):
-            rows.append(bench(size, folder, weights, weight_bytes, rate))
-            print(rows[-1], file=sys.stderr, flush=True)
-    table = render(rows)
+            for row in bench(size, folder, rate or None, args.latency):
+                rows.append(row)
+                print(row, file=sys.stderr, flush=True)
     command = "python benchmarks/remote.py " + " ".join(sys.argv[1:])
-    text = f"```\n{command}\n```\n\n{table}\n"
+    load = os.getloadavg()[0]
+    text = (
+        f"```\n{command}\n```\n\nStarted {started} on {os.cpu_count()} cores; the stand-in on "
+        f"core {SERVER_CORE}, each client on core {CLIENT_CORE}; {args.latency * 1e3:.0f} ms "
+        f"per request; load average {load:.1f} at the end.\n\n{render(rows)}\n"
+    )
     args.output.write_text(text)
     print(text)
     return 0
 
 
-def bench(size: str, folder: Path, weights: list[str], weight_bytes: int, rate: float) -> dict:
+def bench(size: str, folder: Path, rate: float | None, latency: float) -> list[dict]:
     repo_id = f"EleutherAI/pythia-{size}"
+    weights = sorted(p.name for p in folder.iterdir() if p.suffix == ".safetensors")
+    weight_bytes = sum((folder / name).stat().st_size for name in weights)
+    rows = []
     with (
-        StandInHub(bytes_per_second=rate) as hub,
+        StandInHub(bytes_per_second=rate, latency=latency) as hub,
         tempfile.TemporaryDirectory(dir=run.DEFAULT_CACHE) as scratch,
     ):
         hub.add_revision(repo_id, "main", folder)
         work = Path(scratch)
-        env_base = {
+        base = {
+            **os.environ,
             "HF_ENDPOINT": hub.url,
             "HF_HUB_DISABLE_XET": "1",
             "HF_HUB_DISABLE_PROGRESS_BARS": "1",
             "HF_HUB_DISABLE_TELEMETRY": "1",
         }
-
-        def measured(argv: list[str], home: Path) -> run.Measurement:
-            env = {**os.environ, **env_base, "HF_HOME": str(home)}
-            env.pop("HF_HUB_OFFLINE", None)
-            return measure(argv, work / "log.txt", env)
-
-        download = measured(
-            [sys.executable, "-c", DOWNLOAD_CODE, repo_id, *weights], work / "download-home"
-        )
-        run.remove(work / "download-home")
-        out = work / "out.safetensors"
-        hub.clear_requests()
-        with DiskPeak(work) as disk:
-            streamed = measured(
-                [*run.pythia_tl_argv(), "convert", repo_id, "-o", str(out)], work / "home"
+        base.pop("HF_HUB_OFFLINE", None)
+        clients = {
+            "hf_hub_download": [sys.executable, "-c", DOWNLOAD_CODE, repo_id, *weights],
+            "floor loop": [sys.executable, "-c", FLOOR_CODE, repo_id, str(work), *weights],
+            "pythia-tl convert": [
+                *run.pythia_tl_argv(),
+                "convert",
+                repo_id,
+                "-o",
+                str(work / "out.safetensors"),
+            ],
+        }
+        for client, argv in clients.items():
+            home = work / "home"
+            hub.clear_requests()
+            measured = measure(argv, work / "log.txt", {**base, "HF_HOME": str(home)})
+            rows.append(
+                {
+                    "size": size,
+                    "rate": rate,
+                    "weight_bytes": weight_bytes,
+                    "files": len(weights),
+                    "client": client,
+                    "seconds": measured.seconds,
+                    "cpu": measured.cpu,
+                    "rss": measured.max_rss,
+                    "resolvers": hub.resolver_requests,
+                    "fetched": hub.served_bytes(),
+                }
             )
-        streamed_fetched = hub.served_bytes()
-        largest = max_tensor_bytes(out)
-        output_bytes = out.stat().st_size
-        cached = sum(p.stat().st_size for p in (work / "home").rglob("*") if p.is_file())
-        run.remove(out)
-        hub.clear_requests()
-        measured([*run.pythia_tl_argv(), "plan", repo_id, "--json"], work / "home2")
-        plan_fetched = hub.served_bytes()
-        hub.clear_requests()
-        measured(
-            [*run.pythia_tl_argv(), "convert", repo_id, "--tensors", "embed.W_E", "-o", str(out)],
-            work / "home3",
-        )
-        embed_fetched = hub.served_bytes()
-        embed_bytes = max_tensor_bytes(out)
-    return {
-        "size": size,
-        "rate": rate,
-        "weight_bytes": weight_bytes,
-        "download_s": download.seconds,
-        "download_cpu": download.cpu,
-        "streamed_s": streamed.seconds,
-        "streamed_cpu": streamed.cpu,
-        "streamed_fetched": streamed_fetched,
-        "rss": streamed.max_rss,
-        "rss_bound": 2 * largest + 400 * 2**20,
-        "disk_peak": disk.peak,
-        "output_bytes": output_bytes,
-        "cached_bytes": cached,
-        "plan_fetched": plan_fetched,
-        "embed_fetched": embed_fetched,
-        "embed_bytes": embed_bytes,
-    }
+            run.remove(home)
+            for path in work.iterdir():
+                if path.name != "log.txt":
+                    run.remove(path)
+    return rows
 
 
 def measure(argv: list[str], log: Path, env: dict[str, str]) -> run.Measurement:
-    """``run.measure`` with the Hub online (its own environment is offline)."""
+    """``run.measure`` with the Hub online, on the client core."""
     with log.open("wb") as err:
         done = subprocess.run(
             [sys.executable, "-S", "-c", run.LAUNCHER, *argv],
@@ -174,6 +164,7 @@ def measure(argv: list[str], log: Path, env: dict[str, str]) -> run.Measurement:
             stderr=err,
             env=env,
             check=True,
+            preexec_fn=lambda: os.sched_setaffinity(0, {CLIENT_CORE}),
         )
     status, max_rss_kb, cpu, seconds = done.stdout.split()
     if int(status) != 0:
@@ -182,38 +173,24 @@ def measure(argv: list[str], log: Path, env: dict[str, str]) -> run.Measurement:
     return run.Measurement(float(seconds), float(cpu), int(max_rss_kb) * 1024)
 
 
-def max_tensor_bytes(path: Path) -> int:
-    from safetensors import safe_open
-
-    with safe_open(path, "pt") as handle:
-        sizes = []
-        for name in handle.keys():  # noqa: SIM118
-            piece = handle.get_slice(name)
-            count = 1
-            for dim in piece.get_shape():
-                count *= dim
-            sizes.append(count * (4 if piece.get_dtype() == "F32" else 2))
-    return max(sizes)
-
-
 def render(rows: list[dict]) -> str:
     lines = [
-        "| checkpoint | link | `hf_hub_download` (CPU) | streamed convert (CPU) | ratio (target "
-        "<= 1.1) | peak RSS (bound) | peak disk (output) | cache after | `plan` fetched | "
-        "`--tensors embed.W_E` fetched (W_E) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| checkpoint | link | client | wall | CPU | CPU s/GB | resolver requests | peak RSS "
+        "| fetched | wall / download | CPU / download | CPU / floor |",
+        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for r in rows:
-        ratio = r["streamed_s"] / r["download_s"]
+        group = [o for o in rows if o["size"] == r["size"] and o["rate"] == r["rate"]]
+        download = next(o for o in group if o["client"] == "hf_hub_download")
+        floor = next(o for o in group if o["client"] == "floor loop")
+        link = "unthrottled" if r["rate"] is None else f"{r['rate'] / 1e6:.0f} MB/s"
         lines.append(
-            f"| pythia-{r['size']} ({r['weight_bytes'] / 1e9:.2f} GB) | {r['rate'] / MB:.0f} MB/s "
-            f"| {r['download_s']:.1f} s ({r['download_cpu']:.1f} s) "
-            f"| {r['streamed_s']:.1f} s ({r['streamed_cpu']:.1f} s) | {ratio:.2f} "
-            f"{'✓' if ratio <= 1.1 else '✗'} | {r['rss'] / 2**20:.0f} MB "
-            f"({r['rss_bound'] / 2**20:.0f}) {'✓' if r['rss'] <= r['rss_bound'] else '✗'} "
-            f"| {r['disk_peak'] / 1e9:.2f} GB ({r['output_bytes'] / 1e9:.2f}) "
-            f"| {r['cached_bytes'] / 1e3:.0f} kB | {r['plan_fetched'] / 1e3:.0f} kB "
-            f"| {r['embed_fetched'] / MB:.1f} MB ({r['embed_bytes'] / MB:.1f}) |"
+            f"| pythia-{r['size']} ({r['weight_bytes'] / GB:.2f} GB, {r['files']} files) "
+            f"| {link} | {r['client']} | {r['seconds']:.1f} s | {r['cpu']:.1f} s "
+            f"| {r['cpu'] / (r['weight_bytes'] / GB):.2f} | {r['resolvers']} "
+            f"| {r['rss'] / 2**20:.0f} MB | {r['fetched'] / GB:.2f} GB "
+            f"| {r['seconds'] / download['seconds']:.2f} | {r['cpu'] / download['cpu']:.2f} "
+            f"| {r['cpu'] / floor['cpu']:.2f} |"
         )
     return "\n".join(lines)
 

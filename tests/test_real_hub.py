@@ -242,12 +242,27 @@ def test_closing_the_client_ends_a_read_under_way(
     assert failures and "stopped" in str(failures[0])
 
 
-@pytest.mark.parametrize("layout", ["safetensors", "bin"])
+@pytest.mark.parametrize(
+    ("layout", "piece", "ahead"),
+    [
+        ("safetensors", 16 << 20, 1),
+        ("bin", 16 << 20, 1),
+        ("safetensors", 4 << 10, 1),
+        ("safetensors", 4 << 10, 24 << 10),
+    ],
+)
 def test_a_tight_budget_streams_past_skipped_buffers(
-    layout: str, stand_in_hub: StandInHub, tmp_path: Path
+    layout: str,
+    piece: int,
+    ahead: int,
+    stand_in_hub: StandInHub,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # The old transformers' buffers lie between the weights, read whole for the hash but into
-    # scratch memory; a tensor after one must still be given room however small the budget.
+    # scratch memory; a tensor after one must still be given room however small the budget,
+    # and so must the scratch after a tensor larger than the budget, in the piece that ends it.
+    monkeypatch.setattr(stream_reader, "PIECE_BYTES", piece)
     folder = tmp_path / "src"
     write_checkpoint(
         folder,
@@ -263,7 +278,7 @@ def test_a_tight_budget_streams_past_skipped_buffers(
     got: list[str] = []
 
     def read_all() -> None:
-        with StreamReader(checkpoint, names, whole_files=True, ahead=1) as reader:
+        with StreamReader(checkpoint, names, whole_files=True, ahead=ahead) as reader:
             for name in reader.order:
                 reader.read(name)
                 reader.release(name)

@@ -9,7 +9,7 @@ once its last piece is in. Bytes between the tensors (headers, skipped buffers) 
 memory, hashed and dropped.
 
 Memory: the tensors the reader holds, plus at most ``ahead`` bytes of tensors and scratch
-allocated ahead of it (or one tensor, when it alone is larger).
+allocated ahead of it (more only by the piece being made, when a tensor alone is larger).
 """
 
 from __future__ import annotations
@@ -60,9 +60,6 @@ class _Piece:
     views: list[memoryview]
     # Scratch bytes it holds (released when it completes).
     allocated: int
-    # Every byte counted while it was made (scratch, and tensors it starts): not yet read,
-    # and not readable before it is sent.
-    counted: int = 0
     finished: list[_Tensor] = field(default_factory=list)
 
 
@@ -198,10 +195,9 @@ class StreamReader:
                         head = None
                     if head is not None and head.start <= at:
                         if head.buffer is None:
-                            self._make_room(head.end - head.start, in_flight, piece)
+                            self._make_room(head.end - head.start, in_flight)
                             head.buffer = np.empty(head.end - head.start, dtype=np.uint8)
                             self._count(head.info.name, head.end - head.start)
-                            piece.counted += head.end - head.start
                         stop = min(end, head.end)
                         view = memoryview(head.buffer.data)
                         piece.views.append(view[at - head.start : stop - head.start])
@@ -209,10 +205,9 @@ class StreamReader:
                             piece.finished.append(pending.popleft())
                     else:
                         stop = min(end, head.start) if head is not None else end
-                        self._make_room(stop - at, in_flight, piece)
+                        self._make_room(stop - at, in_flight)
                         piece.views.append(memoryview(bytearray(stop - at)))
                         piece.allocated += stop - at
-                        piece.counted += stop - at
                         self._count(None, stop - at)
                     at = stop
                 yield piece
@@ -220,18 +215,19 @@ class StreamReader:
     def _file_of(self, item: _Tensor) -> RemoteFile:
         return self.checkpoint.remote[item.info.file]
 
-    def _make_room(
-        self, size: int, in_flight: deque[tuple[_Piece, Future[None]]], piece: _Piece
-    ) -> None:
-        """Wait until ``size`` more bytes fit in the budget, or nothing is held ahead but what
-        ``piece``, being made, holds (the reader cannot free that before it is sent)."""
+    def _make_room(self, size: int, in_flight: deque[tuple[_Piece, Future[None]]]) -> None:
+        """Wait until ``size`` more bytes fit in the budget: for requests under way to complete,
+        or for the reader to take the tensors that are ready. When neither can free anything
+        (what is held waits on the piece being made), go on."""
         while True:
             with self._cond:
                 if self._stop:
                     raise SourceError("the stream was stopped")
-                if self._unread == piece.counted or self._unread + size <= self._ahead:
+                if self._unread + size <= self._ahead:
                     return
                 if not in_flight:
+                    if not any(name in self._ready for name in self._unread_by_name):
+                        return
                     self._cond.wait()
                     continue
             self._complete(*in_flight.popleft())
