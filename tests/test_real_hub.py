@@ -247,7 +247,6 @@ def test_closing_the_client_ends_a_read_under_way(
     [
         ("safetensors", 16 << 20, 1),
         ("bin", 16 << 20, 1),
-        ("safetensors", 4 << 10, 1),
         ("safetensors", 4 << 10, 24 << 10),
     ],
 )

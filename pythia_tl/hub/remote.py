@@ -87,6 +87,7 @@ class RemoteFile:
             if stop is not None and stop.is_set():
                 raise SourceError(f"{self.where}: the read was stopped")
             rest = _skip(views, done)
+            left = total - done
             try:
                 done += self.client.read_into(location.url, start + done, rest, self.size)
                 continue
@@ -102,7 +103,7 @@ class RemoteFile:
                 problem, wait = exc.why, exc.wait
             except Dropped as exc:
                 done += exc.received
-                if exc.received >= min(PROGRESS_BYTES, len(rest)):
+                if exc.received >= min(PROGRESS_BYTES, left):
                     failures = 0
                     continue
                 problem, wait = exc.why, 0.5 * 2**failures

@@ -60,6 +60,10 @@ class Expired(StorageError):
     """The storage location answered 403: its signature expired (resolve the file again)."""
 
 
+class _Stale(Dropped):
+    """A kept-alive connection failed before any answer: the server had closed it."""
+
+
 class Throttled(StorageError):
     """The storage host answered 429 or 5xx; ``wait`` seconds before asking again."""
 
@@ -80,6 +84,9 @@ class _Progress:
     received: int = 0
     mark: int = 0
     stalled: bool = False
+    # Kept from the connection once connected: an answer that will close the connection takes
+    # the socket from it (``HTTPConnection.sock`` is then None), and a read must still be cut.
+    sock: socket.socket | None = None
 
 
 @dataclass(frozen=True)
@@ -106,7 +113,6 @@ class StorageClient:
         self._lock = threading.Lock()
         self._idle: dict[_Origin, list[http.client.HTTPConnection]] = {}
         self._busy: dict[http.client.HTTPConnection, _Progress] = {}
-        self._watching = False
         self._ssl: ssl.SSLContext | None = None
         self.requests = 0
 
@@ -114,17 +120,31 @@ class StorageClient:
         """Bytes ``[start, start + total)`` of the file at ``url`` (``file_size`` bytes long),
         read into ``views`` in turn (``total``: their summed length). Returns the bytes read,
         which is all of them; a StorageError says how many arrived before it failed."""
+        try:
+            return self._read_into(url, start, views, file_size, reuse=True)
+        except _Stale:
+            # A kept-alive connection the server had closed meanwhile: once more, on a new one.
+            return self._read_into(url, start, views, file_size, reuse=False)
+
+    def _read_into(
+        self, url: str, start: int, views: Sequence[memoryview], file_size: int, *, reuse: bool
+    ) -> int:
         total = sum(len(view) for view in views)
         end = start + total
         split = urlsplit(url)
         origin = _Origin(split.scheme, split.hostname or "", split.port or _default_port(split))
         target = split.path + (f"?{split.query}" if split.query else "")
-        connection, progress = self._connection(origin)
+        connection, progress, reused = self._connection(origin, reuse)
         # Through an HTTP proxy (not a tunnel) the request names the whole URL.
         direct = (
             isinstance(connection, http.client.HTTPSConnection) or connection.host == origin.host
         )
         reusable = False
+        done = threading.Event()
+        watchdog = threading.Thread(
+            target=self._watch, args=(connection, progress, done), daemon=True
+        )
+        watchdog.start()
         try:
             try:
                 connection.request(
@@ -132,8 +152,11 @@ class StorageClient:
                     target if direct else url,
                     headers={"Range": f"bytes={start}-{end - 1}", "Accept-Encoding": "identity"},
                 )
+                progress.sock = connection.sock
                 response = connection.getresponse()
             except (OSError, http.client.HTTPException) as exc:
+                if reused and not progress.stalled:
+                    raise _Stale(_why(exc, progress)) from None
                 raise Dropped(_why(exc, progress)) from None
             _check_answer(response, start, end, file_size)
             try:
@@ -144,7 +167,8 @@ class StorageClient:
                         got = response.readinto(view[filled : filled + _SLICE])
                         if not got:
                             raise Dropped(
-                                f"the connection closed after {progress.received} of {total} bytes",
+                                f"{_why(None, progress)} after {progress.received} of {total} "
+                                "bytes",
                                 progress.received,
                             )
                         filled += got
@@ -156,6 +180,7 @@ class StorageClient:
                 ) from None
             reusable = response.isclosed() and not response.will_close
         finally:
+            done.set()
             self._done_with(origin, connection, reusable)
         return progress.received
 
@@ -164,47 +189,46 @@ class StorageClient:
         later request opens a new connection."""
         with self._lock:
             idle = [c for pool in self._idle.values() for c in pool]
-            busy = list(self._busy)
+            busy = list(self._busy.items())
             self._idle.clear()
         for connection in idle:
             connection.close()
-        for connection in busy:
-            _cut(connection)
+        for connection, progress in busy:
+            _cut(connection, progress)
 
     # --- connections ----------------------------------------------------------------------
 
-    def _connection(self, origin: _Origin) -> tuple[http.client.HTTPConnection, _Progress]:
+    def _connection(
+        self, origin: _Origin, reuse: bool
+    ) -> tuple[http.client.HTTPConnection, _Progress, bool]:
+        """A connection to ``origin`` (a kept-alive one if ``reuse`` and there is one), its
+        request's progress, and whether it was kept alive."""
         with self._lock:
             pool = self._idle.get(origin)
-            connection = pool.pop() if pool else None
+            connection = pool.pop() if pool and reuse else None
+            reused = connection is not None
             if connection is None:
                 connection = self._open(origin)
             progress = _Progress(time.monotonic())
             self._busy[connection] = progress
             self.requests += 1
-            if not self._watching:
-                self._watching = True
-                threading.Thread(target=self._watch, name="pythia-tl-watchdog", daemon=True).start()
-            return connection, progress
+            return connection, progress, reused
 
-    def _watch(self) -> None:
-        """Break every request that brought fewer than ``MIN_BYTES_PER_SECOND`` over the last
-        ``timeout`` seconds; end when no request is under way."""
+    def _watch(
+        self, connection: http.client.HTTPConnection, progress: _Progress, done: threading.Event
+    ) -> None:
+        """Break the request if it brings fewer than ``MIN_BYTES_PER_SECOND`` over any stretch of
+        ``timeout`` seconds; end with it (``done``)."""
         window = self.timeout
-        while True:
-            time.sleep(min(1.0, window / 4))
-            with self._lock:
-                if not self._busy:
-                    self._watching = False
-                    return
-                now = time.monotonic()
-                for connection, progress in self._busy.items():
-                    if now - progress.mark_time < window:
-                        continue
-                    if progress.received - progress.mark < MIN_BYTES_PER_SECOND * window:
-                        progress.stalled = True
-                        _cut(connection)
-                    progress.mark, progress.mark_time = progress.received, now
+        while not done.wait(min(1.0, window / 4)):
+            now = time.monotonic()
+            if now - progress.mark_time < window:
+                continue
+            if progress.received - progress.mark < MIN_BYTES_PER_SECOND * window:
+                progress.stalled = True
+                _cut(connection, progress)
+                return
+            progress.mark, progress.mark_time = progress.received, now
 
     def _done_with(
         self, origin: _Origin, connection: http.client.HTTPConnection, reusable: bool
@@ -296,17 +320,19 @@ def _default_port(split: urllib.parse.SplitResult) -> int:
     return 443 if split.scheme == "https" else 80
 
 
-def _cut(connection: http.client.HTTPConnection) -> None:
+def _cut(connection: http.client.HTTPConnection, progress: _Progress) -> None:
     """Break a connection from another thread: a read blocked on it returns at once."""
-    sock = connection.sock
+    sock = progress.sock or connection.sock
     if sock is not None:
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
 
 
-def _why(exc: BaseException, progress: _Progress) -> str:
+def _why(exc: BaseException | None, progress: _Progress) -> str:
     if progress.stalled:
         return f"it brought less than {MIN_BYTES_PER_SECOND >> 10} KiB/s"
+    if exc is None:
+        return "the connection closed"
     if isinstance(exc, (socket.timeout, TimeoutError)):
         return "it timed out"
     return type(exc).__name__
