@@ -57,7 +57,8 @@ for name in sys.argv[3:]:
     meta = get_hf_file_metadata(hf_hub_url(repo, name))
     url = urlsplit(meta.location)
     connection = http.client.HTTPConnection(url.hostname, url.port)
-    connection.request("GET", f"{url.path}?{url.query}", headers={"Range": f"bytes=0-{meta.size - 1}"})
+    whole = {"Range": f"bytes=0-{meta.size - 1}"}
+    connection.request("GET", f"{url.path}?{url.query}", headers=whole)
     response = connection.getresponse()
     digest = hashlib.sha256()
     with open(f"{out}/{name}", "wb") as f:
