@@ -153,3 +153,53 @@ def test_tensors_in_any_order_land_in_their_planned_places(tmp_path: Path) -> No
     assert (tmp_path / "in-order.safetensors").read_bytes() == (
         tmp_path / "reversed.safetensors"
     ).read_bytes()
+
+
+def test_bytes_are_put_on_disk_behind_the_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pythia_tl.output.writer as writer
+
+    synced: list[int] = []
+    real = writer._fdatasync
+
+    def fdatasync(fd: int) -> None:
+        synced.append(os.fstat(fd).st_size)
+        real(fd)
+
+    monkeypatch.setattr(writer, "_FLUSH_BYTES", 1)  # a round after every tensor
+    monkeypatch.setattr(writer, "_fdatasync", fdatasync)
+    target = tmp_path / "out.safetensors"
+    write(target)
+    assert synced and all(size > 0 for size in synced)
+    with safe_open(target, framework="pt") as f:
+        for name, tensor in TENSORS.items():
+            assert torch.equal(f.get_tensor(name), tensor)
+
+
+def test_a_failure_behind_the_writer_is_reported_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import threading
+
+    import pythia_tl.output.writer as writer
+
+    failed = threading.Event()
+
+    def failing(fd: int) -> None:
+        failed.set()
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(writer, "_FLUSH_BYTES", 1)
+    monkeypatch.setattr(writer, "_fdatasync", failing)
+
+    def after_the_failure() -> Iterator[Named]:
+        items = list(TENSORS.items())
+        yield items[0]
+        assert failed.wait(60)
+        yield from items[1:]
+
+    with pytest.raises(OutputError, match=r"write failed \(Input/output error\)"):
+        write(tmp_path / "out.safetensors", after_the_failure())
+    assert leftovers(tmp_path) == []

@@ -64,6 +64,10 @@ class BufferPool:
         buffer.lent = weakref.ref(view)
         return torch.from_numpy(view).view(dtype).view(shape)
 
+    def let_go(self) -> None:
+        """Free every buffer not in use (before a large allocation that is not pooled)."""
+        self._drop_free(keep=0)
+
     @property
     def held(self) -> int:
         return sum(buffer.memory.nbytes for buffer in self._buffers)
