@@ -26,6 +26,8 @@ from pythia_tl.hub.transport import MAX_RETRY_AFTER
 if TYPE_CHECKING:
     from huggingface_hub import HfFileMetadata
 
+    from pythia_tl.hub.remote import RemoteFile
+
 # Attempts at resolving a file when the Hub answers 429 or 5xx, or cannot be reached.
 RESOLVE_ATTEMPTS = 6
 
@@ -43,28 +45,11 @@ class Resolver:
     """The storage location of one file of one commit, resolved on first use and renewed when
     it expires; threads reading the same file share one resolution."""
 
-    def __init__(
-        self,
-        repo_id: str,
-        commit: str,
-        name: str,
-        size: int,
-        sha256: str | None,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        self.repo_id = repo_id
-        self.commit = commit
-        self.name = name
-        self.size = size
-        self.sha256 = sha256
-        self.resolutions = 0
+    def __init__(self, file: RemoteFile, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.file = file
         self._sleep = sleep
         self._lock = threading.Lock()
         self._location: StorageLocation | None = None
-
-    @property
-    def where(self) -> str:
-        return f"{self.repo_id}@{self.commit[:12]}/{self.name}"
 
     def location(self) -> StorageLocation:
         with self._lock:
@@ -82,24 +67,25 @@ class Resolver:
     def _resolve(self) -> StorageLocation:
         from huggingface_hub import hf_hub_url
 
-        url = hf_hub_url(self.repo_id, self.name, revision=self.commit)
+        file = self.file
+        url = hf_hub_url(file.repo_id, file.name, revision=file.commit)
         told = False
         for attempt in range(RESOLVE_ATTEMPTS):
             last = attempt + 1 == RESOLVE_ATTEMPTS
             try:
-                with asking_the_hub(self.repo_id, self.commit[:12]):
+                with asking_the_hub(file.repo_id, file.commit[:12]):
                     metadata = _metadata(url)
             except _Retry as retry:
                 if last:
                     raise SourceError(
-                        f"{self.where}: the Hub answered HTTP {retry.status} to {attempt + 1} "
+                        f"{file.where}: the Hub answered HTTP {retry.status} to {attempt + 1} "
                         "attempts at resolving the file; run the command again later"
                     ) from None
                 wait = retry.wait if retry.wait is not None else float(2**attempt)
                 if retry.status == 429 and not told:
                     warnings.warn(
                         RateLimited(
-                            f"the Hub is rate-limiting requests ({self.repo_id}); waiting "
+                            f"the Hub is rate-limiting requests ({file.repo_id}); waiting "
                             f"{wait:.0f} s before asking again"
                         ),
                         stacklevel=2,
@@ -112,7 +98,6 @@ class Resolver:
                     raise
                 self._sleep(float(2**attempt))
                 continue
-            self.resolutions += 1
             return self._checked(
                 url, metadata.location, metadata.size, metadata.etag, metadata.commit_hash
             )
@@ -121,19 +106,20 @@ class Resolver:
     def _checked(
         self, url: str, location: str, size: int | None, etag: str | None, commit: str | None
     ) -> StorageLocation:
+        file = self.file
         target = urljoin(url, location)
         if urlsplit(target).scheme not in ("http", "https"):
-            raise SourceError(f"{self.where}: the Hub redirects to a location that is not HTTP(S)")
-        if commit is not None and commit != self.commit:
+            raise SourceError(f"{file.where}: the Hub redirects to a location that is not HTTP(S)")
+        if commit is not None and commit != file.commit:
             raise SourceError(
-                f"{self.where}: the Hub resolved the file at commit {commit[:12]}, not the "
+                f"{file.where}: the Hub resolved the file at commit {commit[:12]}, not the "
                 "commit it listed"
             )
-        if size is not None and size != self.size:
-            raise SourceError(f"{self.where}: the Hub reports {size} bytes, but listed {self.size}")
-        if self.sha256 is not None and etag is not None and etag != self.sha256:
+        if size is not None and size != file.size:
+            raise SourceError(f"{file.where}: the Hub reports {size} bytes, but listed {file.size}")
+        if file.sha256 is not None and etag is not None and etag != file.sha256:
             raise SourceError(
-                f"{self.where}: the Hub's ETag {etag[:16]}... is not the sha256 it listed"
+                f"{file.where}: the Hub's ETag {etag[:16]}... is not the sha256 it listed"
             )
         return StorageLocation(target, time.monotonic())
 

@@ -51,7 +51,7 @@ class RemoteFile:
         self.size = size
         self.sha256 = sha256
         self.client = client if client is not None else StorageClient()
-        self.resolver = Resolver(repo_id, commit, name, size, sha256, sleep)
+        self.resolver = Resolver(self, sleep)
         self._sleep = sleep
 
     def __repr__(self) -> str:

@@ -28,7 +28,7 @@ import ssl
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from urllib.parse import unquote, urlsplit
@@ -114,7 +114,6 @@ class StorageClient:
         self._idle: dict[_Origin, list[http.client.HTTPConnection]] = {}
         self._busy: dict[http.client.HTTPConnection, _Progress] = {}
         self._ssl: ssl.SSLContext | None = None
-        self.requests = 0
 
     def read_into(self, url: str, start: int, views: Sequence[memoryview], file_size: int) -> int:
         """Bytes ``[start, start + total)`` of the file at ``url`` (``file_size`` bytes long),
@@ -211,7 +210,6 @@ class StorageClient:
                 connection = self._open(origin)
             progress = _Progress(time.monotonic())
             self._busy[connection] = progress
-            self.requests += 1
             return connection, progress, reused
 
     def _watch(
@@ -336,9 +334,3 @@ def _why(exc: BaseException | None, progress: _Progress) -> str:
     if isinstance(exc, (socket.timeout, TimeoutError)):
         return "it timed out"
     return type(exc).__name__
-
-
-def pieces(start: int, end: int, size: int) -> Iterator[tuple[int, int]]:
-    """[start, end) cut into consecutive pieces of at most ``size`` bytes."""
-    for at in range(start, end, size):
-        yield at, min(at + size, end)
