@@ -261,6 +261,7 @@ class StandInHub:
         self._repos: dict[str, _Repo] = {}
         self._blobs: dict[str, HubFile] = {}
         self._faults: list[Fault] = []
+        self._resolve_lies: dict[tuple[str, str], dict[str, str]] = {}
         self._records: list[RequestRecord] = []
         self._downloads: list[tuple[str, str, str]] = []
         self._hub = _Server(self, "hub")
@@ -400,9 +401,19 @@ class StandInHub:
             self._faults.append(fault)
         return fault
 
+    def lie_on_resolve(self, repo_id: str, path: str, **headers: str) -> None:
+        """Answer every resolve of LFS file ``path`` with ``headers`` in place of the true ones
+        (e.g. ``X-Linked-Size``, ``X-Linked-Etag``, ``X-Repo-Commit``, ``Location``; header
+        names are given with ``_`` for ``-``)."""
+        with self._lock:
+            self._resolve_lies[(repo_id, path)] = {
+                name.replace("_", "-"): value for name, value in headers.items()
+            }
+
     def clear_faults(self) -> None:
         with self._lock:
             self._faults.clear()
+            self._resolve_lies.clear()
 
     # --- logs ------------------------------------------------------------------------------
 
@@ -660,6 +671,9 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # As servers and CDNs do: without it, a body sent after its headers waits for the client's
+    # delayed ACK (about 40 ms a request), a cost of the stand-in and not of the protocol.
+    disable_nagle_algorithm = True
     server: _Server
 
     def log_message(self, format: str, *args: object) -> None:
@@ -891,6 +905,8 @@ class _Handler(BaseHTTPRequestHandler):
                     f' rel="xet-auth", <{hub._cdn.base_url}/xet-cas/reconstruction/{xet_hash}>;'
                     ' rel="xet-reconstruction-info"'
                 )
+            with hub._lock:
+                headers |= hub._resolve_lies.get((repo_id, path), {})
             self._send_empty(302, headers)
             return
         headers["ETag"] = f'"{f.blob_id}"'
@@ -957,13 +973,16 @@ class _Handler(BaseHTTPRequestHandler):
         drip = max(offset, 1) if kind == "drip" else None
         sent = 0
         for chunk in self._file_chunks(f, start, stop, fault, drip):
-            if drip is not None and not self._drip(chunk, drip):
-                self.close_connection = True
-                return
-            if drip is None:
+            if drip is not None:
+                if not self._drip(chunk, drip):
+                    self.close_connection = True
+                    return
+                self.server.hub._count(f.path, len(chunk))
+            else:
                 self.server.hub._link.wait(len(chunk))
+                # Counted before it is sent: a client that has the bytes sees them counted.
+                self.server.hub._count(f.path, len(chunk))
                 self.wfile.write(chunk)
-            self.server.hub._count(f.path, len(chunk))
             sent += len(chunk)
         if extra:
             self.wfile.write(_EXTRA_BYTE * extra)
