@@ -3,6 +3,7 @@ user or the Hub are checked before they reach huggingface_hub or a path."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,9 @@ from conftest import HfEnv, TinyCheckpoints
 from hub_server import Revision, StandInHub, _Repo
 
 from pythia_tl.cli import main
+from pythia_tl.errors import CheckpointError
 from pythia_tl.hub.refs import repo_id_problem, revision_problem
+from pythia_tl.source.layouts import load_weight_map
 
 REPO = "EleutherAI/pythia-70m"
 
@@ -132,3 +135,11 @@ def test_names_git_refuses_are_not(name: str) -> None:
 )
 def test_hub_repository_ids_are_accepted(repo_id: str) -> None:
     assert repo_id_problem(repo_id) is None
+
+
+@pytest.mark.parametrize("shard", ["..", ".", "../model.safetensors", "a/b", "x\x00y", ""])
+def test_an_index_naming_a_shard_outside_the_folder_is_refused(shard: str, tmp_path: Path) -> None:
+    index = tmp_path / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": {"embed.weight": shard}}))
+    with pytest.raises(CheckpointError, match=r"weight_map\['embed.weight'\] is .*expected a file"):
+        load_weight_map(index)
