@@ -45,6 +45,8 @@ class PythiaShape:
     rotary_pct: float = 0.25
     n_ctx: int = 2048
     d_mlp: int | None = None
+    # False: the sequential GPT-NeoX block (RedPajama-INCITE), the MLP reads attention's output.
+    parallel_residual: bool = True
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
@@ -83,7 +85,7 @@ class PythiaShape:
             "max_position_embeddings": self.n_ctx,
             "layer_norm_eps": 1e-5,
             "hidden_act": "gelu",
-            "use_parallel_residual": True,
+            "use_parallel_residual": self.parallel_residual,
             "tie_word_embeddings": False,
             "bos_token_id": 0,
             "eos_token_id": 0,

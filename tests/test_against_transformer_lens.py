@@ -91,3 +91,49 @@ def test_the_file_loads_into_a_hooked_transformer_and_reproduces_the_logits(
     hf = GPTNeoXForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     with torch.no_grad():
         torch.testing.assert_close(model(tokens), hf(input_ids=tokens).logits, atol=1e-4, rtol=0)
+
+
+# RedPajama-INCITE's GPT-NeoX: the sequential block, rotary on the whole head.
+SEQUENTIAL = PythiaShape(
+    n_layers=2, d_model=64, n_heads=4, d_vocab=96, n_ctx=64, rotary_pct=1.0,
+    parallel_residual=False,
+)  # fmt: skip
+
+
+def test_a_sequential_full_rotary_config_converts_as_transformer_lens_does(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "ckpt"
+    write_checkpoint(folder, SEQUENTIAL, layout="safetensors", dtype=torch.float32, seed=8)
+    tensors, cfg = ours(folder, tmp_path / "out.safetensors")
+    assert cfg["parallel_attn_mlp"] is False
+    assert cfg["rotary_dim"] == cfg["d_head"] == 16
+
+    expected, tl_cfg = theirs(folder, torch.float32)
+    assert tl_cfg.parallel_attn_mlp is False and tl_cfg.rotary_dim == 16
+    assert tensors.keys() == expected.keys()
+    for key, tensor in tensors.items():
+        assert torch.equal(tensor, expected[key]), key
+
+    model = transformer_lens.HookedTransformer(
+        transformer_lens.HookedTransformerConfig(**(cfg | {"tokenizer_name": None}))
+    )
+    model.load_state_dict(tensors, strict=False)
+    tokens = torch.randint(
+        0, SEQUENTIAL.d_vocab, (2, 16), generator=torch.Generator().manual_seed(3)
+    )
+    hf = GPTNeoXForCausalLM.from_pretrained(
+        folder, dtype=torch.float32, attn_implementation="eager"
+    ).eval()
+    assert hf.config.use_parallel_residual is False
+    with torch.no_grad():
+        hf_logits = hf(input_ids=tokens).logits
+        torch.testing.assert_close(model(tokens), hf_logits, atol=1e-4, rtol=0)
+        # The test can fail: the same weights read as a parallel block give other logits.
+        parallel = transformer_lens.HookedTransformer(
+            transformer_lens.HookedTransformerConfig(
+                **(cfg | {"tokenizer_name": None, "parallel_attn_mlp": True})
+            )
+        )
+        parallel.load_state_dict(tensors, strict=False)
+        assert not torch.allclose(parallel(tokens), hf_logits, atol=1e-3)

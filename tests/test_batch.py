@@ -312,3 +312,36 @@ def test_usage_errors_are_named_before_any_work(
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
     assert not out.exists()
+
+
+def test_a_run_reports_its_own_counts_and_the_folder_keeps_every_record(
+    stand_in_hub: StandInHub, tmp_path: Path, run_cli
+) -> None:
+    suite = publish_suite(stand_in_hub, tmp_path / "hub-src")
+    broken = tmp_path / "broken"
+    shutil.copytree(suite.folders[("EleutherAI/pythia-160m", 2)], broken)
+    sorted(broken.glob("model-*.safetensors"))[-1].unlink()
+    stand_in_hub.add_revision("EleutherAI/pythia-160m", "step2", broken)
+    out = tmp_path / "out"
+    earlier = run_cli(["batch", "pythia-160m", "--steps", "1,2", "-o", str(out), "--json"])
+    assert earlier.returncode == 1
+    assert json.loads(earlier.stdout)["counts"]["failed"] == 1
+
+    # Another model into the same folder: this run has no failure, whatever the folder holds.
+    result = run_cli(["batch", "pythia-70m", "--steps", "0,1", "-o", str(out), "--json"])
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report == summary_of(out)
+    assert report["counts"] == {
+        "converted": 2, "skipped": 0, "duplicate": 0, "failed": 0, "cancelled": 0,
+    }  # fmt: skip
+    assert report["complete"] is True
+    assert report["folder"] == {
+        "revisions": 4,
+        "complete": True,
+        "counts": {"converted": 3, "skipped": 0, "duplicate": 0, "failed": 1, "cancelled": 0},
+    }
+    assert len(report["revisions"]) == 4
+    printed = run_cli(["batch", "pythia-70m", "--steps", "0,1", "-o", str(out)])
+    assert printed.returncode == 0, printed.stderr
+    assert printed.stderr.strip().splitlines()[-1].startswith("batch: 2 revisions: 2 skipped;")

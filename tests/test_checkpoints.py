@@ -190,3 +190,61 @@ def test_checkpoints_into_a_pipe_keep_every_commit_whole(suite: Suite, run_cli) 
     assert listed.returncode == 0, listed.stderr
     for step in STEPS:
         assert suite.commit("EleutherAI/pythia-70m", step) in listed.stdout
+
+
+def test_batch_on_a_repository_outside_the_suite_takes_its_own_step_branches(
+    stand_in_hub: StandInHub, tiny_checkpoints, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    repo = "someone/neox-mini"
+    for branch in ("step10000", "step5", "step250", "main", "notes"):
+        stand_in_hub.add_revision(repo, branch, tiny_checkpoints["safetensors"])
+    code, out, err = run_main(["checkpoints", repo, "--json"], capsys)
+    assert code == 0, err
+    assert [c["revision"] for c in json.loads(out)["checkpoints"]] == [
+        "step5", "step250", "step10000",
+    ]  # fmt: skip
+
+    folder = tmp_path / "out"
+    code, out, err = run_main(
+        ["batch", repo, "--steps", "6:10000", "-o", str(folder), "--json"], capsys
+    )
+    assert code == 0, err
+    report = json.loads(out)
+    # The stand-in serves the same files on every branch: the latest step converts.
+    assert [(e["revision"], e["status"]) for e in report["revisions"]] == [
+        ("step250", "duplicate"),
+        ("step10000", "converted"),
+    ]
+    code, _, err = run_main(["batch", repo, "--steps", "7", "-o", str(folder)], capsys)
+    assert code == 2 and "--steps" in err and "no checkpoint at step 7" in err
+
+
+def test_token_named_branches_convert_by_revision_and_batch_says_how(
+    stand_in_hub: StandInHub, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from synthetic import PythiaShape, write_checkpoint
+
+    repo = "togethercomputer/RedPajama-INCITE-Tiny"
+    sequential = PythiaShape(
+        n_layers=2, d_model=32, n_heads=2, d_vocab=64, n_ctx=32, rotary_pct=1.0,
+        parallel_residual=False,
+    )  # fmt: skip
+    for seed, branch in enumerate(("240b_tokens", "800b_tokens", "main")):
+        write_checkpoint(tmp_path / branch, sequential, layout="safetensors", seed=seed)
+        stand_in_hub.add_revision(repo, branch, tmp_path / branch)
+    out = tmp_path / "o.safetensors"
+    code, _, err = run_main(["convert", repo, "--revision", "800b_tokens", "-o", str(out)], capsys)
+    assert code == 0, err
+    metadata = metadata_of(out)
+    assert metadata["revision"] == "800b_tokens"
+    assert metadata["commit"] == stand_in_hub.commit_of(repo, "800b_tokens")
+    cfg = json.loads(metadata["tl_config"])
+    assert cfg["parallel_attn_mlp"] is False and cfg["rotary_dim"] == cfg["d_head"] == 16
+
+    code, _, err = run_main(
+        ["batch", repo, "--steps", "all", "-o", str(tmp_path / "suite")], capsys
+    )
+    assert code == 2 and err.count("\n") == 1
+    assert "--steps" in err and "2 checkpoint branches named by tokens" in err
+    assert f"'pythia-tl convert {repo} --revision 240b_tokens'" in err
+    assert not (tmp_path / "suite").exists()

@@ -42,6 +42,20 @@ def test_both_spellings_give_the_same_config(raw: dict) -> None:
     assert config == parse_config(HUB)
 
 
+# The values TransformerLens expresses, spelled out as transformers 5 writes them, convert.
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"attention_bias": True, "tie_word_embeddings": False, "rope_scaling": None},
+        {"use_parallel_residual": False, "rotary_pct": 1.0},
+    ],
+)
+def test_fields_transformer_lens_expresses_are_accepted(change: dict) -> None:
+    config = parse_config(HUB | change)
+    assert config.parallel_residual is change.get("use_parallel_residual", True)
+    assert config.rotary_dim == config.d_head * change.get("rotary_pct", 0.25)
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

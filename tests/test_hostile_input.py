@@ -391,6 +391,16 @@ def test_an_index_nested_too_deeply_is_refused(
         ({"use_parallel_residual": "yes"}, "use_parallel_residual is 'yes'"),
         ({"hidden_act": "relu"}, "hidden_act is 'relu'"),
         ({"model_type": "llama"}, "model_type is 'llama'"),
+        # GPT-NeoX configs TransformerLens cannot express.
+        ({"attention_bias": False}, "attention_bias is False; TransformerLens can express only"),
+        ({"tie_word_embeddings": True}, "tie_word_embeddings is True; TransformerLens"),
+        ({"tie_word_embeddings": "no"}, "tie_word_embeddings is 'no'; TransformerLens"),
+        ({"rope_scaling": {"type": "linear", "factor": 2.0}}, "rope_scaling is {'type'"),
+        (
+            {"rope_parameters": {"rope_type": "dynamic", "partial_rotary_factor": 0.25}},
+            "rope_parameters.rope_type is 'dynamic'",
+        ),
+        ({"hidden_act": "gelu_new"}, "hidden_act is 'gelu_new', expected 'gelu'"),
     ],
 )
 def test_an_absurd_config_is_refused_before_the_weights_are_read(

@@ -13,7 +13,7 @@ from pythia_tl.hub.errors import HubUnreachable
 from pythia_tl.hub.listing import list_branches
 from pythia_tl.hub.revision import cached_commit
 from pythia_tl.source.names import ModelName
-from pythia_tl.source.schedule import from_branches, from_schedule
+from pythia_tl.source.schedule import CheckpointList, from_branches, from_schedule
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,25 @@ def list_work(request: BatchRequest) -> WorkList:
                 "repository outside EleutherAI's Pythia suite are known only from its branches"
             )
         schedule = from_branches(model, found)
+        _refuse_token_branches(schedule, request.steps)
         selected[model.repo_id] = request.steps.select(schedule.steps, model.name)
     items = sorted_items(selected)
     mine = request.shard.take(items) if request.shard is not None else items
     return WorkList(tuple(mine), len(items), branches, unreachable)
+
+
+def _refuse_token_branches(schedule: CheckpointList, steps: StepSpec) -> None:
+    """A batch names its outputs and records by step: branches named by a token count (such as
+    RedPajama-INCITE's ``240b_tokens``) carry none, so they are refused rather than left out
+    unsaid, with the command that converts them."""
+    tokens = [c.revision for c in schedule.checkpoints if c.step is None]
+    if not tokens or (schedule.steps and not steps.is_all):
+        return
+    model = schedule.model.repo_id
+    shown = ", ".join(tokens[:3]) + (", ..." if len(tokens) > 3 else "")
+    raise UsageError(
+        Param("steps"),
+        f" {steps}: {model} has {len(tokens)} checkpoint branches named by tokens ({shown}), "
+        "which a batch (by step) cannot name; convert each with 'pythia-tl convert "
+        f"{model} --revision {tokens[0]}'",
+    )

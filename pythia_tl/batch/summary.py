@@ -222,7 +222,10 @@ class BatchSummary:
         return [r for r in self.results if r.status == "failed"]
 
     def to_json(self, on_disk: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
-        """The summary, merged with the entries ``on_disk`` of the file it replaces."""
+        """The summary, merged with the entries ``on_disk`` of the file it replaces.
+
+        ``counts`` and ``complete`` describe this run's revisions; ``folder`` the same over every
+        record the file keeps (earlier runs' too, of other models or steps)."""
         merged: dict[EntryKey, dict[str, Any]] = {}
         for entry in on_disk:
             key = _entry_key(entry)
@@ -238,16 +241,19 @@ class BatchSummary:
                     merged[key] = RevisionResult(item, "pending").to_json()
             seconds = (self._ended or time.perf_counter()) - self._started
         entries = [merged[key] for key in sorted(merged)]
-        counts = {status: sum(e.get("status") == status for e in entries) for status in STATUSES}
+        this_run = [merged[(item.repo_id, item.step)] for item in self.items]
         return {
             "converter_version": __version__,
             "command": self._command,
             "work_list_size": self._work_list_size,
-            # An interrupted or fail-fast batch records its unfinished revisions as cancelled:
-            # it is not complete.
-            "complete": all(e.get("status") not in ("pending", "cancelled") for e in entries),
+            "complete": _complete(this_run),
             "seconds": round(seconds, 3),
-            "counts": counts,
+            "counts": _counts(this_run),
+            "folder": {
+                "revisions": len(entries),
+                "complete": _complete(entries),
+                "counts": _counts(entries),
+            },
             "revisions": entries,
         }
 
@@ -270,6 +276,16 @@ class BatchSummary:
                         os.fsync(out.fileno())
             except OSError as exc:
                 raise OutputError(f"{self.path}: cannot write the summary ({exc})") from None
+
+
+def _counts(entries: Sequence[dict[str, Any]]) -> dict[str, int]:
+    return {status: sum(e.get("status") == status for e in entries) for status in STATUSES}
+
+
+def _complete(entries: Sequence[dict[str, Any]]) -> bool:
+    """Whether every revision finished: an interrupted or fail-fast batch records its
+    unfinished revisions as cancelled, so it is not complete."""
+    return all(e.get("status") not in ("pending", "cancelled") for e in entries)
 
 
 def why_not_written(path: Path) -> str:

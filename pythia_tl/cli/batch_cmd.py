@@ -133,7 +133,7 @@ def batch(
     if not (quiet or json_output):  # --json: the summary's entries say it
         for line in _duplicate_warnings(summary):
             print(printable(line), file=sys.stderr)
-    if json_output:  # the summary as written: merged with the records of other runs
+    if json_output:  # the summary as written: this run's counts, and the folder's
         from pythia_tl.batch.summary import read_entries
 
         print_json(summary.to_json(read_entries(summary.path)))

@@ -10,6 +10,7 @@ from huggingface_hub import HfApi
 
 from pythia_tl.errors import SourceError
 from pythia_tl.hub.errors import asking_the_hub
+from pythia_tl.hub.refs import checked_commit, repo_id_problem, revision_problem
 from pythia_tl.source.layouts import Format, expected_weight_files, weight_files_for
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -47,11 +48,13 @@ class RevisionListing:
 
 def describe_revision(repo_id: str, revision: str) -> RevisionListing:
     """Ask the Hub for ``revision``'s commit and files (one API call, nothing downloaded)."""
+    _check_names(repo_id, revision)
     with asking_the_hub(repo_id, revision):
         info = HfApi().model_info(repo_id, revision=revision, files_metadata=True)
     commit = info.sha
     if commit is None:
         raise SourceError(f"{repo_id}@{revision}: the Hub did not report a commit")
+    commit = checked_commit(commit, f"{repo_id}@{revision}")
     siblings = {s.rfilename: s for s in info.siblings or []}
     found = weight_files_for(set(siblings))
     if "config.json" not in siblings:
@@ -91,7 +94,25 @@ def describe_revision(repo_id: str, revision: str) -> RevisionListing:
 
 
 def list_branches(repo_id: str) -> dict[str, str]:
-    """Every branch of ``repo_id`` and the commit it points to (one API call)."""
+    """Every branch of ``repo_id`` and the commit it points to (one API call); a branch name
+    git would refuse, or a commit that is not 40 hex digits, is refused."""
+    _check_names(repo_id, None)
     with asking_the_hub(repo_id, None):
         refs = HfApi().list_repo_refs(repo_id)
-    return {branch.name: branch.target_commit for branch in refs.branches}
+    branches: dict[str, str] = {}
+    for branch in refs.branches:
+        name = branch.name
+        if not isinstance(name, str) or (problem := revision_problem(name)) is not None:
+            shown = repr(name)[:60]
+            raise SourceError(f"{repo_id}: the Hub listed branch {shown}: {problem or 'not text'}")
+        branches[name] = checked_commit(branch.target_commit, f"{repo_id}@{name}")
+    return branches
+
+
+def _check_names(repo_id: str, revision: str | None) -> None:
+    """Names that reach huggingface_hub (and its cache's paths) only once checked; callers
+    check what the user gave, so these name no flag."""
+    if (problem := repo_id_problem(repo_id)) is not None:
+        raise SourceError(f"{repo_id!r}: not a Hub repository id: {problem}")
+    if revision is not None and (problem := revision_problem(revision)) is not None:
+        raise SourceError(f"{repo_id}@{revision!r}: not a revision: {problem}")

@@ -24,6 +24,7 @@ from huggingface_hub.errors import (
 from pythia_tl.errors import CheckpointError, SourceError
 from pythia_tl.hub.errors import HubUnreachable, asking_the_hub, broken_download
 from pythia_tl.hub.listing import RevisionListing, describe_revision
+from pythia_tl.hub.refs import COMMIT, checked_commit
 from pythia_tl.hub.remote import RemoteFile
 from pythia_tl.hub.transport import StorageClient
 from pythia_tl.source.layouts import load_weight_map, weight_files_for
@@ -202,7 +203,9 @@ def _remote_file(listing: RevisionListing, name: str, client: StorageClient) -> 
 def cached_commit(repo_id: str, revision: str, cache_dir: Path | None = None) -> str | None:
     """The commit the cache last saw ``revision`` resolve to, or None (no network)."""
     config = try_to_load_from_cache(repo_id, "config.json", cache_dir=cache_dir, revision=revision)
-    return Path(config).parent.name if isinstance(config, str) else None
+    if not isinstance(config, str) or not COMMIT.fullmatch(Path(config).parent.name):
+        return None
+    return Path(config).parent.name
 
 
 def _from_cache(repo_id: str, revision: str, cache_dir: Path | None, why: str) -> HubRevision:
@@ -229,9 +232,9 @@ def _from_cache(repo_id: str, revision: str, cache_dir: Path | None, why: str) -
         if path.is_symlink() and _SHA256.fullmatch(blob):
             sha256[path.name] = blob
     tokenizer_files = tuple(name for name in TOKENIZER_FILES if (folder / name).is_file())
-    return HubRevision(
-        repo_id, revision, folder.name, folder, sha256, tokenizer_files=tokenizer_files
-    )
+    # The cache's refs file names the snapshot: a commit only once it is 40 hex digits.
+    commit = checked_commit(folder.name, f"{repo_id}@{revision} (in the local cache)")
+    return HubRevision(repo_id, revision, commit, folder, sha256, tokenizer_files=tokenizer_files)
 
 
 def _weights_cached(folder: Path) -> bool:

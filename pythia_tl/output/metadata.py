@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 
 from pythia_tl import CONVERTER_NAME, __version__
 from pythia_tl.dtypes import BY_NAME, OUTPUT_DTYPE_NAMES, DType
-from pythia_tl.errors import OutputFileError, UsageError
+from pythia_tl.errors import OutputFileError, SourceError, UsageError
+from pythia_tl.hub.refs import COMMIT
 from pythia_tl.mapping.selection import EVERY_TENSOR, Selection, parse_selection
 from pythia_tl.mapping.tl_config import tl_config
 from pythia_tl.processing.passes import NO_PROCESSING, TL_ORDER, Processing
@@ -54,7 +55,6 @@ NONFINITE_VALUES = ("refused", "allowed")
 OPTIONAL_KEYS = (NONFINITE_KEY, "tokenizer", "selection")
 JSON_KEYS = ("tl_config", "source_files", "processing", "tokenizer", "selection")
 _POSITIVE_INTS = ("d_model", "d_head", "n_heads", "d_mlp", "n_layers", "n_ctx", "d_vocab")
-_COMMIT = re.compile(r"[0-9a-f]{40}")
 _REPO_ID = re.compile(r"[^/]+/[^/]+")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -73,6 +73,10 @@ def build_metadata(
     cfg = tl_config(
         config, utf8(provenance.model_name), provenance.repo_id, processing.normalization_type
     )
+    commit = provenance.commit or ""
+    if commit and not COMMIT.fullmatch(commit):
+        # Never written: our own verify would refuse the file.
+        raise SourceError(f"{provenance.source}: commit {commit[:60]!r} is not 40 hex digits")
     optional = {}
     if provenance.tokenizer is not None:
         optional["tokenizer"] = json.dumps(provenance.tokenizer)
@@ -83,7 +87,7 @@ def build_metadata(
         "tl_config": json.dumps(cfg),
         "source": utf8(provenance.source),
         "revision": utf8(provenance.revision or ""),
-        "commit": provenance.commit or "",
+        "commit": commit,
         "source_files": json.dumps(dict(sorted(source_sha256.items()))),
         "converter": CONVERTER_NAME,
         "converter_version": __version__,
@@ -244,7 +248,7 @@ def parse_metadata(info: OutputFile) -> ConversionRecord:
         _expect(commit == "" and revision == "", "commit", commit, "empty for a folder source")
     else:
         _expect(bool(_REPO_ID.fullmatch(source)), "source", source, "a repo id 'owner/name'")
-        _expect(bool(_COMMIT.fullmatch(commit)), "commit", commit, "40 hex digits")
+        _expect(bool(COMMIT.fullmatch(commit)), "commit", commit, "40 hex digits")
         _expect(bool(revision), "revision", revision, "the revision converted")
     processing = _processing(info.processing)
     cfg = info.tl_config
@@ -422,7 +426,7 @@ def parse_provenance(value: object, where: str) -> ExportProvenance:
     if not well_formed or not texts["source"]:
         raise OutputFileError(f"{where}: {PROVENANCE_KEY!r} is malformed")
     commit = str(texts["commit"])
-    if commit and not _COMMIT.fullmatch(commit):
+    if commit and not COMMIT.fullmatch(commit):
         raise _unexpected(f"{PROVENANCE_KEY} commit", commit, "40 hex digits")
     return ExportProvenance(
         source=str(texts["source"]),

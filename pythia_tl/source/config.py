@@ -100,6 +100,7 @@ def parse_config(raw: dict[str, Any], origin: str = "config.json") -> NeoXConfig
         raise ConfigError(
             f"{origin}: hidden_size {d_model} is not divisible by num_attention_heads {n_heads}"
         )
+    _refuse_what_transformer_lens_lacks(raw, origin)
     rope = raw.get("rope_parameters")
     if isinstance(rope, dict) and "partial_rotary_factor" in rope:
         rotary_key = "rope_parameters.partial_rotary_factor"
@@ -119,7 +120,10 @@ def parse_config(raw: dict[str, Any], origin: str = "config.json") -> NeoXConfig
         )
     act_fn = raw.get("hidden_act", "gelu")
     if act_fn != "gelu":
-        raise ConfigError(f"{origin}: hidden_act is {act_fn!r}, expected 'gelu' (Pythia)")
+        raise ConfigError(
+            f"{origin}: hidden_act is {_shown(act_fn)}, expected 'gelu' (exact erf, the only "
+            "activation both GPT-NeoX and TransformerLens name the same way)"
+        )
     dtype = raw.get("dtype", raw.get("torch_dtype"))
     return NeoXConfig(
         n_layers=fields.integer("num_hidden_layers", 1, SIZE_LIMITS["n_layers"]),
@@ -135,6 +139,41 @@ def parse_config(raw: dict[str, Any], origin: str = "config.json") -> NeoXConfig
         act_fn=act_fn,
         dtype=dtype if dtype in OUTPUT_DTYPE_NAMES else None,
     )
+
+
+# GPT-NeoX fields whose other values TransformerLens' HookedTransformer cannot express (its
+# GPT-NeoX conversion reads the fused QKV and dense biases, a separate unembedding, and plain
+# rotary with no scaling): field -> (the value it can express, what that value means).
+_EXPRESSIBLE: dict[str, tuple[object, str]] = {
+    "attention_bias": (True, "attention projections with biases"),
+    "tie_word_embeddings": (False, "an unembedding separate from the embedding"),
+    "rope_scaling": (None, "rotary positions without scaling"),
+    "rope_parameters.rope_type": ("default", "rotary positions without scaling"),
+}
+
+
+def _refuse_what_transformer_lens_lacks(raw: dict[str, Any], origin: str) -> None:
+    for key, (expected, meaning) in _EXPRESSIBLE.items():
+        mapping: object = raw
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            mapping = mapping.get(parent) if isinstance(mapping, dict) else None
+        if not isinstance(mapping, dict) or leaf not in mapping:
+            continue
+        value = mapping[leaf]
+        if value is None and expected is None:
+            continue
+        if type(value) is not type(expected) or value != expected:
+            raise ConfigError(
+                f"{origin}: {key} is {_shown(value)}; TransformerLens can express only "
+                f"{json.dumps(expected)} ({meaning})"
+            )
+
+
+def _shown(value: object) -> str:
+    """A config value for an error line, cut short (the config is untrusted)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 class _Fields:

@@ -69,7 +69,13 @@ def load_weight_map(path: Path) -> dict[str, str]:
     if not isinstance(weight_map, dict) or not weight_map:
         raise CheckpointError(f"{path}: expected a non-empty 'weight_map' object")
     for name, shard in weight_map.items():
-        if not isinstance(shard, str) or not shard or Path(shard).name != shard:
+        # '.' and '..' pass the name test but name the folder itself or its parent.
+        if (
+            not isinstance(shard, str)
+            or shard in ("", ".", "..")
+            or Path(shard).name != shard
+            or "\x00" in shard
+        ):
             raise CheckpointError(
                 f"{path}: weight_map[{name!r}] is {shard!r}, expected a file name in the "
                 "checkpoint folder"

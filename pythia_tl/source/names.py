@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass
 
 from pythia_tl.errors import Param, UsageError
+from pythia_tl.hub.refs import checked_repo_id
 
 ORGANISATION = "EleutherAI"
 SIZES = ("14m", "31m", "70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b")
@@ -81,7 +82,7 @@ def resolve_model_name(name: str) -> ModelName:
     Anything with a slash is taken as a repository id as it is.
     """
     if "/" in name:
-        return ModelName(name)
+        return ModelName(checked_repo_id(name))
     match = _SHORT_NAME.fullmatch(name)
     if match is None:
         raise UsageError(

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pythia_tl.errors import Param, UsageError
+from pythia_tl.hub.refs import checked_revision
 from pythia_tl.source.checkpoint import Checkpoint, open_checkpoint
 from pythia_tl.source.names import ModelName, resolve_model_name, step_revision
 from pythia_tl.source.tokenizer_files import folder_tokenizer, hub_tokenizer
@@ -77,6 +78,8 @@ def resolve_source(
     model = resolve_model_name(source)
     if checkpoint_index is not None:
         revision = checkpoint_schedule(model).at_index(checkpoint_index).revision
+    if revision is not None:
+        checked_revision(revision)
     rev = step_revision(step, model) if step is not None else (revision or "main")
     return open_hub_revision(
         model, fetch_revision(model.repo_id, rev, cache_dir, weights=download, tokenizer=tokenizer)
