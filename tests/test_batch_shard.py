@@ -18,11 +18,18 @@ from hypothesis import strategies as st
 from pythia_tl.batch.work import Shard, WorkItem, parse_shard, sorted_items
 from pythia_tl.cli.errors import in_flags
 from pythia_tl.errors import UsageError
+from pythia_tl.source.schedule import TrainingCheckpoint, checkpoint_branch
+
+
+def branches(names: list[str]) -> list[TrainingCheckpoint]:
+    found = [checkpoint_branch(name) for name in names]
+    assert all(c is not None for c in found)
+    return [c for c in found if c is not None]
 
 
 @given(st.integers(min_value=0, max_value=300), st.integers(min_value=1, max_value=40))
 def test_shards_one_to_n_cover_every_item_exactly_once(n_items: int, n_shards: int) -> None:
-    items = sorted_items({"EleutherAI/pythia-70m": range(n_items)})
+    items = sorted_items({"EleutherAI/pythia-70m": branches([f"step{n}" for n in range(n_items)])})
     taken = [item for k in range(1, n_shards + 1) for item in Shard(k, n_shards).take(items)]
     assert sorted(taken) == items
     assert len(taken) == len(set(taken))
@@ -30,23 +37,45 @@ def test_shards_one_to_n_cover_every_item_exactly_once(n_items: int, n_shards: i
     assert max(sizes) - min(sizes) <= 1
 
 
+_BRANCH = st.one_of(
+    st.integers(min_value=0, max_value=143000).map(lambda n: f"step{n}"),
+    st.tuples(st.integers(min_value=1, max_value=999), st.sampled_from("mbt")).map(
+        lambda pair: f"{pair[0]}{pair[1]}_tokens"
+    ),
+)
+
+
 @given(
     st.dictionaries(
         st.sampled_from(["EleutherAI/pythia-70m", "EleutherAI/pythia-1b", "org/other"]),
-        st.sets(st.integers(min_value=0, max_value=143000), max_size=20),
+        st.sets(_BRANCH, max_size=20),
     )
 )
-def test_the_work_list_does_not_depend_on_the_order_models_and_steps_are_given(
-    selected: dict[str, set[int]],
+def test_the_work_list_does_not_depend_on_the_order_models_and_branches_are_given(
+    selected: dict[str, set[str]],
 ) -> None:
-    forward = sorted_items({repo: sorted(steps) for repo, steps in selected.items()})
+    forward = sorted_items({repo: branches(sorted(names)) for repo, names in selected.items()})
     backward = sorted_items(
-        {repo: sorted(steps, reverse=True) for repo, steps in reversed(selected.items())}
+        {repo: branches(sorted(names, reverse=True)) for repo, names in reversed(selected.items())}
     )
     assert forward == backward
-    assert forward == sorted(
-        WorkItem(repo, step) for repo, steps in selected.items() for step in steps
-    )
+    # By repository, then step branches by step, then token branches by token count.
+    for repo in selected:
+        mine = [item for item in forward if item.repo_id == repo]
+        steps = [item.step for item in mine if item.step is not None]
+        tokens = [c.tokens for c in branches([i.revision for i in mine]) if c.step is None]
+        assert [item.step for item in mine] == [*steps, *[None] * len(tokens)]
+        assert steps == sorted(steps) and tokens == sorted(tokens)
+    assert [item.repo_id for item in forward] == sorted(item.repo_id for item in forward)
+    assert len(set(forward)) == sum(len(names) for names in selected.values())
+
+
+def test_a_work_item_is_a_revision_with_its_step_or_none() -> None:
+    step, tokens = branches(["step250", "800b_tokens"])
+    assert WorkItem.of("org/x", step) == WorkItem("org/x", (0, 250), "step250", 250)
+    item = WorkItem.of("org/x", tokens)
+    assert (item.revision, item.step, item.position) == ("800b_tokens", None, (1, 800 * 10**9))
+    assert item.relative_output == Path("x") / "800b_tokens.safetensors"
 
 
 @pytest.mark.parametrize("text", ["0/3", "4/3", "1/0", "3", "a/b", "1/2/3", "-1/2"])

@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 
 from pythia_tl.batch.dedupe import duplicate_note, remove_stale_output, weights_key
 from pythia_tl.batch.resume import Requirements, judge_existing
+from pythia_tl.batch.work import WorkItem
 from pythia_tl.engine.convert import ConvertOptions, convert
 from pythia_tl.processing import Processing
 from pythia_tl.source import resolve_source
@@ -71,8 +72,18 @@ def test_a_duplicate_gets_no_file_and_what_was_there_goes(tmp_path: Path) -> Non
     target.write_bytes(b"an older output, or a link to another step's file")
     assert remove_stale_output(target) is True
     assert not target.exists() and remove_stale_output(target) is False
-    assert duplicate_note("step2", 2, "step143000", 143000) == (
+    repo = "EleutherAI/pythia-70m"
+    early, late = (WorkItem(repo, (0, step), f"step{step}", step) for step in (2, 143000))
+    assert duplicate_note(early, late) == (
         "step2 holds the same weight files as a later step, step143000"
+    )
+    assert duplicate_note(late, early) == (
+        "step143000 holds the same weight files as an earlier step, step2"
+    )
+    # Branches named by tokens: later by token count, and never called steps.
+    b240, b800 = (WorkItem(repo, (1, n * 10**9), f"{n}b_tokens", None) for n in (240, 800))
+    assert duplicate_note(b240, b800) == (
+        "240b_tokens holds the same weight files as a later checkpoint, 800b_tokens"
     )
 
 
@@ -81,3 +92,29 @@ def test_weights_keys_belong_to_one_repository() -> None:
     assert weights_key(REPO, shas) == weights_key(REPO, {"other-name.safetensors": "a" * 64})
     assert weights_key(REPO, shas) != weights_key("EleutherAI/pythia-160m", shas)
     assert weights_key(REPO, {}) is None
+
+
+def test_all_selects_token_branches_and_step_numbers_select_step_branches() -> None:
+    from pythia_tl.batch.request import select_checkpoints
+    from pythia_tl.batch.step_spec import parse_step_spec
+    from pythia_tl.cli.errors import in_flags
+    from pythia_tl.errors import UsageError
+    from pythia_tl.source.names import ModelName
+    from pythia_tl.source.schedule import from_branches
+
+    names = ["1t_tokens", "step20", "240b_tokens", "step3", "main"]
+    mixed = from_branches(ModelName("org/mixed"), {name: "c" * 40 for name in names})
+    chosen = select_checkpoints(parse_step_spec("all"), mixed)
+    assert [c.revision for c in chosen] == ["step3", "step20", "240b_tokens", "1t_tokens"]
+    assert [c.revision for c in select_checkpoints(parse_step_spec("0:10"), mixed)] == ["step3"]
+
+    by_tokens = from_branches(
+        ModelName("org/tokens"), {f"{n}b_tokens": "c" * 40 for n in (800, 240, 400, 600)}
+    )
+    with pytest.raises(UsageError) as raised:
+        select_checkpoints(parse_step_spec("1000"), by_tokens)
+    assert in_flags(raised.value) == (
+        "--steps 1000: the 4 checkpoint branches of org/tokens are named by tokens (240b_tokens, "
+        "400b_tokens, 600b_tokens, ...), not steps; select them with --steps all"
+    )
+    assert str(raised.value).endswith("select them with steps='all'")

@@ -218,10 +218,27 @@ def test_batch_on_a_repository_outside_the_suite_takes_its_own_step_branches(
     code, _, err = run_main(["batch", repo, "--steps", "7", "-o", str(folder)], capsys)
     assert code == 2 and "--steps" in err and "no checkpoint at step 7" in err
 
+    # A summary whose entries are keyed by step alone still resumes: nothing converts again,
+    # and each revision keeps one entry.
+    summary = folder / "summary.json"
+    document = json.loads(summary.read_text())
+    for entry in document["revisions"]:
+        del entry["revision"]
+    summary.write_text(json.dumps(document))
+    code, out, err = run_main(
+        ["batch", repo, "--steps", "6:10000", "-o", str(folder), "--json"], capsys
+    )
+    assert code == 0, err
+    assert [(e["revision"], e["status"]) for e in json.loads(out)["revisions"]] == [
+        ("step250", "duplicate"),
+        ("step10000", "skipped"),
+    ]
 
-def test_token_named_branches_convert_by_revision_and_batch_says_how(
+
+def test_a_batch_of_token_named_branches_converts_each_as_convert_revision_does(
     stand_in_hub: StandInHub, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from safetensors.torch import load_file
     from synthetic import PythiaShape, write_checkpoint
 
     repo = "togethercomputer/RedPajama-INCITE-Tiny"
@@ -229,22 +246,97 @@ def test_token_named_branches_convert_by_revision_and_batch_says_how(
         n_layers=2, d_model=32, n_heads=2, d_vocab=64, n_ctx=32, rotary_pct=1.0,
         parallel_residual=False,
     )  # fmt: skip
-    for seed, branch in enumerate(("240b_tokens", "800b_tokens", "main")):
-        write_checkpoint(tmp_path / branch, sequential, layout="safetensors", seed=seed)
-        stand_in_hub.add_revision(repo, branch, tmp_path / branch)
-    out = tmp_path / "o.safetensors"
-    code, _, err = run_main(["convert", repo, "--revision", "800b_tokens", "-o", str(out)], capsys)
-    assert code == 0, err
-    metadata = metadata_of(out)
-    assert metadata["revision"] == "800b_tokens"
-    assert metadata["commit"] == stand_in_hub.commit_of(repo, "800b_tokens")
-    cfg = json.loads(metadata["tl_config"])
-    assert cfg["parallel_attn_mlp"] is False and cfg["rotary_dim"] == cfg["d_head"] == 16
+    # 400b_tokens serves 800b_tokens' files: a duplicate of a later checkpoint.
+    seeds = {"800b_tokens": 1, "1t_tokens": 2, "240b_tokens": 0, "400b_tokens": 1, "main": 2}
+    for branch, seed in seeds.items():
+        write_checkpoint(tmp_path / "src" / branch, sequential, layout="safetensors", seed=seed)
+        stand_in_hub.add_revision(repo, branch, tmp_path / "src" / branch)
+    order = ["240b_tokens", "400b_tokens", "800b_tokens", "1t_tokens"]
 
+    # A step number or range: the branches carry none, and the error says what they are.
+    suite = tmp_path / "suite"
+    code, _, err = run_main(["batch", repo, "--steps", "0:1000", "-o", str(suite)], capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith("error: --steps 0:1000: the 4 checkpoint branches of " + repo)
+    assert "named by tokens (240b_tokens, 400b_tokens, 800b_tokens, ...)" in err
+    assert "select them with --steps all" in err
+    assert not suite.exists()
+
+    # A trace stacks over steps: branches named by tokens have none to record.
+    traced = tmp_path / "trace.safetensors"
     code, _, err = run_main(
-        ["batch", repo, "--steps", "all", "-o", str(tmp_path / "suite")], capsys
+        ["trace", repo, "--tensors", "embed.W_E", "--steps", "all", "-o", str(traced)], capsys
     )
-    assert code == 2 and err.count("\n") == 1
-    assert "--steps" in err and "2 checkpoint branches named by tokens" in err
-    assert f"'pythia-tl convert {repo} --revision 240b_tokens'" in err
-    assert not (tmp_path / "suite").exists()
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith("error: --steps all: a trace stacks its keys over training steps")
+    assert "4 checkpoint branches named by tokens" in err
+    assert not traced.exists() and not (tmp_path / "trace.safetensors.parts").exists()
+
+    code, out, err = run_main(
+        ["batch", repo, "--steps", "all", "-o", str(suite), "--dry-run", "--json"], capsys
+    )
+    assert code == 0, err
+    planned = json.loads(out)["revisions"]
+    assert [(r["revision"], r["step"], r["status"]) for r in planned] == [
+        ("240b_tokens", None, "convert"),
+        ("400b_tokens", None, "duplicate"),
+        ("800b_tokens", None, "convert"),
+        ("1t_tokens", None, "convert"),
+    ]
+    assert not suite.exists()
+
+    code, out, err = run_main(["batch", repo, "--steps", "all", "-o", str(suite), "--json"], capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    entries = report["revisions"]
+    assert [(e["revision"], e["step"], e["status"]) for e in entries] == [
+        ("240b_tokens", None, "converted"),
+        ("400b_tokens", None, "duplicate"),
+        ("800b_tokens", None, "converted"),
+        ("1t_tokens", None, "converted"),
+    ]
+    duplicate = entries[1]
+    assert duplicate["duplicate_of"] == "800b_tokens"
+    assert duplicate["anomaly"] == (
+        "400b_tokens holds the same weight files as a later checkpoint, 800b_tokens"
+    )
+    assert duplicate["weights_in"] == "RedPajama-INCITE-Tiny/800b_tokens.safetensors"
+    on_disk = json.loads((suite / "summary.json").read_text())["revisions"]
+    assert [(e["revision"], e["step"]) for e in on_disk] == [(b, None) for b in order]
+    folder = suite / "RedPajama-INCITE-Tiny"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        f"{b}.safetensors" for b in order if b != "400b_tokens"
+    )
+
+    for branch in ("240b_tokens", "800b_tokens", "1t_tokens"):
+        alone = tmp_path / f"{branch}.safetensors"
+        code, _, err = run_main(["convert", repo, "--revision", branch, "-o", str(alone)], capsys)
+        assert code == 0, err
+        batched = folder / f"{branch}.safetensors"
+        expected, got = load_file(alone), load_file(batched)
+        assert expected.keys() == got.keys()
+        assert all(torch_equal(expected[k], got[k]) for k in expected)
+        metadata = metadata_of(batched)
+        assert metadata == metadata_of(alone)
+        assert metadata["revision"] == branch
+        assert metadata["commit"] == stand_in_hub.commit_of(repo, branch)
+        cfg = json.loads(metadata["tl_config"])
+        assert cfg["parallel_attn_mlp"] is False and cfg["rotary_dim"] == cfg["d_head"] == 16
+
+    # A rerun skips every one of them, the duplicate settled from the summary.
+    code, out, err = run_main(["batch", repo, "--steps", "all", "-o", str(suite), "--json"], capsys)
+    assert code == 0, err
+    rerun = json.loads(out)["revisions"]
+    assert [(e["revision"], e["status"]) for e in rerun] == [
+        ("240b_tokens", "skipped"),
+        ("400b_tokens", "duplicate"),
+        ("800b_tokens", "skipped"),
+        ("1t_tokens", "skipped"),
+    ]
+
+
+def torch_equal(a: object, b: object) -> bool:
+    import torch
+
+    assert isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
+    return a.dtype == b.dtype and torch.equal(a, b)

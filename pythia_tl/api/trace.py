@@ -14,7 +14,7 @@ appears whole or not at all, and the parts folder is removed (``keep_parts`` kee
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,7 +28,7 @@ from pythia_tl.processing import Processing
 if TYPE_CHECKING:
     import torch
 
-    from pythia_tl.batch import BatchReporter
+    from pythia_tl.batch import BatchReporter, BatchRequest, WorkItem
     from pythia_tl.engine.convert import ConvertOptions
 
 PARTS_SUFFIX = ".parts"
@@ -142,6 +142,7 @@ def trace_with(
         cache_dir=None if cache_dir is None else Path(cache_dir),
     )
     work = list_work(request)
+    _refuse_token_branches(work.items, request)
     summary = run_batch(request, work, reporter)
     unfinished = [r for r in summary.results if r.status in ("failed", "cancelled", "pending")]
     if unfinished:
@@ -159,7 +160,7 @@ def trace_with(
         for item, r in zip(work.items, results, strict=True)
     ]
     commits = [(r.commit if r is not None else None) or "" for r in results]
-    steps_done = [item.step for item in work.items]
+    steps_done = [item.step for item in work.items if item.step is not None]
     size, count = _stack(
         files, steps_done, [i.revision for i in work.items], commits, output, overwrite
     )
@@ -168,6 +169,19 @@ def trace_with(
     return TraceResult(
         output, name.repo_id, tuple(steps_done), tuple(commits), count, size, summary.counts()
     )
+
+
+def _refuse_token_branches(items: Sequence[WorkItem], request: BatchRequest) -> None:
+    """A trace stacks over training steps: a branch named by a token count has none to record."""
+    by_tokens = [item.revision for item in items if item.step is None]
+    if by_tokens:
+        shown = ", ".join(by_tokens[:3]) + (", ..." if len(by_tokens) > 3 else "")
+        raise UsageError(
+            Param("steps"),
+            f" {request.steps}: a trace stacks its keys over training steps, and "
+            f"{items[0].repo_id} has {len(by_tokens)} checkpoint branches named by tokens "
+            f"({shown}); name step branches, or convert these with a batch",
+        )
 
 
 def _stack(

@@ -2,7 +2,7 @@
 
 Two revisions of one repository whose weight files have the same set of sha256 hold the same
 weights (the Hub really has such branches: EleutherAI/pythia #205, #83), so one conversion
-serves both. Only one of them gets a file, the latest step of the group (a branch can serve a
+serves both. Only one of them gets a file, the latest checkpoint of the group (a branch can serve a
 later checkpoint's files under an earlier name, as pythia-2.8b's do, never the reverse); the
 others get none, and the summary says why (``duplicate_of``, ``anomaly``). A file's metadata
 names the one revision it was converted from, so a file reached by a duplicate's name would
@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from pythia_tl.audit.identity import weight_set
+from pythia_tl.batch.work import WorkItem
 from pythia_tl.errors import OutputError
 
 # The repository and the sha256 of its weight files.
@@ -45,7 +46,9 @@ def remove_stale_output(target: Path) -> bool:
     return True
 
 
-def duplicate_note(revision: str, step: int, first_revision: str, first_step: int) -> str:
-    """What the summary says of a revision that holds another's weights (``anomaly``)."""
-    when = "a later" if first_step > step else "an earlier"
-    return f"{revision} holds the same weight files as {when} step, {first_revision}"
+def duplicate_note(item: WorkItem, first: WorkItem) -> str:
+    """What the summary says of a revision that holds another's weights (``anomaly``): whether
+    ``first`` is later in training (by step, or by the token count a branch is named by)."""
+    when = "a later" if first.position > item.position else "an earlier"
+    what = "step" if item.step is not None and first.step is not None else "checkpoint"
+    return f"{item.revision} holds the same weight files as {when} {what}, {first.revision}"

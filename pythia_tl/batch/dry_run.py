@@ -44,6 +44,7 @@ class RevisionCost:
             "model": self.item.model.name,
             "repo_id": self.item.repo_id,
             "revision": self.item.revision,
+            "step": self.item.step,
             "commit": self.commit,
             "fetch_bytes": self.fetch_bytes,
             "write_bytes": self.write_bytes,
@@ -116,7 +117,7 @@ def estimate(request: BatchRequest, work: WorkList) -> BatchCost:
             existing[item] = found
     # Small files' blobs (and tokenizer sets) the run will have cached, as it goes.
     blobs: set[object] = set()
-    # The latest step of a group of duplicates converts, as in the run (batch.dedupe).
+    # The latest checkpoint of a group of duplicates converts, as in the run (batch.dedupe).
     for item, found in sorted(existing.items(), key=lambda pair: pair[0], reverse=True):
         costs[item] = _cost(request, work, item, found, seen, blobs)
     repos = {item.repo_id for item in work.items if work.branches.get(item.repo_id) is not None}

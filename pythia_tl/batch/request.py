@@ -13,7 +13,12 @@ from pythia_tl.hub.errors import HubUnreachable
 from pythia_tl.hub.listing import list_branches
 from pythia_tl.hub.revision import cached_commit
 from pythia_tl.source.names import ModelName
-from pythia_tl.source.schedule import CheckpointList, from_branches, from_schedule
+from pythia_tl.source.schedule import (
+    CheckpointList,
+    TrainingCheckpoint,
+    from_branches,
+    from_schedule,
+)
 
 
 @dataclass(frozen=True)
@@ -63,19 +68,20 @@ class WorkList:
 
 
 def list_work(request: BatchRequest) -> WorkList:
-    """Build the sorted (model, step) work list and take this shard's part of it.
+    """Build the sorted (model, checkpoint) work list and take this shard's part of it.
 
     Steps of Pythia repositories are checked against the known schedule first, with no network;
     then each repository's branches are listed (one API call each), which gives every branch's
     commit for the resume check. A repository outside the Pythia suite takes its schedule from
-    those branches.
+    those branches: ``step<N>`` ones, and ones named by a token count (such as
+    ``240b_tokens``), which ``all`` selects.
     """
     models = list(dict.fromkeys(request.models))
     check_distinct_folders(models)
-    selected: dict[str, list[int]] = {}
+    selected: dict[str, list[TrainingCheckpoint]] = {}
     for model in models:
         if model.has_known_schedule:
-            selected[model.repo_id] = request.steps.select(from_schedule(model).steps, model.name)
+            selected[model.repo_id] = select_checkpoints(request.steps, from_schedule(model))
     branches: dict[str, dict[str, str] | None] = {}
     unreachable: dict[str, str] = {}
     for model in models:
@@ -92,26 +98,26 @@ def list_work(request: BatchRequest) -> WorkList:
                 f"{model.repo_id}: {unreachable[model.repo_id]}, and the checkpoints of a "
                 "repository outside EleutherAI's Pythia suite are known only from its branches"
             )
-        schedule = from_branches(model, found)
-        _refuse_token_branches(schedule, request.steps)
-        selected[model.repo_id] = request.steps.select(schedule.steps, model.name)
+        selected[model.repo_id] = select_checkpoints(request.steps, from_branches(model, found))
     items = sorted_items(selected)
     mine = request.shard.take(items) if request.shard is not None else items
     return WorkList(tuple(mine), len(items), branches, unreachable)
 
 
-def _refuse_token_branches(schedule: CheckpointList, steps: StepSpec) -> None:
-    """A batch names its outputs and records by step: branches named by a token count (such as
-    RedPajama-INCITE's ``240b_tokens``) carry none, so they are refused rather than left out
-    unsaid, with the command that converts them."""
-    tokens = [c.revision for c in schedule.checkpoints if c.step is None]
-    if not tokens or (schedule.steps and not steps.is_all):
-        return
-    model = schedule.model.repo_id
-    shown = ", ".join(tokens[:3]) + (", ..." if len(tokens) > 3 else "")
-    raise UsageError(
-        Param("steps"),
-        f" {steps}: {model} has {len(tokens)} checkpoint branches named by tokens ({shown}), "
-        "which a batch (by step) cannot name; convert each with 'pythia-tl convert "
-        f"{model} --revision {tokens[0]}'",
-    )
+def select_checkpoints(steps: StepSpec, schedule: CheckpointList) -> list[TrainingCheckpoint]:
+    """The checkpoints of ``schedule`` that ``steps`` asks for, in training order: ``all`` is
+    every one (branches named by tokens too); step numbers and ranges select step branches, and
+    on a repository whose branches are all named by tokens they are refused, naming some."""
+    if steps.is_all:
+        return list(schedule.checkpoints)
+    if not schedule.steps:
+        tokens = schedule.revisions
+        shown = ", ".join(tokens[:3]) + (", ..." if len(tokens) > 3 else "")
+        raise UsageError(
+            Param("steps"),
+            f" {steps}: the {len(tokens)} checkpoint branches of {schedule.model.repo_id} are "
+            f"named by tokens ({shown}), not steps; select them with ",
+            Param("steps", "all"),
+        )
+    chosen = set(steps.select(schedule.steps, schedule.model.name))
+    return [c for c in schedule.checkpoints if c.step in chosen]

@@ -108,7 +108,7 @@ def record_duplicate(
         source_sha256=listing.weight_sha256 if listing is not None else first.source_sha256,
         seconds=time.perf_counter() - started,
         duplicate_of=first.item.revision,
-        anomaly=duplicate_note(item.revision, item.step, first.item.revision, first.item.step),
+        anomaly=duplicate_note(item, first.item),
         weights_in=held_by,
     )
 

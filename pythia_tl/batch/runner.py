@@ -178,7 +178,7 @@ class _BatchRun:
         rest = []
         for revision in pending:
             item = revision.item
-            found = recorded.get((item.repo_id, item.step))
+            found = recorded.get((item.repo_id, item.revision))
             commit = self.work.branch_commit(item, self.request.cache_dir)
             key = weights_key(item.repo_id, found[1]) if found is not None else None
             if found is None or key not in ready or commit not in (None, found[0]):
@@ -307,8 +307,8 @@ class _BatchRun:
 
     def _run_group(self, group: _Group) -> None:
         first = group.first
-        # The latest step converts; the earlier ones are its duplicates (see batch.dedupe).
-        for revision in sorted(group.members, key=lambda r: r.item.step, reverse=True):
+        # The latest checkpoint converts; the earlier ones are its duplicates (see batch.dedupe).
+        for revision in sorted(group.members, key=lambda r: r.item.position, reverse=True):
             if self.stop.is_set():
                 return
             output_dir, relative = self.request.output_dir, revision.item.relative_output

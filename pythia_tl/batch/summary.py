@@ -26,6 +26,7 @@ from pythia_tl.batch.work import Shard, WorkItem
 from pythia_tl.errors import OutputError
 from pythia_tl.output.atomic import atomic_path
 from pythia_tl.small_files import read_small_file
+from pythia_tl.source.schedule import checkpoint_branch, training_order
 
 Status = Literal["converted", "skipped", "duplicate", "failed", "cancelled", "pending"]
 STATUSES: tuple[Status, ...] = ("converted", "skipped", "duplicate", "failed", "cancelled")
@@ -34,7 +35,9 @@ MAX_SUMMARY_BYTES = 256 << 20
 # How long a write waits for another run's write of the same summary.
 _LOCK_SECONDS = 120.0
 
-EntryKey = tuple[str, int]
+# (repo id, revision): an entry written before branches named by tokens were batched has the
+# same key, since its revision is ``step<N>`` (and one with no revision string, its step).
+EntryKey = tuple[str, str]
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,7 @@ class RevisionResult:
     bytes: int | None = None
     seconds: float = 0.0
     duplicate_of: str | None = None
-    # A duplicate: the revisions' weights are another step's (batch.dedupe.duplicate_note).
+    # A duplicate: the revision's weights are another checkpoint's (batch.dedupe.duplicate_note).
     anomaly: str | None = None
     # A duplicate: the output (relative to DIR) that holds its weights; it has none of its own.
     weights_in: str | None = None
@@ -147,7 +150,7 @@ def recorded_outputs(path: Path) -> dict[str, OutputRecord]:
 
 
 def recorded_duplicates(path: Path) -> dict[EntryKey, tuple[str, dict[str, str]]]:
-    """The duplicates the summary at ``path`` recorded: (repo id, step) -> (commit, weight
+    """The duplicates the summary at ``path`` recorded: (repo id, revision) -> (commit, weight
     sha256), so that a rerun can settle them without the Hub."""
     found = {}
     for entry in read_entries(path):
@@ -172,10 +175,21 @@ def _identity(entry: dict[str, Any]) -> FileIdentity | None:
 def _entry_key(entry: object) -> EntryKey | None:
     if not isinstance(entry, dict):
         return None
-    repo_id, step = entry.get("repo_id"), entry.get("step")
-    if isinstance(repo_id, str) and isinstance(step, int) and not isinstance(step, bool):
-        return repo_id, step
+    repo_id, revision, step = entry.get("repo_id"), entry.get("revision"), entry.get("step")
+    if not isinstance(repo_id, str):
+        return None
+    if isinstance(revision, str):
+        return repo_id, revision
+    if isinstance(step, int) and not isinstance(step, bool) and step >= 0:
+        return repo_id, f"step{step}"
     return None
+
+
+def _entry_order(key: EntryKey) -> tuple[str, tuple[int, int], str]:
+    """Entries sort as the work list does: by repository, then training order."""
+    repo_id, revision = key
+    checkpoint = checkpoint_branch(revision)
+    return repo_id, training_order(checkpoint) if checkpoint is not None else (2, 0), revision
 
 
 class BatchSummary:
@@ -233,15 +247,15 @@ class BatchSummary:
                 merged[key] = entry
         with self._lock:
             for item in self.items:
-                key = (item.repo_id, item.step)
+                key = (item.repo_id, item.revision)
                 result = self._results.get(item)
                 if result is not None:
                     merged[key] = result.to_json()
                 elif not self._finished_meanwhile(merged.get(key)):
                     merged[key] = RevisionResult(item, "pending").to_json()
             seconds = (self._ended or time.perf_counter()) - self._started
-        entries = [merged[key] for key in sorted(merged)]
-        this_run = [merged[(item.repo_id, item.step)] for item in self.items]
+        entries = [merged[key] for key in sorted(merged, key=_entry_order)]
+        this_run = [merged[(item.repo_id, item.revision)] for item in self.items]
         return {
             "converter_version": __version__,
             "command": self._command,
@@ -290,7 +304,7 @@ def _complete(entries: Sequence[dict[str, Any]]) -> bool:
 
 def why_not_written(path: Path) -> str:
     """Why a batch wrote no file at ``path``, from the summary of the batch folder it lies in
-    (``DIR/<model>/step<N>.safetensors``): a duplicate names the file that holds its weights.
+    (``DIR/<model>/<revision>.safetensors``): a duplicate names the file that holds its weights.
     Empty when no summary says anything of it."""
     folder = path.absolute().parent.parent
     relative = f"{path.parent.name}/{path.name}"

@@ -1,21 +1,24 @@
-"""The batch's work list: one item per (model, step), where each output goes, and sharding.
+"""The batch's work list: one item per (model, checkpoint branch), where each output goes, and
+sharding.
 
-The list is sorted by repository id, then step, so every machine that runs the same command
-builds the same list; shard ``K/N`` then takes items K-1, K-1+N, K-1+2N, ... (round-robin, so
-each shard gets a similar mix of early and late steps and of model sizes), and shards 1..N
-together cover every item exactly once.
+The list is sorted by repository id, then training order (step branches by step, then branches
+named by a token count, such as RedPajama-INCITE's ``240b_tokens``, by that count), so every
+machine that runs the same command builds the same list; shard ``K/N`` then takes items K-1,
+K-1+N, K-1+2N, ... (round-robin, so each shard gets a similar mix of early and late checkpoints
+and of model sizes), and shards 1..N together cover every item exactly once.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
 from pythia_tl.errors import Param, UsageError
 from pythia_tl.source.names import ModelName
+from pythia_tl.source.schedule import TrainingCheckpoint, training_order
 
 T = TypeVar("T")
 
@@ -25,18 +28,23 @@ _SHARD = re.compile(r"\s*([0-9]{1,9})\s*/\s*([0-9]{1,9})\s*")
 
 @dataclass(frozen=True, order=True)
 class WorkItem:
-    """One revision to convert: a model's training step."""
+    """One revision to convert: a checkpoint branch of a repository."""
 
     repo_id: str
-    step: int
+    # Where the checkpoint sorts in training (source.schedule.training_order): (0, step) for a
+    # step branch, (1, tokens) for one named by a token count.
+    position: tuple[int, int]
+    revision: str
+    # The training step the branch names; None for one named by tokens (never a token count).
+    step: int | None = field(compare=False)
+
+    @classmethod
+    def of(cls, repo_id: str, checkpoint: TrainingCheckpoint) -> WorkItem:
+        return cls(repo_id, training_order(checkpoint), checkpoint.revision, checkpoint.step)
 
     @property
     def model(self) -> ModelName:
         return ModelName(self.repo_id)
-
-    @property
-    def revision(self) -> str:
-        return f"step{self.step}"
 
     @property
     def label(self) -> str:
@@ -44,7 +52,7 @@ class WorkItem:
 
     @property
     def relative_output(self) -> Path:
-        """``<model-name>/step<N>.safetensors``, relative to the batch's output folder."""
+        """``<model-name>/<revision>.safetensors``, relative to the batch's output folder."""
         return Path(self.model.name) / f"{self.revision}.safetensors"
 
 
@@ -74,9 +82,13 @@ def parse_shard(text: str) -> Shard:
     return Shard(index, count)
 
 
-def sorted_items(selected: Mapping[str, Iterable[int]]) -> list[WorkItem]:
-    """Every (repository, step) pair, sorted, from each repository's selected steps."""
-    return sorted(WorkItem(repo_id, step) for repo_id, steps in selected.items() for step in steps)
+def sorted_items(selected: Mapping[str, Iterable[TrainingCheckpoint]]) -> list[WorkItem]:
+    """Every (repository, checkpoint) pair, sorted, from each repository's selected ones."""
+    return sorted(
+        WorkItem.of(repo_id, checkpoint)
+        for repo_id, checkpoints in selected.items()
+        for checkpoint in checkpoints
+    )
 
 
 def check_distinct_folders(models: Sequence[ModelName]) -> None:

@@ -53,12 +53,16 @@ def batch(
         typer.Option(
             "--steps",
             help="'all', or a comma list of steps and inclusive ranges FIRST:LAST[:STRIDE] "
-            "(e.g. 0,1,2,4,1000:143000:10000), taken from each model's schedule.",
+            "(e.g. 0,1,2,4,1000:143000:10000), taken from each model's schedule; 'all' also "
+            "takes branches named by a token count (such as 240b_tokens) of a repository "
+            "outside the Pythia suite.",
         ),
     ],
     output: Annotated[
         Path,
-        typer.Option("--output", "-o", help="Output folder: DIR/<model-name>/step<N>.safetensors."),
+        typer.Option(
+            "--output", "-o", help="Output folder: DIR/<model-name>/<revision>.safetensors."
+        ),
     ],
     jobs: Annotated[
         int, typer.Option("--jobs", "-j", min=1, help="Revisions converted at once.")

@@ -11,6 +11,7 @@ _FLAGS: dict[tuple[str, object], str] = {
     ("logits", True): "--logits",
     ("source", None): "SOURCE",
     ("models", None): "MODEL",
+    ("steps", "all"): "--steps all",
 }
 
 

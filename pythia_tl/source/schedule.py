@@ -61,8 +61,8 @@ def checkpoint_branch(name: str) -> TrainingCheckpoint | None:
     return None
 
 
-def _order(checkpoint: TrainingCheckpoint) -> tuple[int, int]:
-    """Step branches by step, then token branches by token count."""
+def training_order(checkpoint: TrainingCheckpoint) -> tuple[int, int]:
+    """Where a checkpoint sorts: step branches by step, then token branches by token count."""
     if checkpoint.step is not None:
         return 0, checkpoint.step
     return 1, checkpoint.tokens or 0
@@ -139,7 +139,7 @@ def from_branches(model: ModelName, branches: Mapping[str, str]) -> CheckpointLi
             for name, commit in branches.items()
             if (checkpoint := checkpoint_branch(name)) is not None
         ),
-        key=_order,
+        key=training_order,
     )
     if not found:
         raise SourceError(
