@@ -13,7 +13,8 @@ from safetensors.torch import save_file
 
 from pythia_tl.batch.dedupe import duplicate_note, remove_stale_output, weights_key
 from pythia_tl.batch.resume import Requirements, judge_existing
-from pythia_tl.engine.convert import ConvertOptions, convert
+from pythia_tl.engine.convert import convert
+from pythia_tl.engine.options import ConvertOptions
 from pythia_tl.processing import Processing
 from pythia_tl.source import resolve_source
 

@@ -25,7 +25,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from pythia_tl.engine import hashing
-from pythia_tl.engine.convert import ConvertOptions, convert
+from pythia_tl.engine.convert import convert
+from pythia_tl.engine.options import ConvertOptions
 from pythia_tl.errors import CheckpointError, OutputError, SourceError
 from pythia_tl.output.atomic import remove_stale_temporaries, temp_path_for
 from pythia_tl.output.metadata import parse_metadata, read_output

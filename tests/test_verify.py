@@ -18,7 +18,8 @@ from safetensors.torch import save_file
 from synthetic import write_checkpoint
 from tl_reference import tl_forward
 
-from pythia_tl.engine.convert import ConvertOptions, convert
+from pythia_tl.engine.convert import convert
+from pythia_tl.engine.options import ConvertOptions
 from pythia_tl.processing import NO_PROCESSING, Processing
 from pythia_tl.source import resolve_source
 from pythia_tl.verify import VerifyOptions, verify_file

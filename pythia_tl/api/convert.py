@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pythia_tl.mapping.selection import parse_selection
-from pythia_tl.output.atomic import check_target
+from pythia_tl.output.atomic import check_creatable, check_target
 from pythia_tl.processing import Processing
 
 if TYPE_CHECKING:
-    from pythia_tl.engine.convert import ConversionResult, ConvertOptions
+    from pythia_tl.engine.convert import ConversionResult
+    from pythia_tl.engine.options import ConvertOptions
 
 
 def convert(
@@ -57,7 +58,7 @@ def convert(
 
     Raises the library's errors (``pythia_tl.errors``); each names the parameter at fault.
     """
-    from pythia_tl.engine.convert import ConvertOptions
+    from pythia_tl.engine.options import ConvertOptions
     from pythia_tl.mapping.plan import check_dtype
 
     check_dtype(dtype)
@@ -100,16 +101,26 @@ def convert_with(
     keep_downloads: bool = False,
     on_bytes: Callable[[int, int], None] | None = None,
 ) -> ConversionResult:
-    """``convert`` with its output options already parsed (the command line's way in)."""
+    """``convert`` with its output options already parsed (the command line's way in).
+
+    A missing folder of ``output`` is created (once the source is found), whether ``output``
+    names the folder (ending in ``/``) or a file in it."""
+    text = None if output is None else os.fspath(output)
+    into_folder = text is not None and (text.endswith(os.sep) or Path(text).is_dir())
+    given = None if text is None else Path(text)
+    # Before anything is downloaded, converted or imported (torch): a refusal is instant.
+    if given is not None and not into_folder:
+        if given.parent.is_dir():
+            check_target(given, options.overwrite)
+        else:
+            check_creatable(given.parent)
+    elif given is not None:
+        check_creatable(given)
+
     from pythia_tl.engine.convert import convert as run_conversion
     from pythia_tl.engine.convert import default_output_name
     from pythia_tl.source import resolve_source
 
-    text = None if output is None else os.fspath(output)
-    into_folder = text is not None and (text.endswith(os.sep) or Path(text).is_dir())
-    given = None if text is None else Path(text)
-    if given is not None and not into_folder:
-        check_target(given, options.overwrite)  # before anything is downloaded or converted
     resolved = resolve_source(
         os.fspath(source),
         revision=revision,
@@ -123,5 +134,8 @@ def convert_with(
         folder = given or Path()
         folder.mkdir(parents=True, exist_ok=True)
         given = folder / default_output_name(resolved.provenance, asked)
+        check_target(given, options.overwrite)
+    elif not given.parent.is_dir():
+        given.parent.mkdir(parents=True, exist_ok=True)
         check_target(given, options.overwrite)
     return run_conversion(resolved, given, options, on_bytes=on_bytes)

@@ -151,7 +151,7 @@ def _steps(
     cache_dir: str | Path | None,
 ) -> Iterator[_Step]:
     from pythia_tl.api.in_memory import convert_in_memory
-    from pythia_tl.engine.convert import ConvertOptions
+    from pythia_tl.engine.options import ConvertOptions
     from pythia_tl.mapping.plan import check_dtype
     from pythia_tl.source.resolve import resolve_source
 

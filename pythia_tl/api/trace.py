@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     import torch
 
     from pythia_tl.batch import BatchReporter
-    from pythia_tl.engine.convert import ConvertOptions
+    from pythia_tl.engine.options import ConvertOptions
 
 PARTS_SUFFIX = ".parts"
 
@@ -85,7 +85,7 @@ def trace(
     missing. ``layers``, ``dtype``, ``process``, ``allow_nonfinite``, ``jobs``, ``cache_dir`` and
     ``keep_downloads`` are ``batch``'s; an existing ``output`` is replaced only with
     ``overwrite=True``."""
-    from pythia_tl.engine.convert import ConvertOptions
+    from pythia_tl.engine.options import ConvertOptions
     from pythia_tl.mapping.plan import check_dtype
 
     globs = key_globs(tensors)

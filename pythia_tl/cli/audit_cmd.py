@@ -30,7 +30,8 @@ def audit(
         str,
         typer.Option(
             "--steps",
-            help="'all', or a comma list of steps and inclusive ranges FIRST:LAST[:STRIDE], "
+            metavar="SPEC",
+            help="'all', or a comma list of steps and inclusive ranges FIRST-LAST[:STRIDE], "
             "taken from each model's schedule (main is always audited).",
         ),
     ] = "all",

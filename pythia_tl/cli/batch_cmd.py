@@ -52,8 +52,9 @@ def batch(
         str,
         typer.Option(
             "--steps",
-            help="'all', or a comma list of steps and inclusive ranges FIRST:LAST[:STRIDE] "
-            "(e.g. 0,1,2,4,1000:143000:10000), taken from each model's schedule.",
+            metavar="SPEC",
+            help="'all', or a comma list of steps and inclusive ranges FIRST-LAST[:STRIDE] "
+            "(e.g. 0,1,2,4,1000-143000:10000), taken from each model's schedule.",
         ),
     ],
     output: Annotated[
@@ -61,12 +62,13 @@ def batch(
         typer.Option("--output", "-o", help="Output folder: DIR/<model-name>/step<N>.safetensors."),
     ],
     jobs: Annotated[
-        int, typer.Option("--jobs", "-j", min=1, help="Revisions converted at once.")
+        int, typer.Option("--jobs", "-j", min=1, help="Revisions converted at once (at least 1).")
     ] = 1,
     shard: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option(
             "--shard",
+            metavar="K/N",
             help="K/N: convert only the K-th (from 1) of N disjoint parts of the work list.",
         ),
     ] = None,
@@ -99,7 +101,7 @@ def batch(
 ) -> None:
     """Convert many models and training steps; rerunning skips every output already done."""
     from pythia_tl.batch import BatchRequest, list_work, parse_shard, parse_step_spec, run_batch
-    from pythia_tl.engine.convert import ConvertOptions
+    from pythia_tl.engine.options import ConvertOptions
 
     request = BatchRequest(
         models=tuple(hub_model(model, "batch") for model in models),

@@ -61,7 +61,7 @@ def convert(
     A Hub revision not in the cache is streamed: converted while its bytes arrive, and not
     stored (unless --keep-downloads)."""
     from pythia_tl.api.convert import convert_with
-    from pythia_tl.engine.convert import ConvertOptions
+    from pythia_tl.engine.options import ConvertOptions
 
     options = ConvertOptions(
         dtype=choice.dtype,

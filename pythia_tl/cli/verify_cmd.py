@@ -9,7 +9,7 @@ import typer
 
 from pythia_tl.cli.errors import flag
 from pythia_tl.cli.json_output import ReportedFailure, print_json
-from pythia_tl.cli.options import CacheDir, CheckpointIndex, Json, Quiet, Revision, Step
+from pythia_tl.cli.options import CacheDir, CheckpointIndex, Json, Quiet, Step
 from pythia_tl.cli.progress import byte_progress
 from pythia_tl.errors import PythiaTLError
 from pythia_tl.text import printable
@@ -30,7 +30,15 @@ def verify(
             show_default=False,
         ),
     ] = None,
-    revision: Revision = None,
+    revision: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--revision",
+            metavar="REV",
+            help="Hub branch, tag or commit of the source (default: the commit recorded in "
+            "the file).",
+        ),
+    ] = None,
     step: Step = None,
     checkpoint_index: CheckpointIndex = None,
     cache_dir: CacheDir = None,
