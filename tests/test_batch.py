@@ -296,7 +296,9 @@ def test_a_file_that_is_not_a_pythia_tl_output_is_left_alone(
     ("args", "message"),
     [
         (["--steps", "0,3"], "--steps: pythia-70m has no checkpoint at step 3"),
-        (["--steps", "600:900"], "--steps: range 600:900 covers no checkpoint of pythia-70m"),
+        (["--steps", "600:900"], "--steps: range 600-900 covers no checkpoint of pythia-70m"),
+        (["--steps", "600-900"], "--steps: range 600-900 covers no checkpoint of pythia-70m"),
+        (["--steps", "1500"], "pythia-70m has no checkpoint at step 1500 (nearest: 1000 and 2000"),
         (["--steps", "1,x"], "--steps '1,x': 'x' is not a step number"),
         (["--steps", "0", "--shard", "3/2"], "--shard '3/2': K must be between 1 and N"),
         (["--steps", "0", "--dtype", "float8"], "--dtype 'float8'"),

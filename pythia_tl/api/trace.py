@@ -80,7 +80,7 @@ def trace(
     reporter: BatchReporter | None = None,
 ) -> TraceResult:
     """Write the TransformerLens keys ``tensors`` (globs) of Hub model ``model`` at ``steps``
-    (``"all"``, a SPEC such as ``"0,1,1000:143000:10000"``, or step numbers) into ``output``,
+    (``"all"``, a SPEC such as ``"0,1,1000-143000:10000"``, or step numbers) into ``output``,
     each key stacked over the steps. Rerun after an interruption, it converts only what is
     missing. ``layers``, ``dtype``, ``process``, ``allow_nonfinite``, ``jobs``, ``cache_dir`` and
     ``keep_downloads`` are ``batch``'s; an existing ``output`` is replaced only with
