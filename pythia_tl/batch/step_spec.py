@@ -87,8 +87,8 @@ def parse_step_spec(text: str) -> StepSpec:
             raise UsageError(
                 Param("steps"), f" {text!r}: empty item; expected 'all' or e.g. 0,1,1000-5000"
             )
-        first, dash, rest = item.partition("-")
-        fields = [first, *rest.split(":")] if dash else item.split(":")
+        first, dash, after = item.partition("-")
+        fields = [first, *after.split(":")] if dash else item.split(":")
         if len(fields) > 3:
             raise UsageError(
                 Param("steps"), f" {text!r}: {item!r} has more than three fields (A-B:S)"

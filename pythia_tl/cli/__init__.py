@@ -9,7 +9,6 @@ their functions, so ``--help``, ``--version`` and the commands that convert noth
 from __future__ import annotations
 
 import gc
-import json
 import os
 import sys
 import warnings
@@ -139,6 +138,6 @@ def _fail(message: str, code: int, json_errors: bool) -> None:
     # so that no name can move the cursor, recolour the terminal or start a line of its own.
     one_line = " ".join(printable(message).split())
     if json_errors:
-        print(json.dumps({"error": one_line, "exit_code": code}))
+        json_output.print_json({"error": one_line, "exit_code": code})
     print(f"error: {one_line}", file=sys.stderr)
     sys.exit(code)

@@ -30,6 +30,7 @@ from pythia_tl.cli.options import (
     Quiet,
     with_output_options,
 )
+from pythia_tl.cli.tables import print_table
 from pythia_tl.hub.quotas import WINDOW_SECONDS
 from pythia_tl.text import printable
 
@@ -154,16 +155,19 @@ def _print_cost(cost: BatchCost, json_output: bool) -> None:
     if json_output:
         print_json(cost.to_json())
         return
-    for r in cost.revisions:
-        note = (
-            f" (= {r.duplicate_of})" if r.duplicate_of else (f" ({r.reason})" if r.reason else "")
-        )
-        print(
-            printable(
-                f"{r.item.label}  {(r.commit or '-')[:12]}  {r.status}{note}  fetch "
-                f"{decimal(r.fetch_bytes)}  write {decimal(r.write_bytes)}"
-            )
-        )
+    rows = [
+        [
+            r.item.label,
+            r.commit or "-",
+            r.status,
+            decimal(r.fetch_bytes),
+            decimal(r.write_bytes),
+            f"= {r.duplicate_of}" if r.duplicate_of else (r.reason or ""),
+        ]
+        for r in cost.revisions
+    ]
+    columns = ["revision", "commit", "status", "fetch", "write", "note"]
+    print_table(Console(), columns, rows, title="dry run: nothing converted")
     print(
         f"total: fetch {decimal(cost.fetch_bytes)}, write {decimal(cost.write_bytes)}; "
         f"{cost.resolve_requests} resolve and {cost.api_requests} API requests"

@@ -8,7 +8,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from pythia_tl.cli.clock import seconds_since_start
 from pythia_tl.cli.json_output import print_json
 from pythia_tl.cli.options import (
     AllowNonfinite,
@@ -90,7 +89,7 @@ def convert(
         print(
             printable(
                 f"wrote {result.output} ({result.tensors} tensors, {result.bytes / 1e6:.1f} MB, "
-                f"{result.dtype}{_processed(result.processing)}) in {seconds_since_start():.1f} s"
+                f"{result.dtype}{_processed(result.processing)}) in {result.seconds:.1f} s"
             ),
             file=sys.stderr,
         )

@@ -17,8 +17,6 @@ from pythia_tl.text import printable
 if TYPE_CHECKING:
     from pythia_tl.verify import VerifyReport
 
-_MARKS = {"ok": "ok", "failed": "FAIL", "skipped": "skip"}
-
 
 def verify(
     file: Annotated[Path, typer.Argument(help="A safetensors file written by pythia-tl.")],
@@ -85,6 +83,6 @@ def _print(report: VerifyReport) -> None:
     width = max(len(check.name) for check in report.checks)
     for check in report.checks:
         detail = printable(check.describe(flag))
-        print(f"{_MARKS[check.status]:<4}  {check.name:<{width}}  {detail}")
+        print(f"{check.status:<7}  {check.name:<{width}}  {detail}")
     if report.ok:
         print(printable(f"verified {report.file}"))

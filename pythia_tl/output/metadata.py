@@ -178,7 +178,7 @@ class OutputFile:
             if key in metadata:
                 metadata[key] = self._json_field(key, object)
         return {
-            "path": str(self.path),
+            "file": str(self.path),
             "bytes": self.size,
             "metadata": metadata,
             "tensors": {
