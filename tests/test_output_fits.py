@@ -98,7 +98,8 @@ def test_a_wide_plan_is_stacked_on_a_terminal(
     value, terminal, piped = rendered["plan"]
     lines = terminal.splitlines()
     first = value["tensors"][0]
-    at = lines.index(first["key"])  # the row's first cell on a line of its own
+    # The row's first cell starts its first line; the other cells follow, named.
+    at = next(i for i, line in enumerate(lines) if line.startswith(first["key"] + " "))
     assert f"source key: {first['source']}" in "\n".join(lines[at : at + 4])
     # Piped: one row to a line, every cell on it.
     row = next(line for line in piped.splitlines() if line.startswith(first["key"] + " "))

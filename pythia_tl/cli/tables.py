@@ -73,6 +73,8 @@ def print_table(
 
 _INDENT = "  "
 _GAP = "   "
+# A first cell this short (an index, a step) is shown with its column's name.
+_SHORT = 8
 
 
 def _natural_width(console: Console, table: Table) -> int:
@@ -87,7 +89,8 @@ def _print_stacked(
     rows: Sequence[Sequence[str]],
     title: str | None,
 ) -> None:
-    """Each row as its first cell, then its other cells packed into indented lines that fit."""
+    """Each row as its first cell (named when it is short, as an index is), then its other
+    non-empty cells as ``column: value``, packed into lines that fit, the later ones indented."""
     width = console.width
     if title:
         console.print(cell(title), soft_wrap=True)
@@ -95,14 +98,16 @@ def _print_stacked(
         if columns is None and len(row) == 2 and len(printable(f"{row[0]}: {row[1]}")) <= width:
             console.print(cell(f"{row[0]}: {row[1]}"), soft_wrap=True)  # a key and its value
             continue
-        console.print(cell(row[0]), soft_wrap=True)
-        names = list(columns[1:]) if columns is not None else [""] * (len(row) - 1)
+        names = list(columns) if columns is not None else [""] * len(row)
+        first = f"{names[0]}: {row[0]}" if names[0] and len(row[0]) <= _SHORT else row[0]
         items = [
             f"{name}: {value}" if name else value
-            for name, value in zip(names, row[1:], strict=True)
+            for name, value in zip(names[1:], row[1:], strict=True)
+            if value
         ]
-        for line in _packed([printable(item) for item in items], width - len(_INDENT)):
-            console.print(Text(_INDENT + line), soft_wrap=True)
+        packed = _packed([printable(item) for item in (first, *items)], width - len(_INDENT))
+        for number, line in enumerate(packed):
+            console.print(Text(line if number == 0 else _INDENT + line), soft_wrap=True)
 
 
 def _packed(items: Sequence[str], width: int) -> list[str]:
