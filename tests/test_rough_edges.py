@@ -94,6 +94,8 @@ def test_commands_that_convert_nothing_do_not_import_torch(
     # Refusing an existing output is instant: nothing converts, so nothing imports torch.
     assert not imports_torch(["convert", str(tiny_checkpoints["bin"]), "-o", str(out)], 1)
     assert not imports_torch(["convert", str(tiny_checkpoints["bin"]), "-o", f"{out}/x"], 1)
+    trace = ["trace", "pythia-70m", "--tensors", "embed.W_E", "--steps", "0", "-o", str(out)]
+    assert not imports_torch(trace, 1)
     # A .bin's headers are its pickle, which only torch's unpickler reads.
     assert imports_torch(["plan", str(tiny_checkpoints["bin"])])
 

@@ -126,11 +126,12 @@ def trace_with(
     reporter: BatchReporter | None = None,
 ) -> TraceResult:
     """``trace`` with its output options already parsed (the command line's way in)."""
-    from pythia_tl.batch import BatchRequest, list_work, run_batch
-
     name = hub_model_param(model)
     output = Path(output)
-    check_target(output, overwrite)
+    check_target(output, overwrite)  # before the batch's import of torch: a refusal is instant
+
+    from pythia_tl.batch import BatchRequest, list_work, run_batch
+
     parts = parts_folder(output)
     request = BatchRequest(
         models=(name,),

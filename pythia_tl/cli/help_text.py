@@ -4,7 +4,8 @@ Typer shows each value's Python type (``<str>``, ``<list[str]>``, ``<int range> 
 spells arguments ``{file}`` and ``{MODEL}...`` on the usage line; the help here shows one metavar
 per value instead (an argument's name in capitals, an option's declared metavar or one for its
 kind), lists ``--debug`` under every command (``main`` accepts it anywhere on the line) and gives
-each command one unbroken line in the command list.
+each command's description whole paragraphs, wrapped to the terminal (not at the docstring's
+line breaks).
 """
 
 from __future__ import annotations
@@ -27,11 +28,14 @@ def tidy_help(command: Any) -> None:
         listed.expose_value = False  # parsed by the root: main() moves --debug before the command
         sub.params.append(listed)
         _tidy_params(sub)
-        sub.short_help = _first_paragraph(sub.help or "")
+        paragraphs = _paragraphs(sub.help or "")
+        # Typer keeps a docstring's line breaks: joined, each paragraph wraps to the terminal.
+        sub.help = "\n\n".join(paragraphs)
+        sub.short_help = paragraphs[0] if paragraphs else ""
 
 
-def _first_paragraph(text: str) -> str:
-    return " ".join(inspect.cleandoc(text).split("\n\n")[0].split())
+def _paragraphs(text: str) -> list[str]:
+    return [" ".join(part.split()) for part in inspect.cleandoc(text).split("\n\n")]
 
 
 def _tidy_params(command: Any) -> None:
