@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pythia_tl.mapping.selection import parse_selection
-from pythia_tl.output.atomic import check_creatable, check_target
+from pythia_tl.output.atomic import check_creatable, check_target, make_folder
 from pythia_tl.processing import Processing
 
 if TYPE_CHECKING:
@@ -47,9 +47,10 @@ def convert(
 
     ``output``: the file, or a folder (an existing one, or a path ending in ``/``) to write the
     default name ``<model-name>[-<revision>].safetensors`` in; default: that name in the current
-    folder. An existing file is replaced only with ``overwrite=True``, and is refused before
-    anything is fetched. ``step``, ``revision`` or ``checkpoint_index`` (one of them) choose a
-    Hub revision. ``dtype``: "auto" (the source's), "float32", "float16" or "bfloat16".
+    folder. A missing folder is created, once the source is found. An existing file is replaced
+    only with ``overwrite=True``, and is refused before anything is fetched. ``step``,
+    ``revision`` or ``checkpoint_index`` (one of them) choose a Hub revision. ``dtype``: "auto"
+    (the source's), "float32", "float16" or "bfloat16".
     ``process`` (or the four passes one by one): TransformerLens' weight processing.
     ``tensors``/``layers``: write only these keys (comma-separated globs) or layers (``"0-3,10"``);
     only the bytes they need are read. ``keep_downloads``: download the weights into the cache
@@ -132,10 +133,10 @@ def convert_with(
     if given is None or into_folder:
         asked = any(x is not None for x in (revision, step, checkpoint_index))
         folder = given or Path()
-        folder.mkdir(parents=True, exist_ok=True)
+        make_folder(folder)
         given = folder / default_output_name(resolved.provenance, asked)
         check_target(given, options.overwrite)
     elif not given.parent.is_dir():
-        given.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(given.parent)
         check_target(given, options.overwrite)
     return run_conversion(resolved, given, options, on_bytes=on_bytes)

@@ -143,6 +143,14 @@ def check_creatable(folder: Path) -> None:
             return
 
 
+def make_folder(folder: Path) -> None:
+    """Create ``folder`` and its missing parents; OutputError naming it if that fails."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{folder}: cannot create the folder ({exc.strerror or exc})") from None
+
+
 def exists_error(target: Path) -> OutputError:
     return OutputError(
         f"{target}: already exists (use ", Param("overwrite", True), " to overwrite)"
