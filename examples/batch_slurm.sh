@@ -23,9 +23,12 @@ steps=${STEPS:-all}
 out=${OUT:-$HOME/pythia-tl-suite}
 jobs=${JOBS:-2} # revisions at once: memory grows with it (one conversion each)
 
-# Downloads go to node-local disk and are removed as soon as each revision is converted, so the
-# cache holds at most a few revisions at a time.
-export HF_HUB_CACHE="${TMPDIR:-/tmp}/hf-hub-cache-${SLURM_ARRAY_JOB_ID}-${SLURM_ARRAY_TASK_ID}"
+# Weights are streamed from the Hub straight into the outputs: nothing of them is written to any
+# disk but OUT. The huggingface_hub cache receives only each revision's small files (config.json,
+# the index and the tokenizer files), and the outputs record where the tokenizer files are, so
+# pythia_tl.load() finds them offline later. Keep that cache where the machines that load the
+# outputs see it (the default, ~/.cache/huggingface/hub, or HF_HUB_CACHE set before sbatch); a
+# per-task cache in $TMPDIR would be deleted with the task and take the tokenizer files with it.
 export HF_HUB_DISABLE_PROGRESS_BARS=1
 
 # Slurm sends SIGTERM at the time limit: pythia-tl stops the conversions in flight, leaves no

@@ -17,6 +17,8 @@ path, text = sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "the model was a
 model = pythia_tl.load(path)  # a HookedTransformer; the file's dtype, its tokenizer
 logits, cache = model.run_with_cache(text)
 top = logits[0, -1].topk(3).indices.tolist()
-print(f"{model.cfg.model_name} (step {model.cfg.checkpoint_value}): {model.cfg.n_layers} layers")
+step = model.cfg.checkpoint_value  # None for a file converted from a folder or from main
+where = f"step {step}" if step is not None else "no training step recorded"
+print(f"{model.cfg.model_name} ({where}): {model.cfg.n_layers} layers")
 print(f"next-token candidates after {text!r}: {[model.tokenizer.decode(t) for t in top]}")
 print(f"attention pattern of layer 0: {tuple(cache['pattern', 0].shape)}")

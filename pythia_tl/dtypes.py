@@ -55,6 +55,14 @@ BY_SAFETENSORS = {dtype.safetensors: dtype for dtype in DTYPES}
 
 FLOAT32 = BY_NAME["float32"]
 
+
+def dtype_name(safetensors_code: str) -> str:
+    """The name of a safetensors header's dtype code (``F16`` -> ``float16``), as ``--dtype``,
+    the metadata and ``plan`` spell it; a code pythia-tl does not know stays as it is."""
+    known = BY_SAFETENSORS.get(safetensors_code)
+    return known.name if known is not None else safetensors_code
+
+
 # What a converted file may hold (and ``dtype`` may ask for), in the order help texts list them.
 OUTPUT_DTYPES: tuple[DType, ...] = (FLOAT32, BY_NAME["float16"], BY_NAME["bfloat16"])
 OUTPUT_DTYPE_NAMES: tuple[str, ...] = tuple(dtype.name for dtype in OUTPUT_DTYPES)

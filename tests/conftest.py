@@ -268,3 +268,15 @@ def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> TinyCheckpoint
         seed=TINY_SEED,
     )
     return TinyCheckpoints(TINY_SHAPE, TINY_SEED, folders)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """With triton loaded (torch imports it where it is installed), the interpreter's shutdown
+    prints some 30 lines of ``nanobind: leaked ... functions``: nanobind's leak report of
+    triton's bindings, not a failure of the tests, and after pytest's summary. Everything pytest
+    reports is printed by now, so the shutdown's stderr goes to /dev/null."""
+    if "triton" in sys.modules:
+        sys.stderr.flush()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)

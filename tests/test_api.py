@@ -286,11 +286,11 @@ def test_importing_the_api_imports_no_torch() -> None:
     assert done.returncode == 0, done.stderr
 
 
-def test_the_readme_research_loop_runs_against_the_stand_in_hub(
+def test_the_docs_tensors_research_loop_runs_against_the_stand_in_hub(
     stand_in_hub: StandInHub, tmp_path: Path
 ) -> None:
     suite = publish_suite(stand_in_hub, tmp_path / "hub")
-    readme = (REPO_ROOT / "README.md").read_text()
+    readme = (REPO_ROOT / "docs" / "python-api.md").read_text()
     block = readme.split("<!-- research-loop -->\n```python\n", 1)[1].split("```", 1)[0]
     env = dict(os.environ)  # the stand-in Hub's endpoint and a private cache (hf_env)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)

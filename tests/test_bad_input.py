@@ -191,23 +191,33 @@ def test_a_weight_that_is_not_a_float(
     assert_fails_cleanly(result, tmp_path, 1, name, fragment)
 
 
-def test_output_folder_that_does_not_exist(
+def test_an_output_in_a_folder_that_does_not_exist_creates_it(
     cli: Run, tiny_checkpoints: TinyCheckpoints, tmp_path: Path
 ) -> None:
+    # As -o no/such/ does: the folder is made once the source is found.
     target = tmp_path / "no" / "such" / "x.safetensors"
-    result = cli(["convert", str(tiny_checkpoints["safetensors"]), "-o", str(target)])
-    assert_fails_cleanly(result, tmp_path, 1, str(target), "cannot create a file there")
+    status, _, stderr = cli(["convert", str(tiny_checkpoints["safetensors"]), "-o", str(target)])
+    assert status == 0, stderr
+    assert [p.name for p in target.parent.iterdir()] == ["x.safetensors"]
+    # A source that cannot be found leaves no folder behind.
+    target = tmp_path / "other" / "x.safetensors"
+    result = cli(["convert", str(tmp_path / "no-such-source"), "-o", str(target)])
+    assert result[0] != 0 and not target.parent.exists()
 
 
+@pytest.mark.parametrize("into_folder", [False, True])
 def test_output_folder_that_cannot_be_written(
-    cli: Run, tiny_checkpoints: TinyCheckpoints, tmp_path: Path
+    cli: Run, tiny_checkpoints: TinyCheckpoints, tmp_path: Path, into_folder: bool
 ) -> None:
     # A regular file where a folder should be: refused even for root, unlike permission bits.
     blocker = tmp_path / "blocker"
     blocker.write_text("")
-    target = blocker / "x.safetensors"
-    result = cli(["convert", str(tiny_checkpoints["safetensors"]), "-o", str(target)])
-    assert_fails_cleanly(result, tmp_path, 1, str(target), "cannot create a file there")
+    target = f"{blocker / 'sub'}/" if into_folder else str(blocker / "sub" / "x.safetensors")
+    result = cli(["convert", str(tiny_checkpoints["safetensors"]), "-o", target])
+    assert_fails_cleanly(
+        result, tmp_path, 1, str(blocker / "sub"), f"cannot create a folder there ({blocker} is"
+    )
+    assert blocker.read_text() == ""
 
 
 def test_existing_output_without_force(

@@ -43,7 +43,7 @@ def summary_of(out: Path, name: str = "summary.json") -> dict:
 
 
 def statuses(summary: dict) -> dict[tuple[str, int], str]:
-    return {(e["repo_id"], e["step"]): e["status"] for e in summary["revisions"]}
+    return {(e["model"], e["step"]): e["status"] for e in summary["revisions"]}
 
 
 def weight_blobs(hf_env: HfEnv) -> list[Path]:
@@ -69,7 +69,7 @@ def test_a_batch_converts_every_step_and_links_the_duplicate(
         "failed": 0,
         "cancelled": 0,
     }
-    entries = {(e["repo_id"], e["step"]): e for e in summary["revisions"]}
+    entries = {(e["model"], e["step"]): e for e in summary["revisions"]}
     assert list(entries) == suite.items()
     for (repo_id, step), entry in entries.items():
         assert entry["commit"] == suite.commit(repo_id, step)
@@ -165,7 +165,7 @@ def test_an_offline_rerun_checks_commits_against_the_cache(
     assert {e["status"] for e in entries} == {"skipped", "duplicate"}
     # The commits come from the cache's refs, which cleaning the downloads kept. The duplicate
     # was never downloaded: it is settled from the summary's record of it, with no network.
-    assert {(e["repo_id"], e["step"]): e["commit"] for e in entries} == {
+    assert {(e["model"], e["step"]): e["commit"] for e in entries} == {
         item: suite.commit(*item) for item in suite.items()
     }
 
@@ -229,7 +229,7 @@ def test_a_branch_with_a_missing_shard_fails_and_the_others_land(
     assert f"names shard '{lost.name}'" in last
     summary = summary_of(out)
     failed = [e for e in summary["revisions"] if e["status"] == "failed"]
-    assert [(e["model"], e["step"]) for e in failed] == [("pythia-160m", 2)]
+    assert [(e["model_name"], e["step"]) for e in failed] == [("pythia-160m", 2)]
     assert f"names shard '{lost.name}'" in failed[0]["reason"]
     assert summary["counts"]["converted"] == 8
     assert not output_path(out, "EleutherAI/pythia-160m", 2).exists()
@@ -296,7 +296,9 @@ def test_a_file_that_is_not_a_pythia_tl_output_is_left_alone(
     ("args", "message"),
     [
         (["--steps", "0,3"], "--steps: pythia-70m has no checkpoint at step 3"),
-        (["--steps", "600:900"], "--steps: range 600:900 covers no checkpoint of pythia-70m"),
+        (["--steps", "600:900"], "--steps: range 600-900 covers no checkpoint of pythia-70m"),
+        (["--steps", "600-900"], "--steps: range 600-900 covers no checkpoint of pythia-70m"),
+        (["--steps", "1500"], "pythia-70m has no checkpoint at step 1500 (nearest: 1000 and 2000"),
         (["--steps", "1,x"], "--steps '1,x': 'x' is not a step number"),
         (["--steps", "0", "--shard", "3/2"], "--shard '3/2': K must be between 1 and N"),
         (["--steps", "0", "--dtype", "float8"], "--dtype 'float8'"),

@@ -87,7 +87,7 @@ def test_a_killed_batch_leaves_complete_outputs_and_the_rerun_does_only_the_rest
     assert rerun.returncode == 0, rerun.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["complete"] is True
-    by_item = {(e["repo_id"], e["step"]): e["status"] for e in summary["revisions"]}
+    by_item = {(e["model"], e["step"]): e["status"] for e in summary["revisions"]}
     assert {item for item, status in by_item.items() if status == "skipped"} == done
     assert all(
         status in ("converted", "duplicate") for item, status in by_item.items() if item not in done
@@ -113,7 +113,7 @@ def test_sigterm_stops_at_once_and_leaves_no_temporary_file(
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
     assert_only_complete_outputs(out)
     summary = json.loads((out / "summary.json").read_text())
-    statuses = {(e["repo_id"], e["step"]): e["status"] for e in summary["revisions"]}
+    statuses = {(e["model"], e["step"]): e["status"] for e in summary["revisions"]}
     done = finished_outputs(out)
     assert {
         item for item, status in statuses.items() if status in ("converted", "duplicate")

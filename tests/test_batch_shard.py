@@ -119,7 +119,7 @@ def test_shards_run_at_once_split_a_suite_with_no_shared_file(
         json.loads((out / f"summary-{k}-of-{n}.json").read_text()) for k in range(1, n + 1)
     ]
     assert not (out / "summary.json").exists()
-    taken = [(e["repo_id"], e["step"]) for s in summaries for e in s["revisions"]]
+    taken = [(e["model"], e["step"]) for s in summaries for e in s["revisions"]]
     assert sorted(taken) == suite.items()
     assert len(taken) == len(set(taken))
     for summary in summaries:

@@ -14,7 +14,8 @@ from safetensors.torch import save_file
 from pythia_tl.batch.dedupe import duplicate_note, remove_stale_output, weights_key
 from pythia_tl.batch.resume import Requirements, judge_existing
 from pythia_tl.batch.work import WorkItem
-from pythia_tl.engine.convert import ConvertOptions, convert
+from pythia_tl.engine.convert import convert
+from pythia_tl.engine.options import ConvertOptions
 from pythia_tl.processing import Processing
 from pythia_tl.source import resolve_source
 
@@ -118,3 +119,34 @@ def test_all_selects_token_branches_and_step_numbers_select_step_branches() -> N
         "400b_tokens, 600b_tokens, ...), not steps; select them with --steps all"
     )
     assert str(raised.value).endswith("select them with steps='all'")
+@pytest.mark.parametrize("old", [False, True])
+def test_summaries_before_model_named_the_repository_are_still_read(
+    tmp_path: Path, old: bool
+) -> None:
+    import json
+
+    from pythia_tl.batch.summary import read_entries, recorded_duplicates, why_not_written
+
+    # Before schema 1, "model" was the short name and "repo_id" the repository.
+    names = (
+        {"model": "pythia-70m", "repo_id": "EleutherAI/pythia-70m"}
+        if old
+        else {"model": "EleutherAI/pythia-70m", "model_name": "pythia-70m"}
+    )
+    entry = {
+        **names,
+        "step": 2,
+        "revision": "step2",
+        "status": "duplicate",
+        "commit": "c" * 40,
+        "source_sha256": {"model.safetensors": "a" * 64},
+        "anomaly": "step2 holds step143000's weights",
+        "weights_in": "pythia-70m/step143000.safetensors",
+    }
+    (tmp_path / "summary.json").write_text(json.dumps({"revisions": [entry]}))
+    assert len(read_entries(tmp_path / "summary.json")) == 1
+    assert recorded_duplicates(tmp_path / "summary.json") == {
+        ("EleutherAI/pythia-70m", "step2"): ("c" * 40, {"model.safetensors": "a" * 64})
+    }
+    why = why_not_written(tmp_path / "pythia-70m" / "step2.safetensors")
+    assert "its weights are in" in why and why.endswith("pythia-70m/step143000.safetensors")

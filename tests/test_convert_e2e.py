@@ -14,7 +14,8 @@ from synthetic import PythiaShape, write_checkpoint
 from tl_reference import tl_forward
 from transformers import GPTNeoXForCausalLM
 
-from pythia_tl.engine.convert import ConvertOptions, convert
+from pythia_tl.engine.convert import convert
+from pythia_tl.engine.options import ConvertOptions
 from pythia_tl.source import resolve_source
 
 ATOL = 1e-4

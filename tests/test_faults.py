@@ -19,7 +19,8 @@ import pytest
 from conftest import REPO_ROOT, HfEnv, Run, TinyCheckpoints
 from hub_server import StandInHub
 
-from pythia_tl.engine.convert import ConvertOptions, convert
+from pythia_tl.engine.convert import convert
+from pythia_tl.engine.options import ConvertOptions
 from pythia_tl.hub.errors import broken_download
 from pythia_tl.output.atomic import remove_stale_temporaries, temp_path_for
 from pythia_tl.source import resolve_source

@@ -19,7 +19,8 @@ from synthetic import PythiaShape, write_checkpoint
 from tl_reference import tl_forward
 from transformers import GPTNeoXForCausalLM
 
-from pythia_tl.engine.convert import ConvertOptions, convert
+from pythia_tl.engine.convert import convert
+from pythia_tl.engine.options import ConvertOptions
 from pythia_tl.engine.pipeline import Converted, convert_tensors
 from pythia_tl.errors import PlanError
 from pythia_tl.mapping.plan import ConversionPlan, plan_conversion

@@ -17,7 +17,8 @@ from safetensors import safe_open
 from synthetic import PythiaShape, write_checkpoint
 from transformers import GPTNeoXForCausalLM
 
-from pythia_tl.engine.convert import ConvertOptions, convert
+from pythia_tl.engine.convert import convert
+from pythia_tl.engine.options import ConvertOptions
 from pythia_tl.processing import TL_ORDER, Processing
 from pythia_tl.source import resolve_source
 

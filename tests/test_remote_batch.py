@@ -40,7 +40,7 @@ def test_dry_run_lists_the_cost_from_listings_and_headers(
     assert status == 0, stderr
     cost = json.loads(stdout)
     assert isinstance(cost["fetch_bytes"], int) and isinstance(cost["write_bytes"], int)
-    entries = {(r["repo_id"], r["revision"]): r for r in cost["revisions"]}
+    entries = {(r["model"], r["revision"]): r for r in cost["revisions"]}
     assert len(entries) == len(REPOS) * len(STEPS)
     missing = entries[("EleutherAI/pythia-160m", "step1")]
     assert missing["missing"] is True and missing["fetch_bytes"] == 0
@@ -122,16 +122,16 @@ def test_dry_run_says_what_the_run_then_does(
     status, stdout, stderr = cli([*args, "--dry-run", "--json"])
     assert status == 0, stderr
     planned = {
-        (r["repo_id"], int(r["revision"].removeprefix("step"))): r["status"]
+        (r["model"], int(r["revision"].removeprefix("step"))): r["status"]
         for r in json.loads(stdout)["revisions"]
     }
     cli([*args, "-q"])
     summary = json.loads((out / "summary.json").read_text())
-    done = {(e["repo_id"], e["step"]): e["status"] for e in summary["revisions"]}
-    as_run = {"convert": "converted", "skip": "skipped", "duplicate": "duplicate"}
+    done = {(e["model"], e["step"]): e["status"] for e in summary["revisions"]}
+    as_run = {"converted": "converted", "skipped": "skipped", "duplicate": "duplicate"}
     as_run |= {"missing": "failed", "refused": "failed"}
     assert {item: as_run[status] for item, status in planned.items()} == done
-    assert planned[moved] == "skip" and planned[("EleutherAI/pythia-160m", 1)] == "refused"
+    assert planned[moved] == "skipped" and planned[("EleutherAI/pythia-160m", 1)] == "refused"
 
 
 def test_dry_run_counts_the_requests_the_run_makes_and_each_revision_stays_within_four(

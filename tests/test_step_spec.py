@@ -41,10 +41,18 @@ def expected_selection(spec_parts: list[int | StepRange], schedule: list[int]) -
 
 
 def test_the_issue_example_on_the_pythia_schedule() -> None:
-    spec = parse_step_spec("0,1,2,4,1000:143000:10000")
+    spec = parse_step_spec("0,1,2,4,1000-143000:10000")
     expected = [0, 1, 2, 4, *range(1000, 143001, 10000)]
     assert spec.select(SCHEDULE, "pythia-70m") == expected
-    assert str(spec) == "0,1,2,4,1000:143000:10000"
+    assert str(spec) == "0,1,2,4,1000-143000:10000"
+
+
+def test_the_old_colon_ranges_mean_the_same() -> None:
+    assert parse_step_spec("0,1000:143000:10000") == parse_step_spec("0,1000-143000:10000")
+    assert parse_step_spec("1000:5000") == parse_step_spec("1000-5000")
+    assert parse_step_spec("1000-5000").select(SCHEDULE, "pythia-70m") == list(
+        range(1000, 5001, 1000)
+    )
 
 
 def test_all_is_the_whole_schedule() -> None:
@@ -100,6 +108,7 @@ def test_any_text_parses_or_is_a_usage_error_naming_the_flag(text: str) -> None:
         ("", "empty item"),
         ("1,,2", "empty item"),
         ("5:4", "range '5:4' ends before it starts"),
+        ("5-4", "range '5-4' ends before it starts"),
         ("0:10:0", "range '0:10:0' has a stride of 0"),
         ("1:2:3:4", "more than three fields"),
         ("-1", "'-1' is not a step number"),
@@ -115,5 +124,7 @@ def test_malformed_specs_are_named(text: str, message: str) -> None:
 def test_a_step_outside_the_schedule_is_named_with_the_model() -> None:
     with pytest.raises(UsageError, match="pythia-70m-v0 has no checkpoint at step 512"):
         parse_step_spec("512,1000").select(V0_SCHEDULE, "pythia-70m-v0")
-    with pytest.raises(UsageError, match="range 3:3 covers no checkpoint of pythia-70m"):
+    with pytest.raises(UsageError, match=r"step 1500 \(nearest: 1000 and 2000; see"):
+        parse_step_spec("1500").select(SCHEDULE, "pythia-70m")
+    with pytest.raises(UsageError, match="range 3-3 covers no checkpoint of pythia-70m"):
         parse_step_spec("3:3").select(SCHEDULE, "pythia-70m")

@@ -25,7 +25,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from pythia_tl.engine import hashing
-from pythia_tl.engine.convert import ConvertOptions, convert
+from pythia_tl.engine.convert import convert
+from pythia_tl.engine.options import ConvertOptions
 from pythia_tl.errors import CheckpointError, OutputError, SourceError
 from pythia_tl.output.atomic import remove_stale_temporaries, temp_path_for
 from pythia_tl.output.metadata import parse_metadata, read_output
@@ -230,7 +231,7 @@ def test_non_finite_values_are_refused_unless_allowed_and_verify_agrees(
     out.write_bytes(data.replace(b'"nonfinite":"allowed"', b'"nonfinite":"refused"'))
     status, stdout, _ = cli(["verify", str(out), "--no-source"])
     assert status == 1
-    assert "FAIL  integrity" in stdout and "non-finite" in stdout
+    assert "failed   integrity" in stdout and "non-finite" in stdout
 
 
 def test_files_without_the_nonfinite_key_still_parse(
@@ -259,7 +260,7 @@ def test_verify_checks_the_naming_fields_against_the_source(
     save_file(load_file(out), out, metadata=metadata)
     status, stdout, _ = cli(["verify", str(out)])
     assert status == 1
-    assert "FAIL  metadata" in stdout
+    assert "failed   metadata" in stdout
     assert f"metadata tl_config {field} is {value!r}, expected" in stdout
 
 

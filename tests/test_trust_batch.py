@@ -31,7 +31,7 @@ def summary_of(out: Path) -> dict:
 
 
 def entries(out: Path) -> dict[tuple[str, int], dict]:
-    return {(e["repo_id"], e["step"]): e for e in summary_of(out)["revisions"]}
+    return {(e["model"], e["step"]): e for e in summary_of(out)["revisions"]}
 
 
 def assert_recorded_sha256_are_the_files(out: Path) -> None:

@@ -18,7 +18,8 @@ from safetensors.torch import save_file
 from synthetic import write_checkpoint
 from tl_reference import tl_forward
 
-from pythia_tl.engine.convert import ConvertOptions, convert
+from pythia_tl.engine.convert import convert
+from pythia_tl.engine.options import ConvertOptions
 from pythia_tl.processing import NO_PROCESSING, Processing
 from pythia_tl.source import resolve_source
 from pythia_tl.verify import VerifyOptions, verify_file
@@ -62,7 +63,7 @@ def assert_fails(result: tuple[int, str, str], check: str, *fragments: str) -> N
     assert f"verification failed: {check}:" in lines[0], lines[0]
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
-    assert any(line.startswith("FAIL") and check in line for line in stdout.splitlines()), stdout
+    assert any(line.startswith("failed") and check in line for line in stdout.splitlines()), stdout
 
 
 # --- sound files pass ---------------------------------------------------------------------
@@ -104,7 +105,7 @@ def test_human_output_lists_every_check(
         ["ok", "integrity"],
         ["ok", "metadata"],
         ["ok", "source"],
-        ["skip", "logits"],
+        ["skipped", "logits"],
     ]
     assert lines[-1] == f"verified {out}"
 
@@ -267,7 +268,7 @@ def test_a_source_folder_that_is_gone_fails_unless_given_or_skipped(
     assert (status, stderr) == (0, ""), stderr
     status, stdout, stderr = cli(["verify", str(out), "--no-source"])
     assert (status, stderr) == (0, "")
-    assert "skip  source     not asked for (--no-source)" in stdout
+    assert "skipped  source     not asked for (--no-source)" in stdout
 
 
 def test_a_tl_config_that_disagrees_with_the_source_fails(

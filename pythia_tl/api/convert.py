@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pythia_tl.mapping.selection import parse_selection
-from pythia_tl.output.atomic import check_target
+from pythia_tl.output.atomic import check_creatable, check_target, make_folder
 from pythia_tl.processing import Processing
 
 if TYPE_CHECKING:
-    from pythia_tl.engine.convert import ConversionResult, ConvertOptions
+    from pythia_tl.engine.convert import ConversionResult
+    from pythia_tl.engine.options import ConvertOptions
 
 
 def convert(
@@ -46,9 +47,10 @@ def convert(
 
     ``output``: the file, or a folder (an existing one, or a path ending in ``/``) to write the
     default name ``<model-name>[-<revision>].safetensors`` in; default: that name in the current
-    folder. An existing file is replaced only with ``overwrite=True``, and is refused before
-    anything is fetched. ``step``, ``revision`` or ``checkpoint_index`` (one of them) choose a
-    Hub revision. ``dtype``: "auto" (the source's), "float32", "float16" or "bfloat16".
+    folder. A missing folder is created, once the source is found. An existing file is replaced
+    only with ``overwrite=True``, and is refused before anything is fetched. ``step``,
+    ``revision`` or ``checkpoint_index`` (one of them) choose a Hub revision. ``dtype``: "auto"
+    (the source's), "float32", "float16" or "bfloat16".
     ``process`` (or the four passes one by one): TransformerLens' weight processing.
     ``tensors``/``layers``: write only these keys (comma-separated globs) or layers (``"0-3,10"``);
     only the bytes they need are read. ``keep_downloads``: download the weights into the cache
@@ -57,7 +59,7 @@ def convert(
 
     Raises the library's errors (``pythia_tl.errors``); each names the parameter at fault.
     """
-    from pythia_tl.engine.convert import ConvertOptions
+    from pythia_tl.engine.options import ConvertOptions
     from pythia_tl.mapping.plan import check_dtype
 
     check_dtype(dtype)
@@ -100,16 +102,26 @@ def convert_with(
     keep_downloads: bool = False,
     on_bytes: Callable[[int, int], None] | None = None,
 ) -> ConversionResult:
-    """``convert`` with its output options already parsed (the command line's way in)."""
+    """``convert`` with its output options already parsed (the command line's way in).
+
+    A missing folder of ``output`` is created (once the source is found), whether ``output``
+    names the folder (ending in ``/``) or a file in it."""
+    text = None if output is None else os.fspath(output)
+    into_folder = text is not None and (text.endswith(os.sep) or Path(text).is_dir())
+    given = None if text is None else Path(text)
+    # Before anything is downloaded, converted or imported (torch): a refusal is instant.
+    if given is not None and not into_folder:
+        if given.parent.is_dir():
+            check_target(given, options.overwrite)
+        else:
+            check_creatable(given.parent)
+    elif given is not None:
+        check_creatable(given)
+
     from pythia_tl.engine.convert import convert as run_conversion
     from pythia_tl.engine.convert import default_output_name
     from pythia_tl.source import resolve_source
 
-    text = None if output is None else os.fspath(output)
-    into_folder = text is not None and (text.endswith(os.sep) or Path(text).is_dir())
-    given = None if text is None else Path(text)
-    if given is not None and not into_folder:
-        check_target(given, options.overwrite)  # before anything is downloaded or converted
     resolved = resolve_source(
         os.fspath(source),
         revision=revision,
@@ -121,7 +133,10 @@ def convert_with(
     if given is None or into_folder:
         asked = any(x is not None for x in (revision, step, checkpoint_index))
         folder = given or Path()
-        folder.mkdir(parents=True, exist_ok=True)
+        make_folder(folder)
         given = folder / default_output_name(resolved.provenance, asked)
+        check_target(given, options.overwrite)
+    elif not given.parent.is_dir():
+        make_folder(given.parent)
         check_target(given, options.overwrite)
     return run_conversion(resolved, given, options, on_bytes=on_bytes)

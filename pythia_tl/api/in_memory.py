@@ -13,8 +13,8 @@ from __future__ import annotations
 from contextlib import ExitStack
 from typing import TYPE_CHECKING
 
-from pythia_tl.engine.convert import ConvertOptions
 from pythia_tl.engine.finite import refuse_nonfinite
+from pythia_tl.engine.options import ConvertOptions
 from pythia_tl.engine.output_plan import plan_output
 from pythia_tl.engine.pipeline import convert_tensors, finish
 from pythia_tl.engine.reading import open_source

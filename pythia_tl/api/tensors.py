@@ -66,7 +66,7 @@ def tensors(
     """The TransformerLens tensors ``keys`` (globs such as ``"blocks.*.attn.W_Q"``, a comma
     list or a list) of Hub model ``model``, at each of ``steps`` in step order.
 
-    ``steps``: ``"all"``, a SPEC such as ``"0,1,1000:143000:10000"`` (as ``batch --steps``), or
+    ``steps``: ``"all"``, a SPEC such as ``"0,1,1000-143000:10000"`` (as ``batch --steps``), or
     step numbers, taken from the model's schedule. ``revision_per_step``: the revision of each
     step, for repositories whose branches are not named ``step<N>`` (its steps are the default
     ``steps``). ``layers``, ``dtype``, ``process`` and ``allow_nonfinite`` are ``convert``'s. A
@@ -151,7 +151,7 @@ def _steps(
     cache_dir: str | Path | None,
 ) -> Iterator[_Step]:
     from pythia_tl.api.in_memory import convert_in_memory
-    from pythia_tl.engine.convert import ConvertOptions
+    from pythia_tl.engine.options import ConvertOptions
     from pythia_tl.mapping.plan import check_dtype
     from pythia_tl.source.resolve import resolve_source
 

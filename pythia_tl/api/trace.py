@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     import torch
 
     from pythia_tl.batch import BatchReporter, BatchRequest, WorkItem
-    from pythia_tl.engine.convert import ConvertOptions
+    from pythia_tl.engine.options import ConvertOptions
 
 PARTS_SUFFIX = ".parts"
 
@@ -80,12 +80,12 @@ def trace(
     reporter: BatchReporter | None = None,
 ) -> TraceResult:
     """Write the TransformerLens keys ``tensors`` (globs) of Hub model ``model`` at ``steps``
-    (``"all"``, a SPEC such as ``"0,1,1000:143000:10000"``, or step numbers) into ``output``,
+    (``"all"``, a SPEC such as ``"0,1,1000-143000:10000"``, or step numbers) into ``output``,
     each key stacked over the steps. Rerun after an interruption, it converts only what is
     missing. ``layers``, ``dtype``, ``process``, ``allow_nonfinite``, ``jobs``, ``cache_dir`` and
     ``keep_downloads`` are ``batch``'s; an existing ``output`` is replaced only with
     ``overwrite=True``."""
-    from pythia_tl.engine.convert import ConvertOptions
+    from pythia_tl.engine.options import ConvertOptions
     from pythia_tl.mapping.plan import check_dtype
 
     globs = key_globs(tensors)
@@ -126,11 +126,12 @@ def trace_with(
     reporter: BatchReporter | None = None,
 ) -> TraceResult:
     """``trace`` with its output options already parsed (the command line's way in)."""
-    from pythia_tl.batch import BatchRequest, list_work, run_batch
-
     name = hub_model_param(model)
     output = Path(output)
-    check_target(output, overwrite)
+    check_target(output, overwrite)  # before the batch's import of torch: a refusal is instant
+
+    from pythia_tl.batch import BatchRequest, list_work, run_batch
+
     parts = parts_folder(output)
     request = BatchRequest(
         models=(name,),

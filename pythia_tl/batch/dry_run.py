@@ -32,7 +32,9 @@ class RevisionCost:
     commit: str | None
     fetch_bytes: int
     write_bytes: int
-    status: str  # convert, skip, duplicate, missing, refused (a file pythia-tl did not write)
+    # converted, skipped, duplicate (as the summary says), missing, refused (a file pythia-tl
+    # did not write)
+    status: str
     duplicate_of: str | None = None
     reason: str | None = None
     # Requests the run makes for it: /resolve (rate-limited per window) and API calls.
@@ -41,8 +43,8 @@ class RevisionCost:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "model": self.item.model.name,
-            "repo_id": self.item.repo_id,
+            "model": self.item.repo_id,
+            "model_name": self.item.model.name,
             "revision": self.item.revision,
             "step": self.item.step,
             "commit": self.commit,
@@ -187,7 +189,7 @@ def _skipped(
     key = weights_key(item.repo_id, existing.source_sha256)
     if key is not None:
         seen.setdefault(key, item.revision)
-    return RevisionCost(item, commit, 0, 0, "skip", reason=reason)
+    return RevisionCost(item, commit, 0, 0, "skipped", reason=reason)
 
 
 def _conversion_cost(
@@ -217,4 +219,4 @@ def _conversion_cost(
         options.selection,
     )
     size = output_size(entries, metadata)
-    return RevisionCost(item, listing.commit, fetch, size, "convert", resolve_requests=resolves)
+    return RevisionCost(item, listing.commit, fetch, size, "converted", resolve_requests=resolves)

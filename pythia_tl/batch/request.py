@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pythia_tl.batch.step_spec import StepSpec
 from pythia_tl.batch.work import Shard, WorkItem, check_distinct_folders, sorted_items
-from pythia_tl.engine.convert import ConvertOptions
+from pythia_tl.engine.options import ConvertOptions
 from pythia_tl.errors import Param, SourceError, UsageError
 from pythia_tl.hub.errors import HubUnreachable
 from pythia_tl.hub.listing import list_branches

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pythia_tl import CONVERTER_NAME
 from pythia_tl.batch.dedupe import weights_key
-from pythia_tl.engine.convert import ConvertOptions
+from pythia_tl.engine.options import ConvertOptions
 from pythia_tl.errors import OutputFileError
 from pythia_tl.mapping.selection import EVERY_TENSOR, Selection
 from pythia_tl.output.metadata import NONFINITE_KEY, read_output

@@ -12,7 +12,8 @@ from pythia_tl.batch.dedupe import duplicate_note, remove_stale_output
 from pythia_tl.batch.resume import ExistingOutput
 from pythia_tl.batch.summary import FileIdentity, RevisionResult
 from pythia_tl.batch.work import WorkItem
-from pythia_tl.engine.convert import ConvertOptions, convert
+from pythia_tl.engine.convert import convert
+from pythia_tl.engine.options import ConvertOptions
 from pythia_tl.errors import PythiaTLError
 from pythia_tl.hub.listing import RevisionListing
 from pythia_tl.hub.revision import CachedTokenizers, download_revision, fetch_revision

@@ -1,7 +1,8 @@
 """Step specs (``steps``): which training steps a batch converts.
 
-SPEC is ``all``, or a comma list of step numbers and inclusive ranges ``A:B`` (every step of the
-schedule from A to B) or ``A:B:S`` (A, A+S, A+2S, ... up to B). A range selects the steps of a
+SPEC is ``all``, or a comma list of step numbers and inclusive ranges ``A-B`` (every step of the
+schedule from A to B) or ``A-B:S`` (A, A+S, A+2S, ... up to B), spelled as ``--layers`` spells
+its ranges; the older ``A:B`` and ``A:B:S`` mean the same. A range selects the steps of a
 model's schedule that it covers; a step named on its own must be in the schedule.
 """
 
@@ -11,13 +12,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pythia_tl.errors import Param, UsageError
+from pythia_tl.source.names import nearest_steps
 
 _MAX_DIGITS = 18
 
 
 @dataclass(frozen=True)
 class StepRange:
-    """``start:stop[:stride]``, both ends included."""
+    """``start-stop[:stride]``, both ends included."""
 
     start: int
     stop: int
@@ -28,7 +30,7 @@ class StepRange:
 
     def __str__(self) -> str:
         stride = f":{self.stride}" if self.stride != 1 else ""
-        return f"{self.start}:{self.stop}{stride}"
+        return f"{self.start}-{self.stop}{stride}"
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,8 @@ class StepSpec:
                 if part not in available:
                     raise UsageError(
                         Param("steps"),
-                        f": {model_name} has no checkpoint at step {part} (see "
+                        f": {model_name} has no checkpoint at step {part} (nearest: "
+                        f"{' and '.join(map(str, nearest_steps(part, sorted(available))))}; see "
                         f"'pythia-tl checkpoints {model_name}')",
                     )
                 chosen.add(part)
@@ -74,7 +77,7 @@ class StepSpec:
 
 
 def parse_step_spec(text: str) -> StepSpec:
-    """Parse ``all`` or a comma list of ``N``, ``A:B`` and ``A:B:S``."""
+    """Parse ``all`` or a comma list of ``N``, ``A-B`` and ``A-B:S`` (or ``A:B``, ``A:B:S``)."""
     if text.strip().lower() == "all":
         return StepSpec()
     parts: list[int | StepRange] = []
@@ -82,12 +85,13 @@ def parse_step_spec(text: str) -> StepSpec:
         item = raw.strip()
         if not item:
             raise UsageError(
-                Param("steps"), f" {text!r}: empty item; expected 'all' or e.g. 0,1,1000:5000"
+                Param("steps"), f" {text!r}: empty item; expected 'all' or e.g. 0,1,1000-5000"
             )
-        fields = item.split(":")
+        first, dash, after = item.partition("-")
+        fields = [first, *after.split(":")] if dash else item.split(":")
         if len(fields) > 3:
             raise UsageError(
-                Param("steps"), f" {text!r}: {item!r} has more than three fields (A:B:S)"
+                Param("steps"), f" {text!r}: {item!r} has more than three fields (A-B:S)"
             )
         numbers = [_step_number(field, item, text) for field in fields]
         if len(numbers) == 1:
@@ -108,6 +112,6 @@ def _step_number(field: str, item: str, text: str) -> int:
     # More digits than any step has; also keeps int() from refusing thousands of them.
     if not (digits.isascii() and digits.isdigit()) or len(digits) > _MAX_DIGITS:
         raise UsageError(
-            Param("steps"), f" {text!r}: {item!r} is not a step number or a range A:B[:S] of them"
+            Param("steps"), f" {text!r}: {item!r} is not a step number or a range A-B[:S] of them"
         )
     return int(digits)

@@ -24,6 +24,7 @@ from pythia_tl import __version__
 from pythia_tl.batch.locks import held
 from pythia_tl.batch.work import Shard, WorkItem
 from pythia_tl.errors import OutputError
+from pythia_tl.json_schema import SCHEMA_VERSION
 from pythia_tl.output.atomic import atomic_path
 from pythia_tl.small_files import read_small_file
 from pythia_tl.source.schedule import checkpoint_branch, training_order
@@ -82,8 +83,8 @@ class RevisionResult:
     def to_json(self) -> dict[str, Any]:
         identity = self.output_identity
         return {
-            "model": self.item.model.name,
-            "repo_id": self.item.repo_id,
+            "model": self.item.repo_id,
+            "model_name": self.item.model.name,
             "step": self.item.step,
             "revision": self.item.revision,
             "status": self.status,
@@ -175,7 +176,9 @@ def _identity(entry: dict[str, Any]) -> FileIdentity | None:
 def _entry_key(entry: object) -> EntryKey | None:
     if not isinstance(entry, dict):
         return None
-    repo_id, revision, step = entry.get("repo_id"), entry.get("revision"), entry.get("step")
+    # "repo_id": summaries written before "model" named the repository.
+    repo_id = entry.get("repo_id", entry.get("model"))
+    revision, step = entry.get("revision"), entry.get("step")
     if not isinstance(repo_id, str):
         return None
     if isinstance(revision, str):
@@ -257,6 +260,7 @@ class BatchSummary:
         entries = [merged[key] for key in sorted(merged, key=_entry_order)]
         this_run = [merged[(item.repo_id, item.revision)] for item in self.items]
         return {
+            "schema": SCHEMA_VERSION,
             "converter_version": __version__,
             "command": self._command,
             "work_list_size": self._work_list_size,
@@ -316,7 +320,9 @@ def why_not_written(path: Path) -> str:
         for entry in read_entries(summary):
             if entry.get("status") != "duplicate" or entry.get("revision") != path.stem:
                 continue
-            if f"{entry.get('model')}/{entry.get('revision')}.safetensors" != relative:
+            # "model": the short name, in summaries written before "model_name".
+            name = entry.get("model_name", entry.get("model"))
+            if f"{name}/{entry.get('revision')}.safetensors" != relative:
                 continue
             held_by = entry.get("weights_in")
             if isinstance(held_by, str):

@@ -9,11 +9,9 @@ their functions, so ``--help``, ``--version`` and the commands that convert noth
 from __future__ import annotations
 
 import gc
-import json
 import os
 import sys
 import warnings
-from typing import Any
 
 import typer
 import typer.main
@@ -32,6 +30,7 @@ from pythia_tl.cli import (
     verify_cmd,
 )
 from pythia_tl.cli.errors import in_flags
+from pythia_tl.cli.help_text import tidy_help
 from pythia_tl.cli.memory import return_large_frees
 from pythia_tl.cli.notices import show_notices
 from pythia_tl.cli.signals import StopSignal, stop_signals_raise
@@ -89,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     json_errors = "--json" in args
     try:
         command = typer.main.get_command(app)
-        _hide_flag_types(command)
+        tidy_help(command)
         # torch's hundreds of thousands of objects live until exit: frozen, they are left out of
         # every garbage collection a conversion triggers (a few percent of its CPU time, profiled).
         gc.freeze()
@@ -139,19 +138,6 @@ def _fail(message: str, code: int, json_errors: bool) -> None:
     # so that no name can move the cursor, recolour the terminal or start a line of its own.
     one_line = " ".join(printable(message).split())
     if json_errors:
-        print(json.dumps({"error": one_line, "exit_code": code}))
+        json_output.print_json({"error": one_line, "exit_code": code})
     print(f"error: {one_line}", file=sys.stderr)
     sys.exit(code)
-
-
-def _hide_flag_types(command: Any) -> None:
-    """Show boolean flags (and --help) without a ``<bool>`` type: they take no value."""
-    params = list(command.params)
-    help_option = command.get_help_option(command.context_class(command, info_name=command.name))
-    if help_option is not None:
-        params.append(help_option)
-    for param in params:
-        if getattr(param, "is_flag", False):
-            param.metavar = ""
-    for sub in getattr(command, "commands", {}).values():
-        _hide_flag_types(sub)

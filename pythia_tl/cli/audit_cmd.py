@@ -30,7 +30,8 @@ def audit(
         str,
         typer.Option(
             "--steps",
-            help="'all', or a comma list of steps and inclusive ranges FIRST:LAST[:STRIDE], "
+            metavar="SPEC",
+            help="'all', or a comma list of steps and inclusive ranges FIRST-LAST[:STRIDE], "
             "taken from each model's schedule (main is always audited).",
         ),
     ] = "all",
@@ -77,15 +78,13 @@ def _print_report(report: AuditReport) -> None:
             finding.ref.repo_id,
             finding.ref.revision,
             "-" if finding.index is None else str(finding.index),
-            finding.status.replace("_", " "),
+            finding.status,  # the JSON's word
             finding.describe(),
             ", ".join(finding.known) or "-",
         ]
         for finding in report.findings
     ]
-    counts = ", ".join(
-        f"{n} {status.replace('_', ' ')}" for status, n in report.counts().items() if n
-    )
+    counts = ", ".join(f"{n} {status}" for status, n in report.counts().items() if n)
     title = f"audit of {', '.join(report.models)} (steps {report.steps}): {counts}"
     columns = ["model", "revision", "index", "status", "detail", "known report"]
     print_table(Console(), columns, cells, title=title)

@@ -30,6 +30,7 @@ from pythia_tl.cli.options import (
     Quiet,
     with_output_options,
 )
+from pythia_tl.cli.tables import print_table
 from pythia_tl.hub.quotas import WINDOW_SECONDS
 from pythia_tl.text import printable
 
@@ -52,8 +53,9 @@ def batch(
         str,
         typer.Option(
             "--steps",
-            help="'all', or a comma list of steps and inclusive ranges FIRST:LAST[:STRIDE] "
-            "(e.g. 0,1,2,4,1000:143000:10000), taken from each model's schedule; 'all' also "
+            metavar="SPEC",
+            help="'all', or a comma list of steps and inclusive ranges FIRST-LAST[:STRIDE] "
+            "(e.g. 0,1,2,4,1000-143000:10000), taken from each model's schedule; 'all' also "
             "takes branches named by a token count (such as 240b_tokens) of a repository "
             "outside the Pythia suite.",
         ),
@@ -65,12 +67,13 @@ def batch(
         ),
     ],
     jobs: Annotated[
-        int, typer.Option("--jobs", "-j", min=1, help="Revisions converted at once.")
+        int, typer.Option("--jobs", "-j", min=1, help="Revisions converted at once (at least 1).")
     ] = 1,
     shard: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option(
             "--shard",
+            metavar="K/N",
             help="K/N: convert only the K-th (from 1) of N disjoint parts of the work list.",
         ),
     ] = None,
@@ -103,7 +106,7 @@ def batch(
 ) -> None:
     """Convert many models and training steps; rerunning skips every output already done."""
     from pythia_tl.batch import BatchRequest, list_work, parse_shard, parse_step_spec, run_batch
-    from pythia_tl.engine.convert import ConvertOptions
+    from pythia_tl.engine.options import ConvertOptions
 
     request = BatchRequest(
         models=tuple(hub_model(model, "batch") for model in models),
@@ -156,16 +159,19 @@ def _print_cost(cost: BatchCost, json_output: bool) -> None:
     if json_output:
         print_json(cost.to_json())
         return
-    for r in cost.revisions:
-        note = (
-            f" (= {r.duplicate_of})" if r.duplicate_of else (f" ({r.reason})" if r.reason else "")
-        )
-        print(
-            printable(
-                f"{r.item.label}  {(r.commit or '-')[:12]}  {r.status}{note}  fetch "
-                f"{decimal(r.fetch_bytes)}  write {decimal(r.write_bytes)}"
-            )
-        )
+    rows = [
+        [
+            r.item.label,
+            r.commit or "-",
+            r.status,
+            decimal(r.fetch_bytes),
+            decimal(r.write_bytes),
+            f"= {r.duplicate_of}" if r.duplicate_of else (r.reason or ""),
+        ]
+        for r in cost.revisions
+    ]
+    columns = ["revision", "commit", "status", "fetch", "write", "note"]
+    print_table(Console(), columns, rows, title="dry run: nothing converted")
     print(
         f"total: fetch {decimal(cost.fetch_bytes)}, write {decimal(cost.write_bytes)}; "
         f"{cost.resolve_requests} resolve and {cost.api_requests} API requests"

@@ -8,7 +8,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from pythia_tl.cli.clock import seconds_since_start
 from pythia_tl.cli.json_output import print_json
 from pythia_tl.cli.options import (
     AllowNonfinite,
@@ -61,7 +60,7 @@ def convert(
     A Hub revision not in the cache is streamed: converted while its bytes arrive, and not
     stored (unless --keep-downloads)."""
     from pythia_tl.api.convert import convert_with
-    from pythia_tl.engine.convert import ConvertOptions
+    from pythia_tl.engine.options import ConvertOptions
 
     options = ConvertOptions(
         dtype=choice.dtype,
@@ -90,7 +89,7 @@ def convert(
         print(
             printable(
                 f"wrote {result.output} ({result.tensors} tensors, {result.bytes / 1e6:.1f} MB, "
-                f"{result.dtype}{_processed(result.processing)}) in {seconds_since_start():.1f} s"
+                f"{result.dtype}{_processed(result.processing)}) in {result.seconds:.1f} s"
             ),
             file=sys.stderr,
         )

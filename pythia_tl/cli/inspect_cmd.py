@@ -12,7 +12,8 @@ from rich.console import Console
 
 from pythia_tl.cli.json_output import print_json
 from pythia_tl.cli.options import Json
-from pythia_tl.cli.tables import natural_key, print_table
+from pythia_tl.cli.tables import print_table, tl_key_order
+from pythia_tl.dtypes import dtype_name
 from pythia_tl.output.metadata import JSON_KEYS, OPTIONAL_KEYS, REQUIRED_KEYS, read_output
 from pythia_tl.text import printable
 
@@ -33,7 +34,7 @@ def inspect(
         print(json.dumps(info.tl_config, indent=2))
         return
     keys = sorted(info.metadata, key=lambda key: (_SCHEMA_ORDER.get(key, len(_SCHEMA_ORDER)), key))
-    names = sorted(info.tensors, key=natural_key)
+    names = sorted(info.tensors, key=tl_key_order)
     if json_output:
         described = info.to_json()
         metadata: dict[str, Any] = described["metadata"]
@@ -63,6 +64,8 @@ def inspect(
         rows.append([key, value])
     if rows:
         print_table(console, None, rows, title=str(file))
-    tensor_rows = [[name, str(info.tensors[name][1]), info.tensors[name][0]] for name in names]
+    tensor_rows = [
+        [name, str(info.tensors[name][1]), dtype_name(info.tensors[name][0])] for name in names
+    ]
     print_table(console, ["tensor", "shape", "dtype"], tensor_rows)
     print(f"{len(info.tensors)} tensors, {info.size / 1e6:.1f} MB")

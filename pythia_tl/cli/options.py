@@ -25,18 +25,21 @@ Command = TypeVar("Command", bound=Callable[..., Any])
 # typer needs Optional[...] spelled this way on Python 3.10 for options that may be absent.
 Revision = Annotated[
     Optional[str],  # noqa: UP045
-    typer.Option("--revision", help="Hub branch, tag or commit (default: main)."),
+    typer.Option("--revision", metavar="REV", help="Hub branch, tag or commit (default: main)."),
 ]
 Step = Annotated[
     Optional[int],  # noqa: UP045
     typer.Option(
-        "--step", help="Training step N, i.e. revision stepN, checked against the schedule."
+        "--step",
+        metavar="N",
+        help="Training step N, i.e. revision stepN, checked against the schedule.",
     ),
 ]
 DType = Annotated[
     str,
     typer.Option(
         "--dtype",
+        metavar="DTYPE",
         help=f"Output dtype: auto (the source's float dtype), {', '.join(OUTPUT_DTYPE_NAMES)}.",
     ),
 ]
@@ -60,6 +63,7 @@ CheckpointIndex = Annotated[
     Optional[int],  # noqa: UP045
     typer.Option(
         "--checkpoint-index",
+        metavar="N",
         help="Index into the model's checkpoints, as TransformerLens' checkpoint_index "
         "(-1 the last; see 'pythia-tl checkpoints MODEL').",
     ),
@@ -119,7 +123,8 @@ Tensors = Annotated[
     Optional[str],  # noqa: UP045
     typer.Option(
         "--tensors",
-        help="Write only these TransformerLens keys: comma-separated globs (embed.W_E, "
+        metavar="GLOBS",
+        help="Only these TransformerLens keys: comma-separated globs (embed.W_E, "
         "'blocks.*.attn.W_Q', 'unembed.*'); only the bytes they need are read.",
         rich_help_panel="Selection",
     ),
@@ -128,7 +133,8 @@ Layers = Annotated[
     Optional[str],  # noqa: UP045
     typer.Option(
         "--layers",
-        help="Write only the blocks of these layers: e.g. 0-3,10 (with --tensors, both apply).",
+        metavar="LAYERS",
+        help="Only the blocks of these layers: e.g. 0-3,10 (with --tensors, both apply).",
         rich_help_panel="Selection",
     ),
 ]

@@ -69,6 +69,9 @@ def plan(
     if json_output:
         print_json(
             {
+                "source": resolved.provenance.source,
+                "revision": resolved.provenance.revision,
+                "commit": resolved.provenance.commit,
                 "tensors": rows,
                 "ignored": list(planned.ignored),
                 "bytes": out.nbytes,

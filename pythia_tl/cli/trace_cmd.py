@@ -33,12 +33,15 @@ def trace(
         str,
         typer.Option(
             "--steps",
-            help="'all', or a comma list of steps and inclusive ranges FIRST:LAST[:STRIDE], "
+            metavar="SPEC",
+            help="'all', or a comma list of steps and inclusive ranges FIRST-LAST[:STRIDE], "
             "as batch takes.",
         ),
     ],
     output: Annotated[Path, typer.Option("--output", "-o", help="The safetensors file to write.")],
-    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Steps converted at once.")] = 1,
+    jobs: Annotated[
+        int, typer.Option("--jobs", "-j", min=1, help="Steps converted at once (at least 1).")
+    ] = 1,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output.")] = False,
     keep_parts: Annotated[
         bool,
@@ -57,7 +60,7 @@ def trace(
     metadata. Only the bytes those keys need are fetched; rerun after an interruption, it
     converts only the steps not yet done (they wait in OUTPUT.parts/)."""
     from pythia_tl.api.trace import trace_with
-    from pythia_tl.engine.convert import ConvertOptions
+    from pythia_tl.engine.options import ConvertOptions
 
     if choice.selection.is_all:
         raise UsageError(

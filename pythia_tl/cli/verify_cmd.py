@@ -9,15 +9,13 @@ import typer
 
 from pythia_tl.cli.errors import flag
 from pythia_tl.cli.json_output import ReportedFailure, print_json
-from pythia_tl.cli.options import CacheDir, CheckpointIndex, Json, Quiet, Revision, Step
+from pythia_tl.cli.options import CacheDir, CheckpointIndex, Json, Quiet, Step
 from pythia_tl.cli.progress import byte_progress
 from pythia_tl.errors import PythiaTLError
 from pythia_tl.text import printable
 
 if TYPE_CHECKING:
     from pythia_tl.verify import VerifyReport
-
-_MARKS = {"ok": "ok", "failed": "FAIL", "skipped": "skip"}
 
 
 def verify(
@@ -30,7 +28,15 @@ def verify(
             show_default=False,
         ),
     ] = None,
-    revision: Revision = None,
+    revision: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--revision",
+            metavar="REV",
+            help="Hub branch, tag or commit of the source (default: the commit recorded in "
+            "the file).",
+        ),
+    ] = None,
     step: Step = None,
     checkpoint_index: CheckpointIndex = None,
     cache_dir: CacheDir = None,
@@ -77,6 +83,6 @@ def _print(report: VerifyReport) -> None:
     width = max(len(check.name) for check in report.checks)
     for check in report.checks:
         detail = printable(check.describe(flag))
-        print(f"{_MARKS[check.status]:<4}  {check.name:<{width}}  {detail}")
+        print(f"{check.status:<7}  {check.name:<{width}}  {detail}")
     if report.ok:
         print(printable(f"verified {report.file}"))

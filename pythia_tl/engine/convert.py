@@ -13,34 +13,18 @@ import torch
 
 from pythia_tl.engine.finite import refuse_nonfinite
 from pythia_tl.engine.hashing import file_sha256
+from pythia_tl.engine.options import ConvertOptions
 from pythia_tl.engine.output_plan import plan_output
 from pythia_tl.engine.pipeline import convert_tensors, finish
 from pythia_tl.engine.reading import open_source
 from pythia_tl.formats.safetensors import TensorEntry
 from pythia_tl.mapping.plan import PlannedTensor, plan_conversion
-from pythia_tl.mapping.selection import EVERY_TENSOR, Selection
 from pythia_tl.output.guard import check_not_source
 from pythia_tl.output.metadata import build_metadata
 from pythia_tl.output.writer import write_safetensors
-from pythia_tl.processing import NO_PROCESSING, Processing, process_stream
+from pythia_tl.processing import process_stream
 from pythia_tl.source.fingerprint import SourceFingerprint, read_by
 from pythia_tl.source.resolve import Provenance, ResolvedSource
-
-
-@dataclass(frozen=True)
-class ConvertOptions:
-    """``dtype``: the output dtype name, or "auto" (the source's); ``overwrite``: replace an
-    existing output (a regular file only); ``hash_output``: also hash the written file (for the
-    result); ``selection``: write only these tensors (and read only what they need);
-    ``allow_nonfinite``: write NaN and infinity (from the source, or from a cast out of the
-    output dtype's range) instead of refusing them, and record that in the metadata."""
-
-    dtype: str = "auto"
-    overwrite: bool = False
-    hash_output: bool = False
-    processing: Processing = NO_PROCESSING
-    selection: Selection = EVERY_TENSOR
-    allow_nonfinite: bool = False
 
 
 @dataclass(frozen=True)
@@ -80,7 +64,7 @@ def default_output_name(provenance: Provenance, revision_given: bool) -> str:
 def convert(
     source: ResolvedSource,
     output: Path,
-    options: ConvertOptions = ConvertOptions(),
+    options: ConvertOptions = ConvertOptions(),  # noqa: B008 (frozen)
     on_bytes: Callable[[int, int], None] | None = None,
 ) -> ConversionResult:
     """Convert an opened source into a TransformerLens safetensors file at ``output``."""

@@ -46,7 +46,7 @@ class ExportResult:
 
     def to_json(self) -> dict[str, object]:
         return {
-            "folder": str(self.folder),
+            "output": str(self.folder),
             "tensors": self.tensors,
             "bytes": self.bytes,
             "tokenizer_files": list(self.tokenizer_files),

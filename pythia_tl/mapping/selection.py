@@ -18,7 +18,8 @@ from pythia_tl.source.config import MAX_LAYERS
 
 # A per-layer TransformerLens key; group 1 is its layer.
 BLOCK_KEY = re.compile(r"blocks\.(\d+)\.")
-_LAYER_ITEM = re.compile(r"\s*(\d{1,6})\s*(?:-\s*(\d{1,6})\s*)?")
+# A layer or a range A-B (A:B too, as ``--steps`` once spelled its ranges).
+_LAYER_ITEM = re.compile(r"\s*(\d{1,6})\s*(?:[-:]\s*(\d{1,6})\s*)?")
 # Far more than any list a user types; a file's recorded selection is parsed too, so its work is
 # bounded (as is each range, by MAX_LAYERS).
 MAX_SPEC_CHARS = 4096

@@ -133,6 +133,24 @@ def check_target(target: Path, overwrite: bool) -> None:
         raise OutputError(f"{target}: cannot create a file there (no such folder {target.parent})")
 
 
+def check_creatable(folder: Path) -> None:
+    """OutputError unless ``folder`` is a folder or can be made one: its nearest existing
+    ancestor is a folder."""
+    for ancestor in (folder, *folder.parents):
+        if ancestor.exists() or ancestor.is_symlink():
+            if not ancestor.is_dir():
+                raise OutputError(f"{folder}: cannot create a folder there ({ancestor} is a file)")
+            return
+
+
+def make_folder(folder: Path) -> None:
+    """Create ``folder`` and its missing parents; OutputError naming it if that fails."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{folder}: cannot create the folder ({exc.strerror or exc})") from None
+
+
 def exists_error(target: Path) -> OutputError:
     return OutputError(
         f"{target}: already exists (use ", Param("overwrite", True), " to overwrite)"

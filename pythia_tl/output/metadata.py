@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeGuard
 
 from pythia_tl import CONVERTER_NAME, __version__
-from pythia_tl.dtypes import BY_NAME, OUTPUT_DTYPE_NAMES, DType
+from pythia_tl.dtypes import BY_NAME, OUTPUT_DTYPE_NAMES, DType, dtype_name
 from pythia_tl.errors import OutputFileError, SourceError, UsageError
 from pythia_tl.hub.refs import COMMIT
 from pythia_tl.mapping.selection import EVERY_TENSOR, Selection, parse_selection
@@ -182,10 +182,12 @@ class OutputFile:
             if key in metadata:
                 metadata[key] = self._json_field(key, object)
         return {
-            "path": str(self.path),
+            "file": str(self.path),
             "bytes": self.size,
             "metadata": metadata,
-            "tensors": {name: {"dtype": d, "shape": s} for name, (d, s) in self.tensors.items()},
+            "tensors": {
+                name: {"dtype": dtype_name(d), "shape": s} for name, (d, s) in self.tensors.items()
+            },
         }
 
 
