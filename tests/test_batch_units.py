@@ -119,6 +119,8 @@ def test_all_selects_token_branches_and_step_numbers_select_step_branches() -> N
         "400b_tokens, 600b_tokens, ...), not steps; select them with --steps all"
     )
     assert str(raised.value).endswith("select them with steps='all'")
+
+
 @pytest.mark.parametrize("old", [False, True])
 def test_summaries_before_model_named_the_repository_are_still_read(
     tmp_path: Path, old: bool

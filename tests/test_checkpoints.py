@@ -255,9 +255,9 @@ def test_a_batch_of_token_named_branches_converts_each_as_convert_revision_does(
 
     # A step number or range: the branches carry none, and the error says what they are.
     suite = tmp_path / "suite"
-    code, _, err = run_main(["batch", repo, "--steps", "0:1000", "-o", str(suite)], capsys)
+    code, _, err = run_main(["batch", repo, "--steps", "0-1000", "-o", str(suite)], capsys)
     assert code == 2 and err.count("\n") == 1, err
-    assert err.startswith("error: --steps 0:1000: the 4 checkpoint branches of " + repo)
+    assert err.startswith("error: --steps 0-1000: the 4 checkpoint branches of " + repo)
     assert "named by tokens (240b_tokens, 400b_tokens, 800b_tokens, ...)" in err
     assert "select them with --steps all" in err
     assert not suite.exists()
@@ -278,10 +278,10 @@ def test_a_batch_of_token_named_branches_converts_each_as_convert_revision_does(
     assert code == 0, err
     planned = json.loads(out)["revisions"]
     assert [(r["revision"], r["step"], r["status"]) for r in planned] == [
-        ("240b_tokens", None, "convert"),
+        ("240b_tokens", None, "converted"),
         ("400b_tokens", None, "duplicate"),
-        ("800b_tokens", None, "convert"),
-        ("1t_tokens", None, "convert"),
+        ("800b_tokens", None, "converted"),
+        ("1t_tokens", None, "converted"),
     ]
     assert not suite.exists()
 
