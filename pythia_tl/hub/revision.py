@@ -21,7 +21,7 @@ from huggingface_hub.errors import (
     RemoteEntryNotFoundError,
 )
 
-from pythia_tl.errors import CheckpointError, SourceError
+from pythia_tl.errors import CheckpointError, SourceError, SourceUnavailable
 from pythia_tl.hub.errors import HubUnreachable, asking_the_hub, broken_download
 from pythia_tl.hub.listing import RevisionListing, describe_revision
 from pythia_tl.hub.remote import RemoteFile
@@ -213,11 +213,11 @@ def _from_cache(repo_id: str, revision: str, cache_dir: Path | None, why: str) -
             )
         )
     except (LocalEntryNotFoundError, FileNotFoundError, OfflineModeIsEnabled, ValueError):
-        raise SourceError(
+        raise SourceUnavailable(
             f"{repo_id}@{revision}: {why} and this revision is not in the local cache"
         ) from None
     if not _weights_cached(folder):
-        raise SourceError(
+        raise SourceUnavailable(
             f"{repo_id}@{revision}: {why}, and the weights of this revision are not in the "
             "local cache (streamed conversions do not store them); read them from the Hub "
             "with it reachable and offline mode off, or keep the downloads"

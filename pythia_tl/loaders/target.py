@@ -14,6 +14,7 @@ from pythia_tl.output.metadata import (
     ConversionRecord,
     ExportProvenance,
     OutputFile,
+    check_tokenizer_record,
     parse_metadata,
     parse_provenance,
     read_output,
@@ -55,11 +56,25 @@ def open_target(path: Path) -> ConvertedFile | ExportedFolder:
             f"{path}: {what}, not a pythia-tl file (its metadata names no converter); make one "
             f"with 'pythia-tl convert {path.parent} -o FILE' (pythia_tl.convert)"
         )
+    return ConvertedFile(info, checked_record(info))
+
+
+def checked_record(info: OutputFile) -> ConversionRecord:
+    """The file's metadata, checked before anything is built from it: every key, the tokenizer
+    record, and the tensors the file holds against those ``tl_config`` implies (so that no
+    size a file claims is allocated unless the file holds tensors of that size). Each error
+    names the file."""
+    from pythia_tl.verify.metadata import check_tensors_follow
+
     try:
         record = parse_metadata(info)
+        check_tokenizer_record(info.tokenizer)
+        check_tensors_follow(info, record)
     except OutputFileError as exc:
-        raise OutputFileError(f"{path}: ", *exc.parts) from None
-    return ConvertedFile(info, record)
+        if str(exc).startswith(str(info.path)):
+            raise
+        raise OutputFileError(f"{info.path}: ", *exc.parts) from None
+    return record
 
 
 def _exported_folder(folder: Path) -> ExportedFolder:
