@@ -85,4 +85,4 @@ class Notice(UserWarning):
 
 
 class RateLimited(Notice):
-    """The Hub answered 429: a wait (capped) before asking again."""
+    """The Hub answered 429 (or 408, or 5xx): a wait (capped) before asking again."""

@@ -117,6 +117,8 @@ class Fault:
     offset: int
     status: int
     times: int | None
+    # A ``status`` fault's Retry-After header (None: none).
+    retry_after: str | None = None
     fired: int = 0
 
 
@@ -371,6 +373,7 @@ class StandInHub:
         offset: int = 0,
         status: int = 500,
         times: int | None = None,
+        retry_after: str | None = None,
     ) -> Fault:
         """Make downloads of ``path`` fail: on every revision, or the one (branch or commit) given.
 
@@ -392,10 +395,11 @@ class StandInHub:
         - ``drip``: an honest answer whose body comes at about ``offset`` bytes per second (at least
           1); it stops when the client hangs up or the hub closes.
 
+        ``retry_after``: the Retry-After header of a ``status`` answer.
         ``times`` limits how many responses are broken (None: all). Note huggingface_hub retries a
         truncated body with a Range request after a 1 s sleep, up to 5 times without progress.
         """
-        fault = Fault(repo_id, path, revision, kind, offset, status, times)
+        fault = Fault(repo_id, path, revision, kind, offset, status, times, retry_after)
         with self._lock:
             self._faults.append(fault)
         return fault
@@ -868,7 +872,8 @@ class _Handler(BaseHTTPRequestHandler):
         body = method == "GET" and not f.is_lfs
         fault = hub._take_fault(repo_id, resolved.commit, path, body)
         if fault is not None and fault.kind == "status":
-            self._send_json(fault.status, {"error": "injected fault"}, method)
+            wait = {} if fault.retry_after is None else {"Retry-After": fault.retry_after}
+            self._send_json(fault.status, {"error": "injected fault"}, method, wait)
             return
         headers = {"X-Repo-Commit": resolved.commit, "Accept-Ranges": "bytes"}
         if f.is_lfs:
@@ -905,7 +910,8 @@ class _Handler(BaseHTTPRequestHandler):
         repo_id, commit, path = query.get("repo", ""), query.get("commit", ""), query.get("path")
         fault = hub._take_fault(repo_id, commit, path or f.path, method == "GET")
         if fault is not None and fault.kind == "status":
-            self._send_json(fault.status, {"error": "injected fault"}, method)
+            wait = {} if fault.retry_after is None else {"Retry-After": fault.retry_after}
+            self._send_json(fault.status, {"error": "injected fault"}, method, wait)
             return
         headers = {"ETag": f'"{f.sha256}"', "Accept-Ranges": "bytes"}
         self._send_file(method, f, headers, fault, (repo_id, commit) if path else None)

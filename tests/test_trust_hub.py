@@ -270,3 +270,124 @@ def test_an_output_that_is_a_directory_is_refused_without_naming_a_flag(
     with pytest.raises(OutputError) as refused:
         check_replaceable(tmp_path / "d")
     assert "--force" not in str(refused.value) and "overwrite" not in str(refused.value)
+
+
+# --- 1. every Hub answer bounded before it is held ------------------------------------------
+
+
+def test_a_config_json_listed_larger_than_its_cap_is_refused_before_download(
+    tiny_checkpoints: TinyCheckpoints, stand_in_hub: StandInHub, cli: Run, tmp_path: Path
+) -> None:
+    folder = tmp_path / "huge-config"
+    shutil.copytree(tiny_checkpoints["safetensors"], folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config) + " " * (2 << 20))
+    stand_in_hub.add_revision(REPO, "main", folder)
+    stand_in_hub.clear_requests()
+    status, _, stderr = cli(["convert", REPO, "-o", str(tmp_path / "x.safetensors")])
+    assert status == 1, stderr
+    assert "the Hub lists config.json at" in stderr and "not downloaded" in stderr
+    assert stderr.count("\n") == 1
+    assert "config.json" not in stand_in_hub.downloaded_paths()
+
+
+def test_a_tokenizer_file_listed_larger_than_its_cap_is_refused_before_download(
+    tiny_checkpoints: TinyCheckpoints,
+    stand_in_hub: StandInHub,
+    cli: Run,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import pythia_tl.hub.revision as revision
+
+    folder = tmp_path / "with-tokenizer"
+    shutil.copytree(tiny_checkpoints["safetensors"], folder)
+    write_tokenizer(folder, tiny_checkpoints.shape.d_vocab)
+    size = (folder / "tokenizer.json").stat().st_size
+    monkeypatch.setattr(revision, "MAX_TOKENIZER_FILE_BYTES", size - 1)
+    stand_in_hub.add_revision(REPO, "main", folder)
+    stand_in_hub.clear_requests()
+    status, _, stderr = cli(["convert", REPO, "-o", str(tmp_path / "x.safetensors")])
+    assert status == 1, stderr
+    assert f"the Hub lists tokenizer.json at {size} bytes" in stderr
+    assert "tokenizer.json" not in stand_in_hub.downloaded_paths()
+
+
+@pytest.mark.parametrize(
+    ("status", "retry_after", "said"),
+    [
+        (503, "1000000", "answered HTTP 503"),
+        (429, "999999", "is rate-limiting requests"),
+        (502, "400", "answered HTTP 502"),
+        (408, "1000", "answered HTTP 408"),
+    ],
+)
+def test_a_huge_retry_after_is_capped_and_said(
+    status: int,
+    retry_after: str,
+    said: str,
+    tiny_checkpoints: TinyCheckpoints,
+    stand_in_hub: StandInHub,
+) -> None:
+    from pythia_tl.errors import RateLimited
+    from pythia_tl.hub.remote import RemoteFile
+    from pythia_tl.hub.transport import MAX_RETRY_AFTER
+
+    folder = tiny_checkpoints["safetensors"]
+    stand_in_hub.add_revision(REPO, "main", folder)
+    commit = stand_in_hub.commit_of(REPO, "main")
+    size = (folder / "model.safetensors").stat().st_size
+    stand_in_hub.break_file(
+        REPO, "model.safetensors", kind="status", status=status, times=2, retry_after=retry_after
+    )
+    slept: list[float] = []
+    file = RemoteFile(REPO, commit, "model.safetensors", size, sleep=slept.append)
+    with pytest.warns(RateLimited) as notes:
+        file.resolver.location()
+    assert slept == [MAX_RETRY_AFTER, MAX_RETRY_AFTER]
+    assert len(notes) == 1
+    message = str(notes[0].message)
+    assert said in message and f"waiting {MAX_RETRY_AFTER:.0f} s" in message
+    assert "capped at" in message
+
+
+def test_a_retry_after_within_the_cap_is_obeyed_as_asked(
+    tiny_checkpoints: TinyCheckpoints, stand_in_hub: StandInHub
+) -> None:
+    from pythia_tl.hub.remote import RemoteFile
+
+    folder = tiny_checkpoints["safetensors"]
+    stand_in_hub.add_revision(REPO, "main", folder)
+    size = (folder / "model.safetensors").stat().st_size
+    stand_in_hub.break_file(
+        REPO, "model.safetensors", kind="status", status=503, times=1, retry_after="7"
+    )
+    slept: list[float] = []
+    file = RemoteFile(
+        REPO, stand_in_hub.commit_of(REPO, "main"), "model.safetensors", size, sleep=slept.append
+    )
+    with pytest.warns(Warning, match="waiting 7 s before asking again$"):
+        file.resolver.location()
+    assert slept == [7.0]
+
+
+@pytest.mark.parametrize("quiet", [[], ["--quiet"]])
+@pytest.mark.parametrize(
+    ("path", "status"), [("config.json", 503), ("config.json", 429), ("model.safetensors", 500)]
+)
+def test_huggingface_hubs_retry_warnings_never_reach_stderr(
+    quiet: list[str],
+    path: str,
+    status: int,
+    tiny_checkpoints: TinyCheckpoints,
+    stand_in_hub: StandInHub,
+    run_cli,
+    tmp_path: Path,
+) -> None:
+    stand_in_hub.add_revision(REPO, "main", tiny_checkpoints["safetensors"])
+    stand_in_hub.break_file(REPO, path, kind="status", status=status, times=1)
+    result = run_cli(["convert", REPO, "-o", str(tmp_path / "x.safetensors"), *quiet], timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert all(line.startswith(("wrote ", "note: ")) for line in lines), lines
+    assert len(lines) <= (0 if quiet else 1) + 1

@@ -26,8 +26,9 @@ from pythia_tl.hub.errors import HubUnreachable, asking_the_hub, broken_download
 from pythia_tl.hub.listing import RevisionListing, describe_revision
 from pythia_tl.hub.remote import RemoteFile
 from pythia_tl.hub.transport import StorageClient
-from pythia_tl.source.layouts import load_weight_map, weight_files_for
-from pythia_tl.source.tokenizer_files import TOKENIZER_FILES
+from pythia_tl.source.config import MAX_CONFIG_BYTES
+from pythia_tl.source.layouts import MAX_INDEX_BYTES, load_weight_map, weight_files_for
+from pythia_tl.source.tokenizer_files import MAX_TOKENIZER_FILE_BYTES, TOKENIZER_FILES
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -89,6 +90,7 @@ def download_revision(
     repo_id, revision, commit = listing.repo_id, listing.revision, listing.commit
 
     def download(filename: str, at: str = commit) -> Path:
+        _check_announced_size(listing, filename, weights=filename in names)
         try:
             return Path(hf_hub_download(repo_id, filename, revision=at, cache_dir=cache_dir))
         except RemoteEntryNotFoundError:
@@ -102,6 +104,7 @@ def download_revision(
             raise broken from None
 
     weights_entry = listing.weights_entry
+    names = [] if weights_entry.endswith(".index.json") else [weights_entry]
     with asking_the_hub(repo_id, revision):
         # Asked for by revision name, so the cache records which commit the name resolved to and
         # a later offline run can find it; everything else is pinned to that commit.
@@ -110,7 +113,6 @@ def download_revision(
             raise SourceError(
                 f"{repo_id}@{revision}: the revision moved while downloading; try again"
             )
-        names = [weights_entry]
         if weights_entry.endswith(".index.json"):
             index_path = download(weights_entry)
             shards = dict.fromkeys(load_weight_map(index_path).values())
@@ -181,6 +183,28 @@ def _tokenizer_key(
     if not files or any(name not in listing.blob_ids for name in files):
         return None
     return listing.repo_id, tuple((name, listing.blob_ids[name]) for name in files)
+
+
+def _small_file_cap(name: str) -> int:
+    if name == "config.json":
+        return MAX_CONFIG_BYTES
+    if name.endswith(".index.json"):
+        return MAX_INDEX_BYTES
+    return MAX_TOKENIZER_FILE_BYTES
+
+
+def _check_announced_size(listing: RevisionListing, name: str, *, weights: bool) -> None:
+    """CheckpointError when the listing announces a small file (config.json, an index, a
+    tokenizer file) larger than it may be read: refused before a byte is downloaded."""
+    size = listing.sizes.get(name)
+    if weights or size is None:
+        return
+    cap = _small_file_cap(name)
+    if size > cap:
+        raise CheckpointError(
+            f"{listing.repo_id}@{listing.revision}: the Hub lists {name} at {size} bytes, more "
+            f"than the {cap} a {name} may have; not downloaded"
+        )
 
 
 def _in_cache(repo_id: str, name: str, commit: str, cache_dir: Path | None) -> bool:

@@ -20,9 +20,7 @@ from pythia_tl.output.metadata import (
     read_output,
 )
 from pythia_tl.small_files import NotASmallFile, read_small_file
-
-# A config.json is a few kB; far more is not one.
-_MAX_CONFIG_BYTES = 1 << 20
+from pythia_tl.source.config import MAX_CONFIG_BYTES
 
 
 @dataclass(frozen=True)
@@ -85,7 +83,7 @@ def _exported_folder(folder: Path) -> ExportedFolder:
             "convert' wrote, or a folder 'pythia-tl export' wrote"
         )
     try:
-        config = json.loads(read_small_file(config_path, _MAX_CONFIG_BYTES))
+        config = json.loads(read_small_file(config_path, MAX_CONFIG_BYTES))
     except (NotASmallFile, OSError, ValueError, RecursionError):
         raise OutputFileError(f"{config_path}: not a readable config.json") from None
     if not isinstance(config, dict) or PROVENANCE_KEY not in config:
