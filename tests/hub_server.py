@@ -263,6 +263,7 @@ class StandInHub:
         self._repos: dict[str, _Repo] = {}
         self._blobs: dict[str, HubFile] = {}
         self._faults: list[Fault] = []
+        self._api_body: bytes | None = None
         self._records: list[RequestRecord] = []
         self._downloads: list[tuple[str, str, str]] = []
         self._hub = _Server(self, "hub")
@@ -352,6 +353,12 @@ class StandInHub:
         """Sign storage locations for ``seconds`` from now on (None: unsigned, never refused)."""
         with self._lock:
             self._location_ttl = seconds
+
+    def set_api_body(self, body: bytes | None) -> None:
+        """Answer every ``/api/models/...`` request with 200 and ``body`` as JSON (None: the
+        real answers): malformed, deeply nested or wrongly shaped listings."""
+        with self._lock:
+            self._api_body = body
 
     def set_latency(self, seconds: float) -> None:
         with self._lock:
@@ -710,6 +717,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(405, {"error": f"{method} is not supported"}, method)
         elif self.server.kind == "cdn":
             self._serve_blob(method, segments, query)
+        elif segments[:2] == ["api", "models"] and hub._api_body is not None:
+            self._send_raw_json(method, hub._api_body)
         elif segments[:2] == ["api", "models"] and len(segments) > 2:
             self._serve_api(method, segments[2:], query)
         else:
@@ -1046,6 +1055,14 @@ class _Handler(BaseHTTPRequestHandler):
         if commit is not None:
             headers["X-Repo-Commit"] = commit
         self._send_json(404, {"error": message}, method, headers)
+
+    def _send_raw_json(self, method: str, data: bytes) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if method != "HEAD":
+            self.wfile.write(data)
 
     def _send_json(
         self,

@@ -391,3 +391,31 @@ def test_huggingface_hubs_retry_warnings_never_reach_stderr(
     lines = result.stderr.splitlines()
     assert all(line.startswith(("wrote ", "note: ")) for line in lines), lines
     assert len(lines) <= (0 if quiet else 1) + 1
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"{not json",
+        b"[" * 200_000 + b"]" * 200_000,
+        b'{"siblings": ' + b'{"a": ' * 50_000 + b"1" + b"}" * 50_000 + b"}",
+        b"[1, 2, 3]",
+        b'{"id": "EleutherAI/pythia-70m", "sha": 5, "siblings": "none"}',
+        b'{"id": "EleutherAI/pythia-70m", "sha": "' + b"a" * 40 + b'", "siblings": [{"x": 1}]}',
+        b"\xff\xfe\x00garbage",
+    ],
+)
+def test_a_malformed_or_deeply_nested_listing_is_one_clear_line(
+    body: bytes,
+    tiny_checkpoints: TinyCheckpoints,
+    stand_in_hub: StandInHub,
+    cli: Run,
+    tmp_path: Path,
+) -> None:
+    stand_in_hub.add_revision(REPO, "main", tiny_checkpoints["safetensors"])
+    stand_in_hub.set_api_body(body)
+    status, _, stderr = cli(["convert", REPO, "-o", str(tmp_path / "x.safetensors")])
+    assert status == 1, stderr
+    assert stderr.count("\n") == 1 and "unexpected" not in stderr, stderr
+    assert stderr.startswith(f"error: {REPO}"), stderr
+    assert not (tmp_path / "x.safetensors").exists()
