@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from batch_suite import REPOS, publish_suite
-from conftest import REPO_ROOT, HfEnv, TinyCheckpoints
+from conftest import REPO_ROOT, HfEnv, Run, TinyCheckpoints
 from hub_server import StandInHub
 
 from pythia_tl.cli.signals import Interrupted, Terminated, stop_signals_raise
@@ -173,3 +173,21 @@ def test_a_stop_during_a_throttled_batch_ends_it_within_a_second_or_two(
     assert stderr.strip().splitlines()[-1] == line
     assert "unexpected" not in stderr
     assert took < 3.0, f"the batch took {took:.1f} s to stop"  # 0.8 s grace, under CI load
+
+
+@pytest.mark.parametrize("blocked_name", ["output", "summary.json"])
+def test_a_batch_error_never_names_a_flag_batch_lacks(
+    blocked_name: str, stand_in_hub: StandInHub, hf_env: HfEnv, tmp_path: Path, cli: Run
+) -> None:
+    from batch_suite import output_path
+
+    publish_suite(stand_in_hub, tmp_path / "hub-src")
+    out = tmp_path / "o"
+    blocked = output_path(out, REPOS[1], 0) if blocked_name == "output" else out / blocked_name
+    blocked.mkdir(parents=True)  # a directory where a file goes
+    (blocked / "keep").write_text("mine")
+    status, stdout, stderr = cli(["batch", "pythia-70m", "--steps", "0", "-o", str(out)])
+    assert status == 1, stderr
+    assert "--force" not in stdout + stderr and "overwrite" not in stdout + stderr, stderr
+    assert str(blocked) in stdout + stderr
+    assert (blocked / "keep").read_text() == "mine"
