@@ -385,9 +385,10 @@ def test_huggingface_hubs_retry_warnings_never_reach_stderr(
     tmp_path: Path,
 ) -> None:
     stand_in_hub.add_revision(REPO, "main", tiny_checkpoints["safetensors"])
-    stand_in_hub.break_file(REPO, path, kind="status", status=status, times=1)
+    fault = stand_in_hub.break_file(REPO, path, kind="status", status=status, times=1)
     result = run_cli(["convert", REPO, "-o", str(tmp_path / "x.safetensors"), *quiet], timeout=120)
     assert result.returncode == 0, result.stderr
+    assert fault.fired == 1  # the failure was met, and retried
     lines = result.stderr.splitlines()
     assert all(line.startswith(("wrote ", "note: ")) for line in lines), lines
     assert len(lines) <= (0 if quiet else 1) + 1
