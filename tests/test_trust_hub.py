@@ -420,3 +420,30 @@ def test_a_malformed_or_deeply_nested_listing_is_one_clear_line(
     assert stderr.count("\n") == 1 and "unexpected" not in stderr, stderr
     assert stderr.startswith(f"error: {REPO}"), stderr
     assert not (tmp_path / "x.safetensors").exists()
+
+
+@pytest.mark.parametrize("change", ["dtype", "shape", "extra", "missing"])
+def test_tensors_that_disagree_with_the_metadata_are_refused_naming_the_file(
+    change: str, tiny_checkpoints: TinyCheckpoints, cli: Run, tmp_path: Path
+) -> None:
+    import torch
+
+    out = converted(cli, str(tiny_checkpoints["safetensors"]), tmp_path / "x.safetensors")
+    with safe_open(out, framework="pt") as handle:
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+        metadata = dict(handle.metadata())
+    if change == "dtype":
+        tensors["embed.W_E"] = tensors["embed.W_E"].to(torch.float32)
+    elif change == "shape":
+        tensors["embed.W_E"] = tensors["embed.W_E"][:-1].clone()
+    elif change == "extra":
+        tensors["blocks.9.attn.W_Q"] = tensors["blocks.0.attn.W_Q"].clone()
+    else:
+        del tensors["blocks.1.mlp.W_in"]
+    save_file(tensors, out, metadata=metadata)
+    status, _, stderr = cli(["export", str(out), "-o", str(tmp_path / "hf")])
+    assert status == 1 and stderr.startswith(f"error: {out}: tensor "), stderr
+    assert stderr.count("\n") == 1 and "unexpected" not in stderr
+    assert not (tmp_path / "hf").exists()
+    with pytest.raises(OutputFileError, match=f"^{out}: tensor "):
+        pythia_tl.load(out)
