@@ -49,6 +49,11 @@ class SourceError(PythiaTLError):
     """The checkpoint cannot be found, fetched or read."""
 
 
+class SourceUnavailable(SourceError):
+    """The source cannot be had here and now (offline, the Hub unreachable, its weights not
+    cached): nothing is known against it, so a check that needs it is skipped, not failed."""
+
+
 class ConfigError(SourceError):
     """config.json is missing, malformed, or disagrees with the weights."""
 
@@ -80,4 +85,4 @@ class Notice(UserWarning):
 
 
 class RateLimited(Notice):
-    """The Hub answered 429: a wait (capped) before asking again."""
+    """The Hub answered 429 (or 408, or 5xx): a wait (capped) before asking again."""

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pythia_tl.errors import SourceError
+from pythia_tl.text import first_line
 
 
 class NoTokenizerWarning(UserWarning):
@@ -70,6 +71,8 @@ def _from_folder(folder: Path) -> Any:
         return AutoTokenizer.from_pretrained(str(folder), add_bos_token=True)
     except (OSError, ValueError):
         return None
+    except (Exception, RecursionError) as exc:  # a malformed tokenizer.json: KeyError and others
+        raise _malformed(str(folder), exc) from None
 
 
 def _from_hub(name: str, revision: str | None = None) -> Any:
@@ -87,4 +90,13 @@ def _from_hub(name: str, revision: str | None = None) -> Any:
             )
         except (OSError, ValueError):
             continue
+        except (Exception, RecursionError) as exc:
+            raise _malformed(name, exc) from None
     return None
+
+
+def _malformed(where: str, exc: BaseException) -> SourceError:
+    return SourceError(
+        f"{where}: its tokenizer files cannot be read ({first_line(exc)}); pass tokenizer= "
+        "another, or None"
+    )

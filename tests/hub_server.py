@@ -117,6 +117,8 @@ class Fault:
     offset: int
     status: int
     times: int | None
+    # A ``status`` fault's Retry-After header (None: none).
+    retry_after: str | None = None
     fired: int = 0
 
 
@@ -262,6 +264,7 @@ class StandInHub:
         self._blobs: dict[str, HubFile] = {}
         self._faults: list[Fault] = []
         self._resolve_lies: dict[tuple[str, str], dict[str, str]] = {}
+        self._api_body: bytes | None = None
         self._records: list[RequestRecord] = []
         self._downloads: list[tuple[str, str, str]] = []
         self._hub = _Server(self, "hub")
@@ -352,6 +355,12 @@ class StandInHub:
         with self._lock:
             self._location_ttl = seconds
 
+    def set_api_body(self, body: bytes | None) -> None:
+        """Answer every ``/api/models/...`` request with 200 and ``body`` as JSON (None: the
+        real answers): malformed, deeply nested or wrongly shaped listings."""
+        with self._lock:
+            self._api_body = body
+
     def set_latency(self, seconds: float) -> None:
         with self._lock:
             self._latency = seconds
@@ -372,6 +381,7 @@ class StandInHub:
         offset: int = 0,
         status: int = 500,
         times: int | None = None,
+        retry_after: str | None = None,
     ) -> Fault:
         """Make downloads of ``path`` fail: on every revision, or the one (branch or commit) given.
 
@@ -393,10 +403,11 @@ class StandInHub:
         - ``drip``: an honest answer whose body comes at about ``offset`` bytes per second (at least
           1); it stops when the client hangs up or the hub closes.
 
+        ``retry_after``: the Retry-After header of a ``status`` answer.
         ``times`` limits how many responses are broken (None: all). Note huggingface_hub retries a
         truncated body with a Range request after a 1 s sleep, up to 5 times without progress.
         """
-        fault = Fault(repo_id, path, revision, kind, offset, status, times)
+        fault = Fault(repo_id, path, revision, kind, offset, status, times, retry_after)
         with self._lock:
             self._faults.append(fault)
         return fault
@@ -720,6 +731,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(405, {"error": f"{method} is not supported"}, method)
         elif self.server.kind == "cdn":
             self._serve_blob(method, segments, query)
+        elif segments[:2] == ["api", "models"] and hub._api_body is not None:
+            self._send_raw_json(method, hub._api_body)
         elif segments[:2] == ["api", "models"] and len(segments) > 2:
             self._serve_api(method, segments[2:], query)
         else:
@@ -882,7 +895,8 @@ class _Handler(BaseHTTPRequestHandler):
         body = method == "GET" and not f.is_lfs
         fault = hub._take_fault(repo_id, resolved.commit, path, body)
         if fault is not None and fault.kind == "status":
-            self._send_json(fault.status, {"error": "injected fault"}, method)
+            wait = {} if fault.retry_after is None else {"Retry-After": fault.retry_after}
+            self._send_json(fault.status, {"error": "injected fault"}, method, wait)
             return
         headers = {"X-Repo-Commit": resolved.commit, "Accept-Ranges": "bytes"}
         if f.is_lfs:
@@ -921,7 +935,8 @@ class _Handler(BaseHTTPRequestHandler):
         repo_id, commit, path = query.get("repo", ""), query.get("commit", ""), query.get("path")
         fault = hub._take_fault(repo_id, commit, path or f.path, method == "GET")
         if fault is not None and fault.kind == "status":
-            self._send_json(fault.status, {"error": "injected fault"}, method)
+            wait = {} if fault.retry_after is None else {"Retry-After": fault.retry_after}
+            self._send_json(fault.status, {"error": "injected fault"}, method, wait)
             return
         headers = {"ETag": f'"{f.sha256}"', "Accept-Ranges": "bytes"}
         self._send_file(method, f, headers, fault, (repo_id, commit) if path else None)
@@ -1059,6 +1074,14 @@ class _Handler(BaseHTTPRequestHandler):
         if commit is not None:
             headers["X-Repo-Commit"] = commit
         self._send_json(404, {"error": message}, method, headers)
+
+    def _send_raw_json(self, method: str, data: bytes) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if method != "HEAD":
+            self.wfile.write(data)
 
     def _send_json(
         self,

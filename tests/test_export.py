@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO_ROOT, Run, TinyCheckpoints
-from partial_files import rewrite
 from safetensors.torch import load_file
 from test_load import offline_python
 from tiny_tokenizer import write_tokenizer
@@ -125,10 +124,7 @@ def test_processed_and_partial_files_are_refused_with_the_reason(
     processed = converted(cli, source, tmp_path / "p.safetensors", "--fold-ln")
     with pytest.raises(OutputFileError, match=r"processed \(fold_ln\).*unembedding bias"):
         export_hf_folder(processed, tmp_path / "hf")
-    raw = converted(cli, source, tmp_path / "raw.safetensors")
-    partial = rewrite(
-        raw, tmp_path / "partial.safetensors", drop=("ln_final.w",), selection={"layers": "0"}
-    )
+    partial = converted(cli, source, tmp_path / "partial.safetensors", "--layers", "0")
     status, _, err = cli(["export", str(partial), "-o", str(tmp_path / "hf")])
     assert status == 1 and "a partial file" in err and err.count("\n") == 1
     assert not (tmp_path / "hf").exists()

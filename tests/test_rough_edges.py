@@ -274,8 +274,9 @@ def test_verify_after_a_batch_removed_the_downloads_says_the_source_is_not_cache
     file = out / "pythia-70m" / "step1000.safetensors"
     offline = {"HF_HUB_OFFLINE": "1", "HF_ENDPOINT": UNREACHABLE_ENDPOINT}
     verified = run_cli(["verify", str(file)], env=offline)
-    assert verified.returncode == 1
-    line = verified.stderr.strip().splitlines()[-1]
+    # The source is unavailable here, not wrong: a skip with the reason, not a failure.
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    (line,) = [line for line in verified.stdout.splitlines() if line.startswith("skip  source")]
     assert "not in the local cache" in line and "streamed conversions do not store" in line
     assert "no weights" not in verified.stdout + verified.stderr
     online = run_cli(["verify", str(file)])

@@ -12,6 +12,7 @@ from pythia_tl.batch.request import BatchRequest, WorkList
 from pythia_tl.batch.resume import ExistingOutput, Requirements, judge_existing
 from pythia_tl.batch.work import WorkItem
 from pythia_tl.engine.output_plan import plan_output
+from pythia_tl.engine.reading import computes_sha256
 from pythia_tl.errors import PythiaTLError
 from pythia_tl.formats.safetensors import TensorEntry
 from pythia_tl.hub.errors import HubUnreachable
@@ -217,6 +218,7 @@ def _conversion_cost(
         {file.name: "0" * 64 for file in source.checkpoint.files},
         options.processing,
         options.selection,
+        sha256_computed=computes_sha256(source.checkpoint, whole=not out.is_partial),
     )
     size = output_size(entries, metadata)
     return RevisionCost(item, listing.commit, fetch, size, "converted", resolve_requests=resolves)

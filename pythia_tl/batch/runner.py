@@ -20,6 +20,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from concurrent.futures import wait as wait_for
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -49,6 +50,10 @@ from pythia_tl.hub.errors import HubUnreachable
 from pythia_tl.hub.listing import RevisionListing, describe_revision
 from pythia_tl.hub.revision import CachedTokenizers
 from pythia_tl.output.atomic import remove_stale_temporaries
+
+# After a stop, how long the running conversions are waited for (each stops at its next
+# tensor); the command line then ends the process even if one is still asleep.
+STOP_GRACE_SECONDS = 0.8
 
 
 class BatchReporter(Protocol):
@@ -112,16 +117,19 @@ class _BatchRun:
         pending, ready = self._resume()
         self.summary.write()  # once for every revision _resume settled
         pool = ThreadPoolExecutor(max_workers=request.jobs, thread_name_prefix="pythia-tl-batch")
+        futures: list[Future[None]] = []
         try:
             described = self._describe(pool, pending, ready)
             groups = self._group(described, ready)
-            futures = [pool.submit(self._run_group, group) for group in groups]
+            futures.extend(pool.submit(self._run_group, group) for group in groups)
             for future in as_completed(futures):
                 future.result()
         except BaseException as exc:
-            # Running conversions stop at their next tensor; queued ones never start.
+            # Running conversions stop at their next tensor; queued ones never start. A worker
+            # asleep in a rate-limit wait is not waited for beyond STOP_GRACE_SECONDS.
             self.stop.set()
-            pool.shutdown(wait=True, cancel_futures=True)
+            pool.shutdown(wait=False, cancel_futures=True)
+            wait_for(futures, timeout=STOP_GRACE_SECONDS)
             name = type(exc).__name__
             reason = f"batch aborted by {name}: {exc}" if isinstance(exc, Exception) else name
             self._cancel_the_rest(f"not finished: {reason}")

@@ -33,7 +33,7 @@ from pythia_tl.cli.errors import in_flags
 from pythia_tl.cli.help_text import tidy_help
 from pythia_tl.cli.memory import return_large_frees
 from pythia_tl.cli.notices import show_notices
-from pythia_tl.cli.signals import StopSignal, stop_signals_raise
+from pythia_tl.cli.signals import StopSignal, others_finish, stop_signals_raise
 from pythia_tl.errors import PythiaTLError
 from pythia_tl.text import printable
 
@@ -103,9 +103,9 @@ def main(argv: list[str] | None = None) -> None:
             show_notices()
             status = command.main(args=args, prog_name="pythia-tl", standalone_mode=False)
     except (typer.Abort, KeyboardInterrupt):
-        _fail("interrupted", 130, json_errors)
+        _fail("interrupted", 130, json_errors, at_once=not others_finish())
     except StopSignal as exc:
-        _fail(exc.message, exc.exit_code, json_errors)
+        _fail(exc.message, exc.exit_code, json_errors, at_once=not others_finish())
     except PythiaTLError as exc:
         if debug:
             raise
@@ -132,12 +132,17 @@ def _is_command_line_error(exc: Exception) -> bool:
     )
 
 
-def _fail(message: str, code: int, json_errors: bool) -> None:
-    """Report and exit; with ``--json`` (``json_errors``), also as a JSON object on stdout."""
+def _fail(message: str, code: int, json_errors: bool, at_once: bool = False) -> None:
+    """Report and exit; with ``--json`` (``json_errors``), also as a JSON object on stdout.
+    ``at_once``: without waiting for the threads still running (after a stop)."""
     # Messages quote names from files and the network: their control characters are escaped,
     # so that no name can move the cursor, recolour the terminal or start a line of its own.
     one_line = " ".join(printable(message).split())
     if json_errors:
         json_output.print_json({"error": one_line, "exit_code": code})
     print(f"error: {one_line}", file=sys.stderr)
+    if at_once:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     sys.exit(code)

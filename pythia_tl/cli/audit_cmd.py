@@ -12,6 +12,7 @@ from pythia_tl.cli.hub_model import hub_model
 from pythia_tl.cli.json_output import ReportedFailure, print_json
 from pythia_tl.cli.options import CacheDir, Json
 from pythia_tl.cli.tables import print_table
+from pythia_tl.text import printable
 
 if TYPE_CHECKING:
     from pythia_tl.audit.findings import AuditReport
@@ -91,4 +92,4 @@ def _print_report(report: AuditReport) -> None:
     if report.deep:
         print(f"fingerprints: {decimal(report.fingerprint_bytes)} of tensor data fetched")
         for where, why in report.not_fingerprinted.items():
-            print(f"not fingerprinted: {where}: {why}")
+            print(printable(f"not fingerprinted: {where}: {why}"))

@@ -178,9 +178,11 @@ def _print_cost(cost: BatchCost, json_output: bool) -> None:
     )
     if cost.exceeds:
         print(
-            f"note: more requests than the Hub allows in one {WINDOW_SECONDS // 60}-minute window "
-            f"for: {', '.join(cost.exceeds)} (shards behind one address, or with one token, share "
-            "a window; the run waits out each limit)"
+            printable(
+                f"note: more requests than the Hub allows in one {WINDOW_SECONDS // 60}-minute "
+                f"window for: {', '.join(cost.exceeds)} (shards behind one address, or with one "
+                "token, share a window; the run waits out each limit)"
+            )
         )
 
 

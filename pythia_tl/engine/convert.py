@@ -16,7 +16,7 @@ from pythia_tl.engine.hashing import file_sha256
 from pythia_tl.engine.options import ConvertOptions
 from pythia_tl.engine.output_plan import plan_output
 from pythia_tl.engine.pipeline import convert_tensors, finish
-from pythia_tl.engine.reading import open_source
+from pythia_tl.engine.reading import computes_sha256, open_source
 from pythia_tl.formats.safetensors import TensorEntry
 from pythia_tl.mapping.plan import PlannedTensor, plan_conversion
 from pythia_tl.output.guard import check_not_source
@@ -88,6 +88,7 @@ def convert(
             processing,
             options.selection,
             options.allow_nonfinite,
+            sha256_computed=computes_sha256(checkpoint, whole=not out.is_partial),
         )
 
     def finished(planned: PlannedTensor, tensor: torch.Tensor) -> tuple[str, torch.Tensor]:

@@ -51,6 +51,12 @@ def open_source(
     return stream, order, lambda: check_sha256(stream.digests(), expected_sha256)
 
 
+def computes_sha256(checkpoint: Checkpoint, *, whole: bool) -> bool:
+    """Whether ``open_source`` hashes the source's files (else it takes the Hub's announced
+    sha256: a partial read of a remote checkpoint)."""
+    return whole or not checkpoint.is_remote
+
+
 def _announced(checkpoint: Checkpoint, expected_sha256: Mapping[str, str]) -> dict[str, str]:
     missing = [file.name for file in checkpoint.files if file.name not in expected_sha256]
     if missing:

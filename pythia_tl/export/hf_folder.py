@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from pythia_tl.errors import OutputError, OutputFileError, Param
+from pythia_tl.loaders.target import checked_record
 from pythia_tl.output.atomic import fsync_folder, temp_path_for
 from pythia_tl.output.metadata import (
     PROVENANCE_KEY,
     ConversionRecord,
     OutputFile,
     export_provenance,
-    parse_metadata,
     read_output,
 )
 from pythia_tl.small_files import NotASmallFile, read_small_file
@@ -93,7 +93,7 @@ def export_hf_folder(
     """Write the raw, whole pythia-tl file at ``path`` as a GPT-NeoX folder at ``folder``."""
     path, folder = Path(path), Path(folder)
     info = read_output(path)
-    record = parse_metadata(info)
+    record = checked_record(info)
     _check_exportable(info, record)
     _check_target(folder, overwrite)
     temp = temp_path_for(folder)

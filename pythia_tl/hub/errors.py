@@ -27,7 +27,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from pythia_tl.errors import Param, SourceError
+from pythia_tl.errors import Param, SourceError, SourceUnavailable
 from pythia_tl.text import first_line
 
 # The HTTP stacks huggingface_hub has used; their exceptions share no common base class.
@@ -62,7 +62,7 @@ def _means_unreachable(exc: Exception) -> bool:
     return "connect" in name or "timeout" in name
 
 
-class HubUnreachable(SourceError):
+class HubUnreachable(SourceUnavailable):
     """The Hub cannot be asked: offline mode is on, or it cannot be reached."""
 
     def __init__(self, where: str, why: str) -> None:

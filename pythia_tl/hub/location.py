@@ -5,8 +5,9 @@ Hub rate-limits per 5-minute window): it carries the token, endpoint, offline mo
 Hub's errors, and returns the signed storage URL the Hub redirects to. Every byte range of the
 file is then read from that URL; when it expires (403), the file is resolved again.
 
-A 429 is waited out here, not inside huggingface_hub, so that the wait is capped and reported
-once (``RateLimited``) rather than slept through in silence.
+A 429, 408 or 5xx is waited out here, not inside huggingface_hub, so that the wait is capped
+(``MAX_RETRY_AFTER`` whatever ``Retry-After`` or ``RateLimit`` ask for, ``RESOLVE_ATTEMPTS``
+attempts) and reported once (``RateLimited``) rather than slept through in silence.
 """
 
 from __future__ import annotations
@@ -82,14 +83,8 @@ class Resolver:
                         "attempts at resolving the file; run the command again later"
                     ) from None
                 wait = retry.wait if retry.wait is not None else float(2**attempt)
-                if retry.status == 429 and not told:
-                    warnings.warn(
-                        RateLimited(
-                            f"the Hub is rate-limiting requests ({file.repo_id}); waiting "
-                            f"{wait:.0f} s before asking again"
-                        ),
-                        stacklevel=2,
-                    )
+                if not told and (retry.status == 429 or wait > 1):
+                    warnings.warn(RateLimited(_waiting(file, retry, wait)), stacklevel=2)
                     told = True
                 self._sleep(wait)
                 continue
@@ -125,12 +120,22 @@ class Resolver:
 
 
 class _Retry(Exception):
-    """The Hub answered 429 or 5xx: ask again after ``wait`` seconds (None: back off)."""
+    """The Hub answered 429, 408 or 5xx: ask again after ``wait`` seconds (None: back off);
+    ``asked``: the wait its headers asked for, before the cap."""
 
-    def __init__(self, status: int, wait: float | None) -> None:
+    def __init__(self, status: int, wait: float | None, asked: float | None = None) -> None:
         super().__init__(status)
         self.status = status
         self.wait = wait
+        self.asked = asked
+
+
+def _waiting(file: RemoteFile, retry: _Retry, wait: float) -> str:
+    what = "is rate-limiting requests" if retry.status == 429 else f"answered HTTP {retry.status}"
+    capped = ""
+    if retry.asked is not None and retry.asked > wait:
+        capped = f" (it asked for {retry.asked:.0f} s; waits are capped at {MAX_RETRY_AFTER:.0f} s)"
+    return f"the Hub {what} ({file.repo_id}); waiting {wait:.0f} s before asking again{capped}"
 
 
 def _metadata(url: str) -> HfFileMetadata:
@@ -143,7 +148,7 @@ def _metadata(url: str) -> HfFileMetadata:
     except HfHubHTTPError as exc:
         response = exc.response
         status = response.status_code if response is not None else 0
-        if status != 429 and status < 500:
+        if status not in (408, 429) and status < 500:
             raise
         wait = None
         if response is not None:
@@ -153,4 +158,5 @@ def _metadata(url: str) -> HfFileMetadata:
                 wait = float(limit.reset_in_seconds) + 1
             elif retry_after.isdigit():
                 wait = float(retry_after[:6])
-        raise _Retry(status, None if wait is None else min(wait, MAX_RETRY_AFTER)) from None
+        capped = None if wait is None else min(wait, MAX_RETRY_AFTER)
+        raise _Retry(status, capped, wait) from None

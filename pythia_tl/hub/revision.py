@@ -21,14 +21,15 @@ from huggingface_hub.errors import (
     RemoteEntryNotFoundError,
 )
 
-from pythia_tl.errors import CheckpointError, SourceError
+from pythia_tl.errors import CheckpointError, SourceError, SourceUnavailable
 from pythia_tl.hub.errors import HubUnreachable, asking_the_hub, broken_download
 from pythia_tl.hub.listing import RevisionListing, describe_revision
 from pythia_tl.hub.refs import COMMIT, checked_commit
 from pythia_tl.hub.remote import RemoteFile
 from pythia_tl.hub.transport import StorageClient
-from pythia_tl.source.layouts import load_weight_map, weight_files_for
-from pythia_tl.source.tokenizer_files import TOKENIZER_FILES
+from pythia_tl.source.config import MAX_CONFIG_BYTES
+from pythia_tl.source.layouts import MAX_INDEX_BYTES, load_weight_map, weight_files_for
+from pythia_tl.source.tokenizer_files import MAX_TOKENIZER_FILE_BYTES, TOKENIZER_FILES
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -90,6 +91,7 @@ def download_revision(
     repo_id, revision, commit = listing.repo_id, listing.revision, listing.commit
 
     def download(filename: str, at: str = commit) -> Path:
+        _check_announced_size(listing, filename, weights=filename in names)
         try:
             return Path(hf_hub_download(repo_id, filename, revision=at, cache_dir=cache_dir))
         except RemoteEntryNotFoundError:
@@ -103,6 +105,7 @@ def download_revision(
             raise broken from None
 
     weights_entry = listing.weights_entry
+    names = [] if weights_entry.endswith(".index.json") else [weights_entry]
     with asking_the_hub(repo_id, revision):
         # Asked for by revision name, so the cache records which commit the name resolved to and
         # a later offline run can find it; everything else is pinned to that commit.
@@ -111,7 +114,6 @@ def download_revision(
             raise SourceError(
                 f"{repo_id}@{revision}: the revision moved while downloading; try again"
             )
-        names = [weights_entry]
         if weights_entry.endswith(".index.json"):
             index_path = download(weights_entry)
             shards = dict.fromkeys(load_weight_map(index_path).values())
@@ -184,6 +186,28 @@ def _tokenizer_key(
     return listing.repo_id, tuple((name, listing.blob_ids[name]) for name in files)
 
 
+def _small_file_cap(name: str) -> int:
+    if name == "config.json":
+        return MAX_CONFIG_BYTES
+    if name.endswith(".index.json"):
+        return MAX_INDEX_BYTES
+    return MAX_TOKENIZER_FILE_BYTES
+
+
+def _check_announced_size(listing: RevisionListing, name: str, *, weights: bool) -> None:
+    """CheckpointError when the listing announces a small file (config.json, an index, a
+    tokenizer file) larger than it may be read: refused before a byte is downloaded."""
+    size = listing.sizes.get(name)
+    if weights or size is None:
+        return
+    cap = _small_file_cap(name)
+    if size > cap:
+        raise CheckpointError(
+            f"{listing.repo_id}@{listing.revision}: the Hub lists {name} at {size} bytes, more "
+            f"than the {cap} a {name} may have; not downloaded"
+        )
+
+
 def _in_cache(repo_id: str, name: str, commit: str, cache_dir: Path | None) -> bool:
     found = try_to_load_from_cache(repo_id, name, cache_dir=cache_dir, revision=commit)
     return isinstance(found, str)
@@ -216,11 +240,11 @@ def _from_cache(repo_id: str, revision: str, cache_dir: Path | None, why: str) -
             )
         )
     except (LocalEntryNotFoundError, FileNotFoundError, OfflineModeIsEnabled, ValueError):
-        raise SourceError(
+        raise SourceUnavailable(
             f"{repo_id}@{revision}: {why} and this revision is not in the local cache"
         ) from None
     if not _weights_cached(folder):
-        raise SourceError(
+        raise SourceUnavailable(
             f"{repo_id}@{revision}: {why}, and the weights of this revision are not in the "
             "local cache (streamed conversions do not store them); read them from the Hub "
             "with it reachable and offline mode off, or keep the downloads"

@@ -14,14 +14,13 @@ from pythia_tl.output.metadata import (
     ConversionRecord,
     ExportProvenance,
     OutputFile,
+    check_tokenizer_record,
     parse_metadata,
     parse_provenance,
     read_output,
 )
 from pythia_tl.small_files import NotASmallFile, read_small_file
-
-# A config.json is a few kB; far more is not one.
-_MAX_CONFIG_BYTES = 1 << 20
+from pythia_tl.source.config import MAX_CONFIG_BYTES
 
 
 @dataclass(frozen=True)
@@ -55,11 +54,25 @@ def open_target(path: Path) -> ConvertedFile | ExportedFolder:
             f"{path}: {what}, not a pythia-tl file (its metadata names no converter); make one "
             f"with 'pythia-tl convert {path.parent} -o FILE' (pythia_tl.convert)"
         )
+    return ConvertedFile(info, checked_record(info))
+
+
+def checked_record(info: OutputFile) -> ConversionRecord:
+    """The file's metadata, checked before anything is built from it: every key, the tokenizer
+    record, and the tensors the file holds against those ``tl_config`` implies (so that no
+    size a file claims is allocated unless the file holds tensors of that size). Each error
+    names the file."""
+    from pythia_tl.verify.metadata import check_tensors_follow
+
     try:
         record = parse_metadata(info)
+        check_tokenizer_record(info.tokenizer)
+        check_tensors_follow(info, record)
     except OutputFileError as exc:
-        raise OutputFileError(f"{path}: ", *exc.parts) from None
-    return ConvertedFile(info, record)
+        if str(exc).startswith(str(info.path)):
+            raise
+        raise OutputFileError(f"{info.path}: ", *exc.parts) from None
+    return record
 
 
 def _exported_folder(folder: Path) -> ExportedFolder:
@@ -70,7 +83,7 @@ def _exported_folder(folder: Path) -> ExportedFolder:
             "convert' wrote, or a folder 'pythia-tl export' wrote"
         )
     try:
-        config = json.loads(read_small_file(config_path, _MAX_CONFIG_BYTES))
+        config = json.loads(read_small_file(config_path, MAX_CONFIG_BYTES))
     except (NotASmallFile, OSError, ValueError, RecursionError):
         raise OutputFileError(f"{config_path}: not a readable config.json") from None
     if not isinstance(config, dict) or PROVENANCE_KEY not in config:

@@ -67,10 +67,10 @@ def check_replaceable(target: Path) -> None:
         raise OutputError(f"{target}: cannot examine it ({exc.strerror or exc})") from None
     if stat.S_ISREG(info.st_mode) or stat.S_ISLNK(info.st_mode):
         return
+    # Named without a flag: batch replaces outputs itself, and has no --force.
     raise OutputError(
-        f"{target}: is {_kind(info.st_mode)}; ",
-        Param("overwrite", True),
-        " replaces regular files only",
+        f"{target}: is {_kind(info.st_mode)}, which is never replaced (only a regular file or a "
+        "symbolic link is)"
     )
 
 

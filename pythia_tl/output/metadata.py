@@ -50,9 +50,14 @@ REQUIRED_KEYS = (
 # Optional keys. ``nonfinite``: files written before it existed refused non-finite values, as
 # "refused" says. ``tokenizer``: where the tokenizer files are (source.tokenizer_files).
 # ``selection``: present in a partial file only, holding some tensors or layers.
+# ``source_sha256``: whether the sha256 in ``source_files`` were "computed" from the bytes read or
+# "announced" by the Hub (a partial conversion from the Hub reads only byte ranges); files
+# written before it existed were "announced" when partial and from the Hub, else "computed".
 NONFINITE_KEY = "nonfinite"
 NONFINITE_VALUES = ("refused", "allowed")
-OPTIONAL_KEYS = (NONFINITE_KEY, "tokenizer", "selection")
+SHA256_KEY = "source_sha256"
+SHA256_ORIGINS = ("computed", "announced")
+OPTIONAL_KEYS = (NONFINITE_KEY, "tokenizer", "selection", SHA256_KEY)
 JSON_KEYS = ("tl_config", "source_files", "processing", "tokenizer", "selection")
 _POSITIVE_INTS = ("d_model", "d_head", "n_heads", "d_mlp", "n_layers", "n_ctx", "d_vocab")
 _REPO_ID = re.compile(r"[^/]+/[^/]+")
@@ -67,9 +72,11 @@ def build_metadata(
     processing: Processing = NO_PROCESSING,
     selection: Selection = EVERY_TENSOR,
     allow_nonfinite: bool = False,
+    sha256_computed: bool = True,
 ) -> dict[str, str]:
     """The ``__metadata__`` of an output file (always valid UTF-8, see ``utf8``;
-    ``selection`` only in a partial file's)."""
+    ``selection`` only in a partial file's). ``sha256_computed``: whether ``source_sha256`` was
+    hashed from the source's bytes (else announced by the Hub)."""
     cfg = tl_config(
         config, utf8(provenance.model_name), provenance.repo_id, processing.normalization_type
     )
@@ -94,6 +101,7 @@ def build_metadata(
         "dtype": dtype.name,
         "processing": json.dumps(list(processing.passes)),
         NONFINITE_KEY: "allowed" if allow_nonfinite else "refused",
+        SHA256_KEY: SHA256_ORIGINS[0] if sha256_computed else SHA256_ORIGINS[1],
         **optional,
     }
 
@@ -226,6 +234,8 @@ class ConversionRecord:
     processing: Processing
     selection: Selection = EVERY_TENSOR
     nonfinite_allowed: bool = False
+    # Whether the conversion hashed the source's files (else it recorded the Hub's sha256).
+    sha256_computed: bool = True
 
     @property
     def from_folder(self) -> bool:
@@ -273,6 +283,10 @@ def parse_metadata(info: OutputFile) -> ConversionRecord:
     )
     nonfinite = meta.get(NONFINITE_KEY, "refused")
     _expect(nonfinite in NONFINITE_VALUES, NONFINITE_KEY, nonfinite, " or ".join(NONFINITE_VALUES))
+    selection = info.selection
+    default_origin = "announced" if commit and not selection.is_all else "computed"
+    origin = meta.get(SHA256_KEY, default_origin)
+    _expect(origin in SHA256_ORIGINS, SHA256_KEY, origin, " or ".join(SHA256_ORIGINS))
     rederived = tl_config(config, model_name, tokenizer, processing.normalization_type)
     for key in sorted(rederived.keys() | cfg.keys()):
         if key not in cfg:
@@ -289,8 +303,9 @@ def parse_metadata(info: OutputFile) -> ConversionRecord:
         commit=commit,
         source_files=_source_files(info.source_files),
         processing=processing,
-        selection=info.selection,
+        selection=selection,
         nonfinite_allowed=nonfinite == "allowed",
+        sha256_computed=origin == "computed",
     )
 
 
@@ -351,6 +366,34 @@ def _source_files(files: dict[str, Any]) -> dict[str, str]:
             "a sha256 (64 hex digits)",
         )
     return files
+
+
+def check_tokenizer_record(record: dict[str, Any] | None) -> None:
+    """OutputFileError unless the ``tokenizer`` record is absent or as pythia-tl writes it: an
+    absolute ``folder``, or a ``repo_id`` 'owner/name' with a 40-hex ``revision``, and a list of
+    plain file names as ``files``. Its names reach paths and huggingface_hub: checked first."""
+    if record is None:
+        return
+    files = record.get("files", [])
+    plain = isinstance(files, list) and all(
+        isinstance(name, str) and name == Path(name).name and name not in ("", ".", "..")
+        for name in files
+    )
+    _expect(plain, "tokenizer files", files, "a list of plain file names")
+    if "folder" in record:
+        folder = record["folder"]
+        ok = isinstance(folder, str) and Path(folder).is_absolute()
+        _expect(ok, "tokenizer folder", folder, "an absolute path")
+        return
+    repo_id, revision = record.get("repo_id"), record.get("revision")
+    ok = (
+        isinstance(repo_id, str)
+        and bool(_REPO_ID.fullmatch(repo_id))
+        and not {".", ".."} & set(repo_id.split("/"))
+    )
+    _expect(ok, "tokenizer repo_id", repo_id, "'owner/name'")
+    good_commit = isinstance(revision, str) and bool(COMMIT.fullmatch(revision))
+    _expect(good_commit, "tokenizer revision", revision, "a commit (40 hex digits)")
 
 
 def _expect(condition: bool, key: str, value: object, expected: str) -> None:

@@ -26,7 +26,7 @@ SIZE_LIMITS = {
     "n_ctx": _MAX_WIDTH * 4,
 }
 # A GPT-NeoX config.json is about 1 kB.
-_MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_BYTES = 1 << 20
 _MAX_FLOAT = sys.float_info.max  # finite: refuses Infinity, which JSON parsing lets through
 
 
@@ -70,7 +70,7 @@ class NeoXConfig:
 def read_config(path: Path) -> NeoXConfig:
     """Read and validate ``config.json``; raise ConfigError naming the file and field at fault."""
     try:
-        raw = json.loads(read_small_file(path, _MAX_CONFIG_BYTES).decode("utf-8"))
+        raw = json.loads(read_small_file(path, MAX_CONFIG_BYTES).decode("utf-8"))
     except NotASmallFile as exc:
         raise ConfigError(f"{path}: {exc}; not a model config") from None
     except FileNotFoundError:

@@ -6,9 +6,15 @@ Four checks, in order, each needing the ones before it to pass:
 * ``metadata``: every key is present and well formed, and the tensors' keys, shapes and dtype are
   those the Pythia table and the recorded processing give for ``tl_config``;
 * ``source``: re-running the recorded conversion on the source gives the same tensors (see
-  ``compare``) and the source's files have the recorded sha256;
+  ``compare``) and the source's files have the recorded sha256 (hashed again when the source is
+  read whole; a partial file from the Hub is compared with the sha256 the Hub announces, and the
+  check says so);
 * ``logits`` (on request): transformers' model of the source and a TransformerLens forward pass
-  over the file agree on log-probabilities.
+  over the file agree on log-probabilities. transformers reads files: a Hub source's weights are
+  downloaded into the huggingface_hub cache for it (as ``keep_downloads`` does).
+
+A source that cannot be had here and now (offline, unreachable, not cached) skips the checks
+that need it, with the reason and what makes them possible; it is no evidence against the file.
 """
 
 from __future__ import annotations
@@ -17,7 +23,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pythia_tl.errors import MessagePart, OutputFileError, Param, PythiaTLError, UsageError
+from pythia_tl.errors import (
+    MessagePart,
+    OutputFileError,
+    Param,
+    PythiaTLError,
+    SourceUnavailable,
+    UsageError,
+)
 from pythia_tl.source import ResolvedSource
 from pythia_tl.verify.against_source import SourceRequest, check_against_source, locate_source
 from pythia_tl.verify.integrity import check_integrity
@@ -75,9 +88,15 @@ def verify_file(
         return _finish(path, checks, "not asked for (", Param("logits", True), ")")
     source: ResolvedSource | None = None
     try:
-        source = locate_source(recorded, _request(options))
+        source = locate_source(recorded, _request(options), download=options.logits)
     except UsageError:
         raise
+    except SourceUnavailable as exc:
+        why = ("cannot read the source here: ", *exc.parts, "; ", *_making_it_possible(path))
+        checks.append(Check.skipped("source", *why))
+        if options.logits:
+            checks.append(Check.skipped("logits", *why))
+        return _finish(path, checks, "not asked for (", Param("logits", True), ")")
     except PythiaTLError as exc:
         checks.append(Check.failed("source", "cannot open the source: ", *exc.parts))
     else:
@@ -119,6 +138,14 @@ def _check_options(options: VerifyOptions) -> None:
         )
     if options.logits:
         require_transformers()
+
+
+def _making_it_possible(path: Path) -> tuple[MessagePart, ...]:
+    return (
+        "verify again with the Hub reachable and offline mode off, or give the source's folder as ",
+        Param("source"),
+        f" (pythia-tl verify {path} FOLDER)",
+    )
 
 
 def _request(options: VerifyOptions) -> SourceRequest:

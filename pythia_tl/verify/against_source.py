@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pythia_tl.engine.output_plan import OutputPlan, plan_output
 from pythia_tl.engine.pipeline import Converted, convert_tensors, finish
-from pythia_tl.engine.reading import open_source
+from pythia_tl.engine.reading import computes_sha256, open_source
 from pythia_tl.errors import Param, PythiaTLError, SourceError, UsageError
 from pythia_tl.mapping.plan import PlannedTensor, plan_conversion
 from pythia_tl.mapping.tl_config import tl_config
@@ -46,8 +46,12 @@ class SourceRequest:
     checkpoint_index: int | None = None
 
 
-def locate_source(recorded: ConversionRecord, request: SourceRequest) -> ResolvedSource:
-    """Open the source to compare with; SourceError (or a subclass) when it cannot be had."""
+def locate_source(
+    recorded: ConversionRecord, request: SourceRequest, *, download: bool = False
+) -> ResolvedSource:
+    """Open the source to compare with; SourceError (or a subclass) when it cannot be had,
+    SourceUnavailable when it cannot be had here and now. ``download``: a Hub source's weights
+    into the cache (for transformers, which reads files), rather than streamed."""
     if request.source is None:
         if recorded.from_folder:
             if not Path(recorded.source).is_dir():
@@ -61,7 +65,11 @@ def locate_source(recorded: ConversionRecord, request: SourceRequest) -> Resolve
                 )
             return resolve_source(recorded.source)
         return resolve_source(
-            recorded.source, revision=recorded.commit, cache_dir=request.cache_dir, tokenizer=False
+            recorded.source,
+            revision=recorded.commit,
+            cache_dir=request.cache_dir,
+            tokenizer=False,
+            download=download,
         )
     revision = request.revision
     chose = request.step is not None or request.checkpoint_index is not None
@@ -74,6 +82,7 @@ def locate_source(recorded: ConversionRecord, request: SourceRequest) -> Resolve
         cache_dir=request.cache_dir,
         checkpoint_index=request.checkpoint_index,
         tokenizer=False,
+        download=download,
     )
 
 
@@ -99,6 +108,7 @@ def check_against_source(
     if problem is not None:
         return Check.failed("source", f"{where}: {problem}")
     plan, written = out.conversion, out.processing
+    computed = computes_sha256(checkpoint, whole=not out.is_partial)
     try:
         with ExitStack() as stack:
             reader, order, hashed = open_source(
@@ -133,7 +143,17 @@ def check_against_source(
             source_files_differing=changed,
             **data,
         )
-    detail = f"{len(out.tensors)} tensors {rule}, from {where}; its files have the recorded sha256"
+    data["source_sha256"] = "computed" if computed else "announced"
+    if computed:
+        hashes = "its files, hashed now, have the recorded sha256"
+    else:
+        hashes = (
+            "its files were not hashed (a partial file is checked by the byte ranges it needs): "
+            "the Hub announces the recorded sha256"
+        )
+    if not recorded.sha256_computed:
+        hashes += " (which the conversion recorded as announced by the Hub, not computed)"
+    detail = f"{len(out.tensors)} tensors {rule}, from {where}; {hashes}"
     return Check.ok("source", detail, **data)
 
 

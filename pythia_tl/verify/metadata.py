@@ -10,7 +10,12 @@ from __future__ import annotations
 from pythia_tl.engine.output_plan import plan_output
 from pythia_tl.errors import OutputFileError, PythiaTLError, UsageError
 from pythia_tl.mapping.plan import expected_plan
-from pythia_tl.output.metadata import ConversionRecord, OutputFile, parse_metadata
+from pythia_tl.output.metadata import (
+    ConversionRecord,
+    OutputFile,
+    check_tokenizer_record,
+    parse_metadata,
+)
 from pythia_tl.verify.report import Check
 
 
@@ -18,8 +23,8 @@ def check_metadata(info: OutputFile) -> tuple[Check, ConversionRecord | None]:
     """The check's result, and the parsed metadata when it is complete and consistent."""
     try:
         recorded = parse_metadata(info)
-        expected = expected_tensors(recorded)
-        _check_tensors(info, recorded, expected)
+        check_tokenizer_record(info.tokenizer)
+        expected = check_tensors_follow(info, recorded)
     except PythiaTLError as exc:
         return Check.failed("metadata", str(exc)), None
     steps = ", ".join(recorded.processing.passes) or "none"
@@ -28,6 +33,16 @@ def check_metadata(info: OutputFile) -> tuple[Check, ConversionRecord | None]:
         f"dtype ({recorded.dtype}) it implies; processing: {steps}"
     )
     return Check.ok("metadata", detail), recorded
+
+
+def check_tensors_follow(
+    info: OutputFile, recorded: ConversionRecord
+) -> dict[str, tuple[int, ...]]:
+    """OutputFileError unless the file's tensors are exactly those ``tl_config`` implies (keys,
+    shapes, dtype); returns them."""
+    expected = expected_tensors(recorded)
+    _check_tensors(info, recorded, expected)
+    return expected
 
 
 def expected_tensors(recorded: ConversionRecord) -> dict[str, tuple[int, ...]]:
