@@ -62,8 +62,8 @@ def test_verify_of_a_streamed_file_offline_is_a_skip_naming_what_makes_it_possib
     assert "Hub reachable" in source["detail"]
     # The table says skip, not FAIL.
     status, stdout, _ = cli(["verify", str(out)])
-    assert status == 0 and "FAIL" not in stdout
-    assert any(line.startswith("skip  source") for line in stdout.splitlines()), stdout
+    assert status == 0 and "failed" not in stdout
+    assert any(line.split()[:2] == ["skipped", "source"] for line in stdout.splitlines()), stdout
 
 
 def test_verify_logits_of_a_streamed_file_downloads_the_source_and_runs(
