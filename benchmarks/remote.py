@@ -2,6 +2,7 @@
 ``hf_hub_download`` of the same files and a lean floor loop, over the same link, in one run.
 
     python benchmarks/remote.py                                # pythia-1.4b: unthrottled, 250 MB/s
+    python benchmarks/remote.py --runs 3                       # the median of 3 runs of each
     python benchmarks/remote.py --sizes 12b --rates 0 --output benchmarks/RESULTS-remote-12b.md
 
 The tests' stand-in Hub (``tests/hub_server.py``) serves a random Pythia-shaped checkpoint from
@@ -17,13 +18,17 @@ work off it, and its CPU time is its own. Each client is its own process, starte
   ``readinto`` into an 8 MiB buffer, hashed (sha256) and written: the least a client must do;
 * ``pythia-tl convert`` of the revision, streamed (nothing cached before).
 
-For each it reports the resolver requests the stand-in counted and the bytes it served.
+For each it reports the resolver requests the stand-in counted and the bytes it served. Before
+each client the page cache's dirty pages are written out (``os.sync``), so that no client pays for
+the write-back of the one before; with ``--runs N`` the clients run in turn N times and each
+figure is the median.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -76,6 +81,7 @@ def main() -> int:
         "--rates", default="0,250e6", help="link rates in bytes per second (0: unthrottled)"
     )
     parser.add_argument("--latency", type=float, default=0.030, help="seconds per request")
+    parser.add_argument("--runs", type=int, default=1, help="runs per client (median taken)")
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "RESULTS-remote.md")
     args = parser.parse_args()
     os.sched_setaffinity(0, {SERVER_CORE})
@@ -86,7 +92,7 @@ def main() -> int:
         folder = run.DEFAULT_CACHE / f"pythia-{size}-{layout}"
         run.ensure_checkpoint(folder, size, layout)
         for rate in (float(r) for r in args.rates.split(",")):
-            for row in bench(size, folder, rate or None, args.latency):
+            for row in bench(size, folder, rate or None, args.latency, args.runs):
                 rows.append(row)
                 print(row, file=sys.stderr, flush=True)
     command = "python benchmarks/remote.py " + " ".join(sys.argv[1:])
@@ -94,14 +100,15 @@ def main() -> int:
     text = (
         f"```\n{command}\n```\n\nStarted {started} on {os.cpu_count()} cores; the stand-in on "
         f"core {SERVER_CORE}, each client on core {CLIENT_CORE}; {args.latency * 1e3:.0f} ms "
-        f"per request; load average {load:.1f} at the end.\n\n{render(rows)}\n"
+        f"per request; the median of {args.runs} run(s) of each client; load average {load:.1f} at "
+        f"the end.\n\n{render(rows)}\n"
     )
     args.output.write_text(text)
     print(text)
     return 0
 
 
-def bench(size: str, folder: Path, rate: float | None, latency: float) -> list[dict]:
+def bench(size: str, folder: Path, rate: float | None, latency: float, runs: int) -> list[dict]:
     repo_id = f"EleutherAI/pythia-{size}"
     weights = sorted(p.name for p in folder.iterdir() if p.suffix == ".safetensors")
     weight_bytes = sum((folder / name).stat().st_size for name in weights)
@@ -131,10 +138,27 @@ def bench(size: str, folder: Path, rate: float | None, latency: float) -> list[d
                 str(work / "out.safetensors"),
             ],
         }
-        for client, argv in clients.items():
-            home = work / "home"
-            hub.clear_requests()
-            measured = measure(argv, work / "log.txt", {**base, "HF_HOME": str(home)})
+        samples: dict[str, list[dict]] = {client: [] for client in clients}
+        for _ in range(runs):
+            for client, argv in clients.items():
+                home = work / "home"
+                hub.clear_requests()
+                os.sync()
+                measured = measure(argv, work / "log.txt", {**base, "HF_HOME": str(home)})
+                samples[client].append(
+                    {
+                        "seconds": measured.seconds,
+                        "cpu": measured.cpu,
+                        "rss": measured.max_rss,
+                        "resolvers": hub.resolver_requests,
+                        "fetched": hub.served_bytes(),
+                    }
+                )
+                run.remove(home)
+                for path in work.iterdir():
+                    if path.name != "log.txt":
+                        run.remove(path)
+        for client, measured_runs in samples.items():
             rows.append(
                 {
                     "size": size,
@@ -142,17 +166,13 @@ def bench(size: str, folder: Path, rate: float | None, latency: float) -> list[d
                     "weight_bytes": weight_bytes,
                     "files": len(weights),
                     "client": client,
-                    "seconds": measured.seconds,
-                    "cpu": measured.cpu,
-                    "rss": measured.max_rss,
-                    "resolvers": hub.resolver_requests,
-                    "fetched": hub.served_bytes(),
+                    "runs": runs,
+                    **{
+                        key: statistics.median(m[key] for m in measured_runs)
+                        for key in ("seconds", "cpu", "rss", "resolvers", "fetched")
+                    },
                 }
             )
-            run.remove(home)
-            for path in work.iterdir():
-                if path.name != "log.txt":
-                    run.remove(path)
     return rows
 
 
