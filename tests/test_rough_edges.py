@@ -276,7 +276,9 @@ def test_verify_after_a_batch_removed_the_downloads_says_the_source_is_not_cache
     verified = run_cli(["verify", str(file)], env=offline)
     # The source is unavailable here, not wrong: a skip with the reason, not a failure.
     assert verified.returncode == 0, verified.stdout + verified.stderr
-    (line,) = [line for line in verified.stdout.splitlines() if line.split()[:2] == ["skipped", "source"]]
+    (line,) = [
+        line for line in verified.stdout.splitlines() if line.split()[:2] == ["skipped", "source"]
+    ]
     assert "not in the local cache" in line and "streamed conversions do not store" in line
     assert "no weights" not in verified.stdout + verified.stderr
     online = run_cli(["verify", str(file)])
