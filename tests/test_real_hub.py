@@ -172,6 +172,18 @@ def test_a_dropped_connection_resumes_from_its_last_byte(
     assert [r.range for r in cdn] == [f"bytes=0-{size - 1}", f"bytes={size // 2}-{size - 1}"]
 
 
+def assert_convert_refused(cli: Run, tmp_path: Path, expected: str) -> None:
+    """A streamed conversion of REPO fails in one line naming model.safetensors and saying
+    ``expected``, and writes nothing."""
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    status, _, stderr = cli(["convert", REPO, "-o", str(outputs / "out.safetensors")])
+    assert status == 1
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "model.safetensors" in lines[0] and expected in lines[0], stderr
+    assert list(outputs.iterdir()) == []
+
+
 @pytest.mark.parametrize("kind", ["long", "short", "wrong_range", "no_range"])
 def test_a_storage_answer_other_than_asked_is_refused_naming_file_and_range(
     kind: str,
@@ -185,13 +197,7 @@ def test_a_storage_answer_other_than_asked_is_refused_naming_file_and_range(
     # A body far longer than asked must not be read, let alone held.
     offset = {"long": 1 << 30, "short": 8, "wrong_range": 64, "no_range": 0}[kind]
     stand_in_hub.break_file(REPO, "model.safetensors", kind=kind, offset=offset)
-    outputs = tmp_path / "outputs"
-    outputs.mkdir()
-    status, _, stderr = cli(["convert", REPO, "-o", str(outputs / "out.safetensors")])
-    assert status == 1
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and "model.safetensors" in lines[0] and "bytes" in lines[0], stderr
-    assert list(outputs.iterdir()) == []
+    assert_convert_refused(cli, tmp_path, "bytes")
     assert stand_in_hub.served_bytes("model.safetensors") < (4 << 20)
 
 
@@ -215,13 +221,7 @@ def test_a_resolve_answer_that_contradicts_the_listing_is_refused(
     stand_in_hub.add_revision(REPO, "main", folder)
     headers, expected = LIES[lie]
     stand_in_hub.lie_on_resolve(REPO, "model.safetensors", **headers)
-    outputs = tmp_path / "outputs"
-    outputs.mkdir()
-    status, _, stderr = cli(["convert", REPO, "-o", str(outputs / "out.safetensors")])
-    assert status == 1
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and "model.safetensors" in lines[0] and expected in lines[0], stderr
-    assert list(outputs.iterdir()) == []
+    assert_convert_refused(cli, tmp_path, expected)
     assert stand_in_hub.served_bytes("model.safetensors") == 0
 
 
