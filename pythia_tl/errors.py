@@ -86,3 +86,8 @@ class Notice(UserWarning):
 
 class RateLimited(Notice):
     """The Hub answered 429 (or 408, or 5xx): a wait (capped) before asking again."""
+
+
+class HubSlow(Notice):
+    """A download through huggingface_hub has had no answer for a while (its own wait for a
+    rate limit, or a slow answer); it is given up on at its deadline."""

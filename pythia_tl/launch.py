@@ -4,6 +4,7 @@ Importing the command line takes seconds (torch); a SIGINT or SIGTERM meanwhile 
 end in a KeyboardInterrupt traceback or in no line at all. This module imports nothing heavy
 before it is ready to catch one. Each signal is recorded as well as raised: one that the
 import swallowed, or turned into another exception, still ends the start-up with 130 or 143.
+Once the import is done, a stop is noted and handed to the CLI, which ends with it.
 """
 
 from __future__ import annotations
@@ -29,12 +30,18 @@ def main() -> None:
         received.append(signum)
         raise _Stopped
 
-    previous = {signum: signal.getsignal(signum) for signum in _STOPS}
-    for signum, old in previous.items():
-        if old is not signal.SIG_IGN:  # a signal ignored when we started stays so
-            signal.signal(signum, record)
+    def note(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+
+    stops = [signum for signum in _STOPS if signal.getsignal(signum) is not signal.SIG_IGN]
+    for signum in stops:  # a signal ignored when we started stays so
+        signal.signal(signum, record)
     try:
         from pythia_tl.cli import main as cli_main
+
+        # From here until the CLI's own handlers, a stop is only noted: the CLI ends with it.
+        for signum in stops:
+            signal.signal(signum, note)
     except BaseException:
         if not received:
             raise
@@ -42,6 +49,4 @@ def main() -> None:
         message, code = _STOPS[received[0]]
         print(f"error: {message}", file=sys.stderr)
         sys.exit(code)
-    for signum, old in previous.items():
-        signal.signal(signum, old if old is not None else signal.SIG_DFL)
-    cli_main()
+    cli_main(stops=received)

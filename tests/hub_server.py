@@ -119,6 +119,8 @@ class Fault:
     times: int | None
     # A ``status`` fault's Retry-After header (None: none).
     retry_after: str | None = None
+    # The one request method broken (None: every one).
+    method: str | None = None
     fired: int = 0
 
 
@@ -382,6 +384,7 @@ class StandInHub:
         status: int = 500,
         times: int | None = None,
         retry_after: str | None = None,
+        method: str | None = None,
     ) -> Fault:
         """Make downloads of ``path`` fail: on every revision, or the one (branch or commit) given.
 
@@ -403,11 +406,12 @@ class StandInHub:
         - ``drip``: an honest answer whose body comes at about ``offset`` bytes per second (at least
           1); it stops when the client hangs up or the hub closes.
 
-        ``retry_after``: the Retry-After header of a ``status`` answer.
+        ``retry_after``: the Retry-After header of a ``status`` answer. ``method``: break only
+        requests of that method ("HEAD" or "GET"; None: both).
         ``times`` limits how many responses are broken (None: all). Note huggingface_hub retries a
         truncated body with a Range request after a 1 s sleep, up to 5 times without progress.
         """
-        fault = Fault(repo_id, path, revision, kind, offset, status, times, retry_after)
+        fault = Fault(repo_id, path, revision, kind, offset, status, times, retry_after, method)
         with self._lock:
             self._faults.append(fault)
         return fault
@@ -601,12 +605,16 @@ class StandInHub:
         with self._lock:
             return self._blobs.get(sha256)
 
-    def _take_fault(self, repo_id: str, commit: str, path: str, body: bool) -> Fault | None:
+    def _take_fault(
+        self, repo_id: str, commit: str, path: str, body: bool, method: str
+    ) -> Fault | None:
         """The fault to apply to this answer, counted as fired; only ``status`` faults apply to
         answers without a file body (HEADs, redirects)."""
         with self._lock:
             for fault in self._faults:
                 if fault.repo_id != repo_id or fault.path != path:
+                    continue
+                if fault.method is not None and fault.method != method:
                     continue
                 if fault.times is not None and fault.fired >= fault.times:
                     continue
@@ -893,7 +901,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         # A redirect has no body to break: body faults wait for the CDN's answer.
         body = method == "GET" and not f.is_lfs
-        fault = hub._take_fault(repo_id, resolved.commit, path, body)
+        fault = hub._take_fault(repo_id, resolved.commit, path, body, method)
         if fault is not None and fault.kind == "status":
             wait = {} if fault.retry_after is None else {"Retry-After": fault.retry_after}
             self._send_json(fault.status, {"error": "injected fault"}, method, wait)
@@ -933,7 +941,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(404, {"error": "Not found"}, method)
             return
         repo_id, commit, path = query.get("repo", ""), query.get("commit", ""), query.get("path")
-        fault = hub._take_fault(repo_id, commit, path or f.path, method == "GET")
+        fault = hub._take_fault(repo_id, commit, path or f.path, method == "GET", method)
         if fault is not None and fault.kind == "status":
             wait = {} if fault.retry_after is None else {"Retry-After": fault.retry_after}
             self._send_json(fault.status, {"error": "injected fault"}, method, wait)

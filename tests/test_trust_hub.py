@@ -371,6 +371,87 @@ def test_a_retry_after_within_the_cap_is_obeyed_as_asked(
     assert slept == [7.0]
 
 
+@pytest.mark.parametrize(
+    ("path", "fault"),
+    [
+        # huggingface_hub's GET sleeps out a 429's Retry-After, uncapped.
+        ("config.json", {"kind": "status", "status": 429, "retry_after": "100000"}),
+        ("config.json", {"kind": "status", "status": 408, "retry_after": "100000"}),
+        ("tokenizer.json", {"kind": "status", "status": 429, "retry_after": "100000"}),
+        # Ten bytes a second: each of its reads arrives well within its timeout.
+        ("config.json", {"kind": "drip", "offset": 10}),
+        ("tokenizer.json", {"kind": "drip", "offset": 10}),
+    ],
+)
+def test_huggingface_hubs_own_download_of_a_small_file_ends_at_its_deadline(
+    path: str,
+    fault: dict,
+    tiny_checkpoints: TinyCheckpoints,
+    stand_in_hub: StandInHub,
+    cli: Run,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import time
+
+    import pythia_tl.hub.deadline as deadline
+
+    monkeypatch.setattr(deadline, "DOWNLOAD_GRACE", 3.0)
+    monkeypatch.setattr(deadline, "SAY_AFTER", 1.0)
+    folder = tmp_path / "with-tokenizer"
+    shutil.copytree(tiny_checkpoints["safetensors"], folder)
+    write_tokenizer(folder, tiny_checkpoints.shape.d_vocab)
+    stand_in_hub.add_revision(REPO, "main", folder)
+    broken = stand_in_hub.break_file(REPO, path, method="GET", **fault)
+    out = tmp_path / "x.safetensors"
+    started = time.monotonic()
+    status, _, stderr = cli(["convert", REPO, "-o", str(out)])
+    assert time.monotonic() - started < 30
+    assert status == 1, stderr
+    assert broken.fired >= 1  # huggingface_hub met the fault
+    assert len(stderr.splitlines()) == 2, stderr
+    note, error = stderr.splitlines()
+    assert note == (
+        f"note: {REPO}@main: {path}: nothing from the Hub after 1 s (it is rate-limiting, or "
+        "sending slowly); giving up after 3 s"
+    )
+    assert error.startswith(f"error: {REPO}@main: {path}: not downloaded within 3 s"), error
+    assert not out.exists() and list(tmp_path.glob(".x.safetensors*")) == []
+
+
+def test_a_deadline_passes_on_the_calls_result_or_its_own_exception() -> None:
+    import threading
+
+    from pythia_tl.hub.deadline import within_deadline
+
+    assert within_deadline(lambda: 7, 5.0, "a file") == 7
+    with pytest.raises(KeyError, match="raised"):
+        within_deadline(lambda: {}["raised"], 5.0, "a file")
+    never = threading.Event()
+    with pytest.raises(SourceError, match=r"^a file: not downloaded within 0 s"):
+        within_deadline(never.wait, 0.2, "a file")
+    never.set()
+
+
+def test_audit_refuses_an_index_announced_larger_than_an_index_may_be(
+    tiny_checkpoints: TinyCheckpoints,
+    stand_in_hub: StandInHub,
+    cli: Run,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import pythia_tl.hub.revision as revision
+
+    folder = tiny_checkpoints["safetensors-sharded"]
+    index = "model.safetensors.index.json"
+    monkeypatch.setattr(revision, "MAX_INDEX_BYTES", (folder / index).stat().st_size - 1)
+    stand_in_hub.add_revision(REPO, "step0", folder)
+    stand_in_hub.add_revision(REPO, "main", folder)
+    stand_in_hub.clear_requests()
+    status, out, stderr = cli(["audit", "pythia-70m", "--steps", "0", "--json"])
+    assert f"the Hub lists {index} at" in stderr + out, (status, out, stderr)
+    assert index not in stand_in_hub.downloaded_paths()
+
+
 @pytest.mark.parametrize("quiet", [[], ["--quiet"]])
 @pytest.mark.parametrize(
     ("path", "status"), [("config.json", 503), ("config.json", 429), ("model.safetensors", 500)]

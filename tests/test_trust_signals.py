@@ -122,6 +122,52 @@ def test_a_stop_during_start_up_is_one_line_and_its_exit_status(
     assert not out.exists()
 
 
+_STOP_IN_THE_GAP = """
+import os, signal, sys
+import pythia_tl.cli as cli
+
+real_main = cli.main
+signum = int(sys.argv[1])
+
+def main(argv=None, stops=None):
+    # After the launcher's import, before the CLI has set its own handlers.
+    os.kill(os.getpid(), signum)
+    real_main(argv, stops)
+
+cli.main = main
+sys.argv = ["pythia-tl", "convert", *sys.argv[2:]]
+from pythia_tl.launch import main as launch
+launch()
+"""
+
+
+@pytest.mark.parametrize(
+    ("signum", "code", "line"),
+    [(signal.SIGINT, 130, "error: interrupted"), (signal.SIGTERM, 143, "error: terminated")],
+)
+def test_a_stop_between_start_up_and_the_command_line_is_one_line(
+    signum: int, code: int, line: str, tiny_checkpoints: TinyCheckpoints, tmp_path: Path
+) -> None:
+    out = tmp_path / "o.safetensors"
+    source = str(tiny_checkpoints["safetensors"])
+    done = subprocess.run(
+        [sys.executable, "-c", _STOP_IN_THE_GAP, str(int(signum)), source, "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
+    assert (done.returncode, done.stderr.strip()) == (code, line)
+    assert not out.exists()
+
+
+def test_a_stop_noted_before_the_block_is_raised_as_it_begins() -> None:
+    ran = False
+    with pytest.raises(Terminated), stop_signals_raise([signal.SIGTERM]):
+        ran = True
+    assert not ran
+
+
 @pytest.mark.parametrize(
     ("signum", "code", "line"),
     [(signal.SIGINT, 130, "error: interrupted"), (signal.SIGTERM, 143, "error: terminated")],

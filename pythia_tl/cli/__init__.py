@@ -77,8 +77,9 @@ app.command("trace")(trace_cmd.trace)
 app.command("audit")(audit_cmd.audit)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point of the console script; exits with the command's status."""
+def main(argv: list[str] | None = None, stops: list[int] | None = None) -> None:
+    """Entry point of the console script; exits with the command's status. ``stops``: the
+    signals the launcher noted (and goes on noting) until the CLI's handlers are set."""
     args = sys.argv[1:] if argv is None else argv
     if not args:  # bare `pythia-tl`: the help, which is not an error
         args = ["--help"]
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
         # every garbage collection a conversion triggers (a few percent of its CPU time, profiled).
         gc.freeze()
         return_large_frees()
-        with stop_signals_raise(), warnings.catch_warnings():
+        with stop_signals_raise(stops), warnings.catch_warnings():
             if not debug:
                 # Libraries' warnings (huggingface_hub's free-space estimate before a full disk,
                 # deprecations) would break the one-line report; --debug shows them. So does

@@ -44,14 +44,17 @@ _RAISES: dict[int, type[StopSignal]] = {signal.SIGINT: Interrupted, signal.SIGTE
 
 
 @contextmanager
-def stop_signals_raise() -> Iterator[None]:
+def stop_signals_raise(received: list[int] | None = None) -> Iterator[None]:
     """Within the block, SIGINT raises Interrupted and SIGTERM raises Terminated (in the main
-    thread, where Python runs signal handlers); the previous handlers are restored after."""
+    thread, where Python runs signal handlers); the previous handlers are restored after.
+    ``received``: the signals noted before the block (by the launcher), which it raises at once;
+    the block records its own in the same list."""
     if threading.current_thread() is not threading.main_thread():
         yield  # handlers can only be set from the main thread
         return
 
-    received: list[int] = []
+    if received is None:
+        received = []
 
     def handle(signum: int, frame: FrameType | None) -> None:
         received.append(signum)
@@ -63,6 +66,8 @@ def stop_signals_raise() -> Iterator[None]:
         if old is not signal.SIG_IGN:
             signal.signal(signum, handle)
     try:
+        if received:  # noted before the block began
+            raise _RAISES[received[0]]
         yield
         if received:  # the stop was swallowed on the way up: it still ends the command
             raise _RAISES[received[0]]

@@ -22,6 +22,7 @@ from huggingface_hub.errors import (
 )
 
 from pythia_tl.errors import CheckpointError, SourceError, SourceUnavailable
+from pythia_tl.hub.deadline import download_deadline, within_deadline
 from pythia_tl.hub.errors import HubUnreachable, asking_the_hub, broken_download
 from pythia_tl.hub.listing import RevisionListing, describe_revision
 from pythia_tl.hub.refs import COMMIT, checked_commit
@@ -91,9 +92,15 @@ def download_revision(
     repo_id, revision, commit = listing.repo_id, listing.revision, listing.commit
 
     def download(filename: str, at: str = commit) -> Path:
-        _check_announced_size(listing, filename, weights=filename in names)
+        check_announced_size(listing, filename, weights=filename in names)
         try:
-            return Path(hf_hub_download(repo_id, filename, revision=at, cache_dir=cache_dir))
+            return Path(
+                within_deadline(
+                    lambda: hf_hub_download(repo_id, filename, revision=at, cache_dir=cache_dir),
+                    download_deadline(listing.sizes.get(filename)),
+                    f"{repo_id}@{revision}: {filename}",
+                )
+            )
         except RemoteEntryNotFoundError:
             raise CheckpointError(
                 f"{repo_id}@{revision}: {filename} is listed but cannot be downloaded"
@@ -194,7 +201,7 @@ def _small_file_cap(name: str) -> int:
     return MAX_TOKENIZER_FILE_BYTES
 
 
-def _check_announced_size(listing: RevisionListing, name: str, *, weights: bool) -> None:
+def check_announced_size(listing: RevisionListing, name: str, *, weights: bool) -> None:
     """CheckpointError when the listing announces a small file (config.json, an index, a
     tokenizer file) larger than it may be read: refused before a byte is downloaded."""
     size = listing.sizes.get(name)
