@@ -14,6 +14,7 @@ work off it, and its CPU time is its own. Each client is its own process, starte
 ``run.py``'s launcher (peak RSS, user + system CPU, wall time):
 
 * ``hf_hub_download`` of the weight files into an empty cache (the plain download);
+* the same, each file then fsynced (the download made as durable as pythia-tl's output);
 * the floor: one resolve per file (``get_hf_file_metadata``), then one ranged GET read with
   ``readinto`` into an 8 MiB buffer, hashed (sha256) and written: the least a client must do;
 * ``pythia-tl convert`` of the revision, streamed (nothing cached before).
@@ -52,6 +53,16 @@ for name in sys.argv[2:]:
     hf_hub_download(sys.argv[1], name)
 """
 
+# The same download made durable, as pythia-tl makes its output: each file fsynced once fetched.
+DURABLE_DOWNLOAD_CODE = """
+import os, sys
+from huggingface_hub import hf_hub_download
+for name in sys.argv[2:]:
+    fd = os.open(os.path.realpath(hf_hub_download(sys.argv[1], name)), os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
+"""
+
 FLOOR_CODE = """
 import hashlib, http.client, sys
 from urllib.parse import urlsplit
@@ -72,6 +83,9 @@ for name in sys.argv[3:]:
             f.write(buffer[:n])
     assert digest.hexdigest() == meta.etag, name
 """
+
+
+DURABLE = "hf_hub_download + fsync"
 
 
 def main() -> int:
@@ -129,6 +143,7 @@ def bench(size: str, folder: Path, rate: float | None, latency: float, runs: int
         base.pop("HF_HUB_OFFLINE", None)
         clients = {
             "hf_hub_download": [sys.executable, "-c", DOWNLOAD_CODE, repo_id, *weights],
+            DURABLE: [sys.executable, "-c", DURABLE_DOWNLOAD_CODE, repo_id, *weights],
             "floor loop": [sys.executable, "-c", FLOOR_CODE, repo_id, str(work), *weights],
             "pythia-tl convert": [
                 *run.pythia_tl_argv(),
@@ -197,12 +212,14 @@ def measure(argv: list[str], log: Path, env: dict[str, str]) -> run.Measurement:
 def render(rows: list[dict]) -> str:
     lines = [
         "| checkpoint | link | client | wall | CPU | CPU s/GB | resolver requests | peak RSS "
-        "| fetched | wall / download | CPU / download | CPU / floor |",
-        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| fetched | wall / download | wall / durable download | CPU / download "
+        "| CPU / floor |",
+        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for r in rows:
         group = [o for o in rows if o["size"] == r["size"] and o["rate"] == r["rate"]]
         download = next(o for o in group if o["client"] == "hf_hub_download")
+        durable = next(o for o in group if o["client"] == DURABLE)
         floor = next(o for o in group if o["client"] == "floor loop")
         link = "unthrottled" if r["rate"] is None else f"{r['rate'] / 1e6:.0f} MB/s"
         lines.append(
@@ -210,7 +227,8 @@ def render(rows: list[dict]) -> str:
             f"| {link} | {r['client']} | {r['seconds']:.1f} s | {r['cpu']:.1f} s "
             f"| {r['cpu'] / (r['weight_bytes'] / GB):.2f} | {r['resolvers']} "
             f"| {r['rss'] / 2**20:.0f} MB | {r['fetched'] / GB:.2f} GB "
-            f"| {r['seconds'] / download['seconds']:.2f} | {r['cpu'] / download['cpu']:.2f} "
+            f"| {r['seconds'] / download['seconds']:.2f} "
+            f"| {r['seconds'] / durable['seconds']:.2f} | {r['cpu'] / download['cpu']:.2f} "
             f"| {r['cpu'] / floor['cpu']:.2f} |"
         )
     return "\n".join(lines)

@@ -321,3 +321,33 @@ def test_a_tight_budget_streams_past_skipped_buffers(
     thread.join(60)
     assert not thread.is_alive(), f"stalled after {len(got)} of {len(names)} tensors"
     assert sorted(got) == sorted(names)
+
+
+def test_a_stream_reuses_the_memory_of_the_tensors_let_go(
+    tmp_path: Path, stand_in_hub: StandInHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Layers of tensors above the pool's 1 MiB floor, embeddings above half of the largest; one
+    # tensor fetched ahead at a time in pieces smaller than a tensor, as when tensors are larger
+    # than the budget and the pieces (pythia-12b).
+    monkeypatch.setattr(stream_reader, "PIECE_BYTES", 256 << 10)
+    folder = tmp_path / "src"
+    shape = PythiaShape(n_layers=3, d_model=512, n_heads=4, d_vocab=8192)
+    write_checkpoint(folder, shape, layout="safetensors")
+    stand_in_hub.add_revision(REPO, "main", folder)
+    checkpoint = resolve_source(REPO).checkpoint
+    largest = max(info.span.nbytes for info in checkpoint.tensors.values() if info.span)
+    memory: dict[int, list[str]] = {}
+    with (
+        StreamReader(checkpoint, checkpoint.tensors, whole_files=True, ahead=1) as reader,
+        TensorReader(open_checkpoint(folder)) as on_disk,
+    ):
+        for name in reader.order:
+            tensor = reader.read(name)
+            assert torch.equal(tensor, on_disk.read(name)), name
+            if 1 << 20 <= tensor.nbytes <= largest // 2:
+                memory.setdefault(tensor.untyped_storage().data_ptr(), []).append(name)
+            del tensor
+            reader.release(name)
+    pooled = sum(len(names) for names in memory.values())
+    assert pooled >= 3 * 3  # query_key_value and both MLP weights of every layer
+    assert len(memory) <= 4, memory  # the same few buffers, two at a time at most

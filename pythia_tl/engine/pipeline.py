@@ -14,7 +14,7 @@ from typing import Protocol
 import torch
 
 from pythia_tl.engine.buffers import BufferPool
-from pythia_tl.engine.copy import cast, owned
+from pythia_tl.engine.copy import Copier
 from pythia_tl.mapping.plan import ConversionPlan, PlannedSource, PlannedTensor
 
 Converted = tuple[PlannedTensor, torch.Tensor]
@@ -48,7 +48,7 @@ def convert_tensors(
     sources = plan.sources if order is None else order
     # Memory reused for every tensor up to half the largest (all but the embeddings).
     half = max((planned.nbytes for planned in plan.tensors), default=0) // 2
-    pool = BufferPool(largest=half, limit=half + 2 * AHEAD_BYTES)
+    copier = Copier(BufferPool(largest=half, limit=half + 2 * AHEAD_BYTES))
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pythia-tl-convert") as worker:
         pending: deque[tuple[int, Future[list[Converted]]]] = deque()
         ahead = 0  # bytes of the sources submitted to the worker and not yet handed out
@@ -60,7 +60,7 @@ def convert_tensors(
                 while submitted < len(sources) and (not pending or ahead < AHEAD_BYTES):
                     source = sources[submitted]
                     size = sum(planned.nbytes for planned in source.outputs)
-                    pending.append((size, worker.submit(_convert, source, reader, pool)))
+                    pending.append((size, worker.submit(_convert, source, reader, copier)))
                     ahead += size
                     submitted += 1
                 size, future = pending.popleft()
@@ -73,19 +73,19 @@ def convert_tensors(
                 future.cancel()
 
 
-def _convert(source: PlannedSource, reader: Reader, pool: BufferPool) -> list[Converted]:
+def _convert(source: PlannedSource, reader: Reader, copier: Copier) -> list[Converted]:
     if source.name is None:
         return [(source.outputs[0], source.made())]
     tensor = reader.read(source.name)
     dtypes = [_working_dtype(planned) for planned in source.outputs]
     copies = [
-        owned(view, tensor, dtype, pool)
+        copier.owned(view, tensor, dtype)
         for view, dtype in zip(source.convert(tensor), dtypes, strict=True)
     ]
     del tensor
     reader.release(source.name)
     return [
-        (planned, cast(copy, dtype, pool))
+        (planned, copier.cast(copy, dtype))
         for planned, copy, dtype in zip(source.outputs, copies, dtypes, strict=True)
     ]
 
