@@ -92,7 +92,7 @@ class StreamReader:
         self._files = list(dict.fromkeys(r.file for r in self._ranges))
         self._ahead = ahead
         # Memory for the tensors, reused once the reader has let go of them: fresh memory costs
-        # the kernel a zero fill per page (12 % of a streamed pythia-12b conversion's CPU time,
+        # the kernel a zero fill per page (11 % of a streamed pythia-12b conversion's CPU time,
         # profiled). Up to half the largest (all but the embeddings), two at a time: the one
         # being converted and the one arriving. While an embedding is held, the pool holds no
         # free memory (peak memory stays bounded by the largest tensors). The pool is shared by
