@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import stat
 import struct
@@ -479,53 +478,6 @@ def test_a_source_changed_during_a_conversion_gives_one_line_and_no_output(
     assert len(lines) == 1 and lines[0].startswith("error: "), stderr
     assert str(weights) in lines[0]
     assert list(out_dir.iterdir()) == []
-
-
-# Installed in the child through sitecustomize: importing pythia_tl.cli (torch, typer: seconds of
-# start-up) announces itself and then takes long enough for the test to interrupt it there.
-_SLOW_START = """
-import os, pathlib, sys, time
-
-class SlowCommandLine:
-    def find_spec(self, name, path=None, target=None):
-        if name == "pythia_tl.cli":
-            pathlib.Path(os.environ["PYTHIA_TL_TEST_READY"]).touch()
-            time.sleep(120)
-        return None
-
-sys.meta_path.insert(0, SlowCommandLine())
-"""
-
-
-def test_ctrl_c_during_start_up_is_one_line_and_exit_130(
-    tiny_checkpoints: TinyCheckpoints, tmp_path: Path, hf_env: HfEnv
-) -> None:
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(_SLOW_START)
-    ready = tmp_path / "ready"
-    env = _child_env()
-    env["PYTHONPATH"] = os.pathsep.join((str(hook), env["PYTHONPATH"]))
-    env["PYTHIA_TL_TEST_READY"] = str(ready)
-    out = tmp_path / "o.safetensors"
-    args = ["convert", str(tiny_checkpoints["safetensors"]), "-o", str(out)]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pythia_tl", *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 120  # a bound on waiting, not a timing assertion
-    while not ready.exists():
-        assert process.poll() is None, process.communicate()[1]
-        assert time.monotonic() < deadline, "the child never started importing the CLI"
-        time.sleep(0.01)
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stderr
-    assert stderr.strip() == "error: interrupted"
-    assert not out.exists()
 
 
 def test_leaving_the_block_stops_a_running_source_hash(tmp_path: Path) -> None:

@@ -19,10 +19,9 @@ from pythia_tl.audit.classify import Described, classify
 from pythia_tl.audit.deep import fingerprint
 from pythia_tl.audit.findings import AuditReport, RevisionRef
 from pythia_tl.errors import PythiaTLError, SourceError
-from pythia_tl.hub.deadline import download_deadline, within_deadline
-from pythia_tl.hub.errors import HubUnreachable, asking_the_hub
+from pythia_tl.hub.errors import HubUnreachable
 from pythia_tl.hub.listing import RevisionListing, describe_revision, list_branches
-from pythia_tl.hub.revision import check_announced_size, download_revision
+from pythia_tl.hub.revision import download_file, download_revision
 from pythia_tl.source.checkpoint import open_checkpoint
 from pythia_tl.source.layouts import load_weight_map
 from pythia_tl.source.names import ModelName
@@ -133,26 +132,11 @@ def _lacking(listing: RevisionListing, cache_dir: Path | None) -> tuple[str, ...
                 needed.add(f"{match['stem']}-{k:0{width}d}-of-{match['n']}.{match['suffix']}")
     if listing.weights_entry.endswith(".index.json"):
         needed |= set(
-            load_weight_map(_download_small(listing, listing.weights_entry, cache_dir)).values()
+            load_weight_map(download_file(listing, listing.weights_entry, cache_dir)).values()
         )
     else:
         needed.add(listing.weights_entry)
     return tuple(sorted(needed - listing.files))
-
-
-def _download_small(listing: RevisionListing, name: str, cache_dir: Path | None) -> Path:
-    from huggingface_hub import hf_hub_download
-
-    check_announced_size(listing, name, weights=False)
-    with asking_the_hub(listing.repo_id, listing.revision):
-        path = within_deadline(
-            lambda: hf_hub_download(
-                listing.repo_id, name, revision=listing.commit, cache_dir=cache_dir
-            ),
-            download_deadline(listing.sizes.get(name)),
-            f"{listing.repo_id}@{listing.revision}: {name}",
-        )
-    return Path(path)
 
 
 def _fingerprint(

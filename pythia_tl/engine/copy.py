@@ -43,9 +43,10 @@ class Transposes:
     """Copies of 2-D transposes (views whose first axis steps by one element) by torch's own
     copy of the whole, or in strips of ``STRIP_ROWS`` source rows: whichever runs faster here.
 
-    Which one that is depends on the CPU. On the 2-core benchmark machine, on two of its hosts
-    (torch 2.13, float16, pythia-1.4b's and pythia-12b's shapes), the whole copy ran at 0.3-0.4
-    CPU s/GB against 1.0 for strips, and at 1.3-1.4 against 0.54-0.62. So the first copies of a
+    Which one that is depends on the CPU. On one host of the 2-core benchmark machine (torch
+    2.13, float16, pythia-1.4b's and pythia-12b's shapes; ``benchmarks/kernels.py``) strips ran
+    at 0.57-0.76 CPU s/GB against 1.43-1.60 for the whole copy; an earlier host had given the
+    reverse (the whole copy 0.3-0.4 against 1.0 for strips). So the first copies of a
     conversion try both in turn, ``TRIALS`` each, timed on this thread's CPU clock (copies it
     makes anyway, of at least ``TIMED_BYTES``), and the one with the better rate is kept.
     """

@@ -92,24 +92,7 @@ def download_revision(
     repo_id, revision, commit = listing.repo_id, listing.revision, listing.commit
 
     def download(filename: str, at: str = commit) -> Path:
-        check_announced_size(listing, filename, weights=filename in names)
-        try:
-            return Path(
-                within_deadline(
-                    lambda: hf_hub_download(repo_id, filename, revision=at, cache_dir=cache_dir),
-                    download_deadline(listing.sizes.get(filename)),
-                    f"{repo_id}@{revision}: {filename}",
-                )
-            )
-        except RemoteEntryNotFoundError:
-            raise CheckpointError(
-                f"{repo_id}@{revision}: {filename} is listed but cannot be downloaded"
-            ) from None
-        except Exception as exc:
-            broken = broken_download(exc, f"{repo_id}@{revision}", filename)
-            if broken is None:
-                raise
-            raise broken from None
+        return download_file(listing, filename, cache_dir, at=at, weights=filename in names)
 
     weights_entry = listing.weights_entry
     names = [] if weights_entry.endswith(".index.json") else [weights_entry]
@@ -162,6 +145,42 @@ def download_revision(
         tokenizer_files,
         tokenizer_commit,
     )
+
+
+def download_file(
+    listing: RevisionListing,
+    filename: str,
+    cache_dir: Path | None = None,
+    *,
+    at: str | None = None,
+    weights: bool = False,
+) -> Path:
+    """One file of a listed revision, downloaded into the cache (at the listed commit, or
+    ``at``: a revision name): refused by its listed size first (unless ``weights``), given up
+    on at its deadline, its failures in the caller's terms (HubUnreachable when the Hub
+    cannot be asked)."""
+    repo_id, revision = listing.repo_id, listing.revision
+    check_announced_size(listing, filename, weights=weights)
+    at = listing.commit if at is None else at
+    # Outside the handlers below, which name a missing or broken file before it is explained.
+    with asking_the_hub(repo_id, revision):
+        try:
+            return Path(
+                within_deadline(
+                    lambda: hf_hub_download(repo_id, filename, revision=at, cache_dir=cache_dir),
+                    download_deadline(listing.sizes.get(filename)),
+                    f"{repo_id}@{revision}: {filename}",
+                )
+            )
+        except RemoteEntryNotFoundError:
+            raise CheckpointError(
+                f"{repo_id}@{revision}: {filename} is listed but cannot be downloaded"
+            ) from None
+        except Exception as exc:
+            broken = broken_download(exc, f"{repo_id}@{revision}", filename)
+            if broken is None:
+                raise
+            raise broken from None
 
 
 class CachedTokenizers:
